@@ -1,0 +1,157 @@
+"""Settings: one object, from `NEXUS_*` environment variables and an optional TOML file.
+
+Precedence, highest first: keyword overrides, environment (`NEXUS_DURABILITY=full`,
+nested with `__`: `NEXUS_PROVIDERS='[...]'` as JSON), the TOML file
+(`NEXUS_CONFIG`, else `$NEXUS_HOME/nexus.toml`), defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from nexus.errors import ConfigError
+
+DEFAULT_HOME = Path("~/.nexus")
+
+
+class ProviderSettings(BaseModel):
+    """One OpenAI-compatible endpoint."""
+
+    model_config = {"extra": "forbid"}
+
+    name: str
+    base_url: str
+    model: str
+    api_key: SecretStr | None = None
+    price_in_per_1m: float = Field(default=0.0, ge=0)
+    price_out_per_1m: float = Field(default=0.0, ge=0)
+    timeout_s: float = Field(default=60.0, gt=0)
+    retries: int = Field(default=2, ge=0, le=10)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+
+class Settings(BaseSettings):
+    """Every NEXUS setting. Build it with `load_settings()`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="NEXUS_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    home: Path = Field(default=DEFAULT_HOME, description="Folder holding all NEXUS state.")
+    durability: Literal["normal", "full"] = Field(
+        default="normal",
+        description=(
+            "SQLite synchronous mode for the journal. `normal` survives process crashes; "
+            "after a power loss the last step may run again (idempotency keys absorb it). "
+            "`full` fsyncs every step."
+        ),
+    )
+    providers: list[ProviderSettings] = Field(default_factory=list)
+    ollama_url: str = "http://localhost:11434/v1"
+    ollama_model: str = "llama3.2"
+    default_agent: str = "assistant"
+    concurrency: int = Field(default=50, ge=1, le=10_000, description="Sessions in flight.")
+    queue_poll_s: float = Field(default=0.2, gt=0, le=60)
+    worker_id: str = Field(default="local", min_length=1)
+    app_version: str = Field(default="nexus-1", min_length=1)
+    http_allow_hosts: list[str] = Field(default_factory=list)
+    log_level: Literal["debug", "info", "warning", "error"] = "warning"
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @property
+    def db_path(self) -> Path:
+        """The journal's SQLite file."""
+        return self.home / "nexus.db"
+
+    @property
+    def dbos_path(self) -> Path:
+        """DBOS's own SQLite system database."""
+        return self.home / "dbos.sqlite"
+
+    @property
+    def agents_dir(self) -> Path:
+        """Folder of TOML agent definitions."""
+        return self.home / "agents"
+
+    @property
+    def workspaces_dir(self) -> Path:
+        """Parent of the per-session workspace folders."""
+        return self.home / "workspaces"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml = _toml_path()
+        if toml is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
+        return tuple(sources)
+
+
+def _toml_path() -> Path | None:
+    explicit = os.environ.get("NEXUS_CONFIG")
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"NEXUS_CONFIG: no such file: {path}")
+        return path
+    home = Path(os.environ.get("NEXUS_HOME") or DEFAULT_HOME).expanduser()
+    candidate = home / "nexus.toml"
+    return candidate if candidate.is_file() else None
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings, or raise `ConfigError` naming each bad setting.
+
+    Example message: `NEXUS_DURABILITY: Input should be 'normal' or 'full' (got 'fast')`.
+    """
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    except ValueError as exc:  # TOML syntax errors surface as ValueError subclasses
+        raise ConfigError(f"nexus.toml: {exc}") from None
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        name = "NEXUS_" + "__".join(str(p).upper() for p in err["loc"])
+        got = err.get("input")
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"{name}: {err['msg']}{shown}")
+    return "invalid settings:\n  " + "\n  ".join(lines)
+
+
+def public_view(settings: Settings) -> dict[str, Any]:
+    """The settings as JSON-safe data, with secrets masked (for `nexus config show`)."""
+    return settings.model_dump(mode="json")

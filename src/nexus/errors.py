@@ -1,0 +1,81 @@
+"""The one hierarchy of NEXUS errors.
+
+Two families matter to the agent loop:
+
+* `RecoverableError` — the model did something wrong (unknown tool, bad arguments,
+  a tool that raised or timed out). The loop feeds the message back to the model as
+  a tool result and carries on.
+* `TerminalError` — the session cannot go on (budget exhausted, provider
+  unreachable after retries, malformed provider response). The loop journals the
+  reason and ends the session as `failed`; nothing already journaled is lost.
+"""
+
+from __future__ import annotations
+
+
+class NexusError(Exception):
+    """Base of every error NEXUS raises on purpose."""
+
+
+class ConfigError(NexusError):
+    """A setting, an agent file or a toolkit definition is invalid."""
+
+
+class StorageError(NexusError):
+    """The database cannot be opened, migrated or written."""
+
+
+class SchemaVersionError(StorageError):
+    """The database was written by a newer NEXUS than this one."""
+
+
+class JournalError(NexusError):
+    """An append would break the journal (a conflicting sequence number)."""
+
+
+class SessionNotFound(NexusError):
+    """No session with this id exists."""
+
+
+class RecoverableError(NexusError):
+    """An error the model can act on; it is returned to the model as a tool result."""
+
+
+class UnknownToolError(RecoverableError):
+    """The model called a tool the agent does not have."""
+
+
+class ToolArgumentsError(RecoverableError):
+    """The model's tool arguments are not JSON or violate the tool's schema."""
+
+
+class ToolExecutionError(RecoverableError):
+    """The tool raised an exception."""
+
+
+class ToolTimeoutError(RecoverableError):
+    """The tool did not finish within its timeout."""
+
+
+class TerminalError(NexusError):
+    """An error that ends the session as `failed`."""
+
+
+class LimitExceeded(TerminalError):
+    """A limit of the session (steps, tokens, wall time, cost) is exhausted."""
+
+
+class ProviderError(TerminalError):
+    """The LLM provider could not give a usable answer."""
+
+
+class ProviderUnavailable(ProviderError):
+    """The provider did not answer, or kept failing after retries."""
+
+
+class ProviderResponseError(ProviderError):
+    """The provider answered with something that is not a valid chat completion."""
+
+
+class NoProviderConfigured(ProviderError):
+    """No provider is configured and none answers at the default address."""

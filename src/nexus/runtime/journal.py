@@ -1,0 +1,255 @@
+"""The journal: one append-only, hash-chained log of everything a session does.
+
+Each session's events form a SHA-256 chain: an event's hash covers its own
+fields (payload as canonical JSON) and the previous event's hash, so editing,
+dropping or reordering a row is detected by `Journal.verify`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from nexus.runtime.redact import Redactor
+from nexus.storage.base import EventRow, SessionChange, Store
+from nexus.types import JSON, Event, SessionStatus
+
+# Which event kinds move a session to which status: the session index is a
+# projection of the journal, never written on its own.
+STATUS_BY_KIND = {
+    "session.created": SessionStatus.QUEUED,
+    "session.started": SessionStatus.RUNNING,
+    "session.resumed": SessionStatus.RUNNING,
+    "session.paused": SessionStatus.PAUSED,
+    "session.completed": SessionStatus.COMPLETED,
+    "session.failed": SessionStatus.FAILED,
+    "session.killed": SessionStatus.KILLED,
+}
+STEP_KINDS = frozenset({"llm.response", "tool.result"})
+
+
+def canonical(data: Any) -> str:
+    """Canonical JSON: sorted keys, no whitespace, UTF-8 kept as is."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def chain_hash(row: EventRow) -> str:
+    """The hash an event must carry, given its fields and `prev_hash`."""
+    header = canonical(
+        [
+            row.session_id,
+            row.seq,
+            row.ts,
+            row.kind,
+            row.tokens_in,
+            row.tokens_out,
+            row.cost_usd,
+            row.latency_ms,
+            row.prev_hash,
+        ]
+    )
+    return hashlib.sha256(f"{header}\n{row.payload}".encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Tamper:
+    """The first bad row found by an audit."""
+
+    session_id: str
+    seq: int
+    problem: str
+
+    def to_dict(self) -> JSON:
+        """As plain data."""
+        return {"session_id": self.session_id, "seq": self.seq, "problem": self.problem}
+
+
+@dataclass(frozen=True, slots=True)
+class AuditReport:
+    """The result of `Journal.verify`."""
+
+    sessions: int
+    events: int
+    first_problem: Tamper | None
+
+    @property
+    def ok(self) -> bool:
+        """True when every chain is intact."""
+        return self.first_problem is None
+
+    def to_dict(self) -> JSON:
+        """As plain data."""
+        return {
+            "ok": self.ok,
+            "sessions": self.sessions,
+            "events": self.events,
+            "first_problem": None if self.first_problem is None else self.first_problem.to_dict(),
+        }
+
+
+class Journal:
+    """Append and read journal events; redacts before writing."""
+
+    def __init__(self, store: Store, redactor: Redactor | None = None) -> None:
+        self.store = store
+        self.redactor = redactor or Redactor()
+        # Chain heads of sessions this process writes; a session is written by one
+        # worker at a time, and a miss falls back to the database.
+        self._heads: dict[str, tuple[int, str]] = {}
+
+    def append(
+        self,
+        session_id: str,
+        kind: str,
+        payload: JSON,
+        *,
+        tokens_in: int = 0,
+        tokens_out: int = 0,
+        cost_usd: float = 0.0,
+        latency_ms: float = 0.0,
+        reason: str | None = None,
+    ) -> Event:
+        """Redact, hash and commit one event; returns it as stored.
+
+        The event is durable when this returns (subject to the durability setting).
+        """
+        head = self._heads.get(session_id)
+        if head is None:
+            head = self.store.head(session_id)
+        seq, prev = head[0] + 1, head[1]
+        clean = self.redactor.data(payload)
+        row = EventRow(
+            id=0,
+            session_id=session_id,
+            seq=seq,
+            ts=time.time(),
+            kind=kind,
+            payload=canonical(clean),
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            cost_usd=cost_usd,
+            latency_ms=round(latency_ms, 3),
+            prev_hash=prev,
+            hash="",
+        )
+        row = _with_hash(row)
+        status = STATUS_BY_KIND.get(kind)
+        change = SessionChange(
+            create=_creation(clean) if kind == "session.created" else None,
+            status=None if status is None else status.value,
+            reason=None if reason is None else self.redactor.text(reason),
+            steps=1 if kind in STEP_KINDS else 0,
+        )
+        try:
+            self.store.append(row, change)
+        except Exception:
+            self._heads.pop(session_id, None)
+            raise
+        self._heads[session_id] = (seq, row.hash)
+        return _event(row, clean)
+
+    def forget(self, session_id: str) -> None:
+        """Drop the cached chain head of a finished session."""
+        self._heads.pop(session_id, None)
+
+    def events(self, session_id: str, after_seq: int = 0) -> list[Event]:
+        """A session's events after `after_seq`, in order."""
+        return [_event(r) for r in self.store.events(session_id, after_seq)]
+
+    async def follow(
+        self, session_id: str, after_seq: int = 0, *, poll_s: float = 0.05
+    ) -> AsyncIterator[Event]:
+        """Yield a session's events as they are appended, until it finishes."""
+        while True:
+            batch = self.events(session_id, after_seq)
+            for event in batch:
+                after_seq = event.seq
+                yield event
+            if not batch:
+                row = self.store.session(session_id)
+                if row is None or SessionStatus(row.status).finished:
+                    # One last read: the final event may have landed meanwhile.
+                    for event in self.events(session_id, after_seq):
+                        yield event
+                    return
+                await asyncio.sleep(poll_s)
+
+    def verify(self, session_id: str | None = None) -> AuditReport:
+        """Walk the chain(s); report the first tampered, reordered or missing row."""
+        rows: Iterable[EventRow] = (
+            self.store.iter_all_events() if session_id is None else self.store.events(session_id)
+        )
+        sessions = events = 0
+        current: str | None = None
+        expected_seq, prev = 1, ""
+        for row in rows:
+            events += 1
+            if row.session_id != current:
+                if current is not None and (gap := self._tail_gap(current, expected_seq - 1)):
+                    return AuditReport(sessions, events, gap)
+                current, expected_seq, prev = row.session_id, 1, ""
+                sessions += 1
+            problem = None
+            if row.seq != expected_seq:
+                problem = f"missing event: expected seq {expected_seq}, found {row.seq}"
+            elif row.prev_hash != prev:
+                problem = "chain broken: prev_hash does not match the previous event (reordered?)"
+            elif chain_hash(row) != row.hash:
+                problem = "tampered: content does not match its hash"
+            if problem is not None:
+                return AuditReport(sessions, events, Tamper(row.session_id, row.seq, problem))
+            expected_seq, prev = row.seq + 1, row.hash
+        if current is not None and (gap := self._tail_gap(current, expected_seq - 1)):
+            return AuditReport(sessions, events, gap)
+        return AuditReport(sessions, events, None)
+
+    def _tail_gap(self, session_id: str, last_seen: int) -> Tamper | None:
+        # Deleting a session's newest events leaves an intact chain; the index's
+        # last_seq, written in the same transaction, still tells.
+        row = self.store.session(session_id)
+        if row is not None and row.last_seq > last_seen:
+            return Tamper(
+                session_id,
+                last_seen + 1,
+                f"missing event: seq {last_seen + 1} to {row.last_seq} are gone",
+            )
+        return None
+
+
+def _with_hash(row: EventRow) -> EventRow:
+    return EventRow(*[*_fields(row)[:-1], chain_hash(row)])
+
+
+def _fields(row: EventRow) -> list[Any]:
+    return [getattr(row, f) for f in row.__slots__]
+
+
+def _creation(payload: JSON) -> JSON:
+    return {
+        "agent": payload.get("agent", ""),
+        "goal": payload.get("goal", ""),
+        "status": SessionStatus.QUEUED.value,
+        "priority": int(payload.get("priority", 0)),
+        "labels": payload.get("labels", {}),
+    }
+
+
+def _event(row: EventRow, payload: JSON | None = None) -> Event:
+    return Event(
+        session_id=row.session_id,
+        seq=row.seq,
+        ts=row.ts,
+        kind=row.kind,
+        payload=json.loads(row.payload) if payload is None else payload,
+        tokens_in=row.tokens_in,
+        tokens_out=row.tokens_out,
+        cost_usd=row.cost_usd,
+        latency_ms=row.latency_ms,
+        prev_hash=row.prev_hash,
+        hash=row.hash,
+    )

@@ -1,0 +1,96 @@
+"""The replay provider: answers from a recorded session's LLM responses.
+
+Deterministic re-runs, regression cases from post-mortems, offline demos. The
+recording is either a session in the journal or an exported JSON file
+(`nexus export`), whose `events` list holds the `llm.response` events.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from nexus.errors import ConfigError, ProviderResponseError
+from nexus.runtime.providers.base import parse_completion
+from nexus.types import ChatRequest, ChatResponse, Event, Usage
+
+
+class ReplayProvider:
+    """Answers the n-th LLM call of a session with the n-th recorded response.
+
+    The position is the number of assistant messages already in the request, so
+    a resumed session picks up at the right answer without any state here.
+    """
+
+    def __init__(self, responses: list[ChatResponse], *, source: str = "replay") -> None:
+        self.name = "replay"
+        self.source = source
+        self._responses = responses
+
+    @classmethod
+    def from_events(cls, events: list[Event], *, source: str) -> ReplayProvider:
+        """Build from journal events (only `llm.response` events are used)."""
+        responses = []
+        for e in events:
+            if e.kind != "llm.response":
+                continue
+            p = e.payload
+            body = {
+                "model": p.get("model", ""),
+                "choices": [{"message": p["message"], "finish_reason": p.get("finish_reason")}],
+                "usage": {"prompt_tokens": e.tokens_in, "completion_tokens": e.tokens_out},
+            }
+            r = parse_completion(body, provider="replay")
+            responses.append(r)
+        if not responses:
+            raise ConfigError(f"replay source {source} holds no LLM responses")
+        return cls(responses, source=source)
+
+    @classmethod
+    def from_file(cls, path: Path) -> ReplayProvider:
+        """Build from an exported session file (`nexus export`)."""
+        try:
+            data: Any = json.loads(path.read_text(encoding="utf-8"))
+            raw_events = data["events"]
+            events = [
+                Event(
+                    session_id=str(e.get("session_id", "")),
+                    seq=int(e.get("seq", 0)),
+                    ts=float(e.get("ts", 0)),
+                    kind=str(e["kind"]),
+                    payload=dict(e["payload"]),
+                    tokens_in=int(e.get("tokens_in", 0)),
+                    tokens_out=int(e.get("tokens_out", 0)),
+                )
+                for e in raw_events
+            ]
+        except OSError as exc:
+            raise ConfigError(f"cannot read replay file {path}: {exc.strerror}") from None
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ConfigError(
+                f"replay file {path} is not an exported session ({type(exc).__name__}: {exc})"
+            ) from None
+        try:
+            return cls.from_events(events, source=str(path))
+        except ProviderResponseError as exc:
+            raise ConfigError(f"replay file {path}: {exc}") from None
+
+    async def complete(self, request: ChatRequest) -> ChatResponse:
+        """The recorded answer for this point of the conversation."""
+        turn = sum(1 for m in request.messages if m.get("role") == "assistant")
+        if turn >= len(self._responses):
+            raise ProviderResponseError(
+                f"replay of {self.source} has {len(self._responses)} responses; the session "
+                f"asked for response {turn + 1} (the run diverged from the recording)"
+            )
+        r = self._responses[turn]
+        return ChatResponse(
+            content=r.content,
+            tool_calls=r.tool_calls,
+            usage=Usage(r.usage.tokens_in, r.usage.tokens_out),
+            model=r.model,
+            provider="replay",
+            cost_usd=0.0,
+            finish_reason=r.finish_reason,
+        )

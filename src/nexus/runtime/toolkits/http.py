@@ -1,0 +1,68 @@
+"""HTTP fetch toolkit: a read-only GET, to loopback and allow-listed hosts only."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+from urllib.parse import urlsplit
+
+from nexus.errors import ToolExecutionError
+from nexus.runtime.tools import ToolContext, Toolkit, tool
+
+MAX_BODY = 512 * 1024
+
+
+def check_url(url: str, allow_hosts: tuple[str, ...]) -> str:
+    """Return the host of `url` if NEXUS may fetch it, else refuse.
+
+    Allowed: http(s) to loopback (localhost, 127.0.0.0/8, ::1) and hosts named in
+    the `http_allow_hosts` setting. Names are compared literally, not resolved, so
+    a DNS answer cannot smuggle a request elsewhere.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise ToolExecutionError(f"only http and https URLs can be fetched, not {parts.scheme!r}")
+    host = (parts.hostname or "").lower()
+    if not host:
+        raise ToolExecutionError(f"URL has no host: {url!r}")
+    if host in allow_hosts or host == "localhost":
+        return host
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return host
+    except ValueError:
+        pass
+    raise ToolExecutionError(
+        f"host {host!r} is not allowed: only loopback and NEXUS_HTTP_ALLOW_HOSTS may be fetched"
+    )
+
+
+@tool(effect="read", timeout_s=30.0)
+async def http_get(ctx: ToolContext, url: str) -> dict[str, Any]:
+    """Fetch a URL with HTTP GET and return its status, content type and text body.
+
+    Args:
+        url: an http(s) URL on an allowed host.
+    """
+    import aiohttp
+
+    check_url(url, ctx.allow_hosts)
+    timeout = aiohttp.ClientTimeout(total=25)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as http,
+            http.get(url, allow_redirects=False) as resp,
+        ):
+            body = await resp.content.read(MAX_BODY + 1)
+            truncated = len(body) > MAX_BODY
+            return {
+                "status": resp.status,
+                "content_type": resp.headers.get("Content-Type", ""),
+                "body": body[:MAX_BODY].decode(resp.charset or "utf-8", errors="replace"),
+                "truncated": truncated,
+            }
+    except aiohttp.ClientError as exc:
+        raise ToolExecutionError(f"GET {url} failed: {exc}") from None
+
+
+toolkit = Toolkit("http", [http_get], description="Fetch web pages from allowed hosts.")

@@ -1,0 +1,323 @@
+"""Tools: typed Python callables the model may call, and toolkits that group them.
+
+```python
+@tool(effect="read")
+async def word_count(text: str) -> int:
+    \"\"\"Count the words of a text.\"\"\"
+    return len(text.split())
+```
+
+The JSON schema comes from the type hints (pydantic). A `write` tool must declare
+an `undo(args, result)` compensation, or say why it has none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints, overload
+
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+
+from nexus.errors import ConfigError, ToolArgumentsError
+from nexus.types import JSON, Effect
+
+_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+
+
+@dataclass(frozen=True, slots=True)
+class ToolContext:
+    """What a tool may know about the call it serves.
+
+    `idempotency_key` is derived from (session, step): a retried or replayed call
+    carries the same key, so a tool talking to an outside system can dedupe.
+    `retry` is True when the journal shows this call started before but never
+    finished (the worker crashed mid-call).
+    """
+
+    session_id: str
+    step: int
+    idempotency_key: str
+    workspace: Path
+    retry: bool = False
+    allow_hosts: tuple[str, ...] = ()
+
+
+class _NotGiven:
+    def __repr__(self) -> str:
+        return "NOT_GIVEN"
+
+
+NOT_GIVEN: Any = _NotGiven()
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A callable the model can use, with its schema and its effect class."""
+
+    name: str
+    description: str
+    fn: Callable[..., Any]
+    effect: Effect
+    args_model: type[BaseModel]
+    undo: Callable[..., Any] | None = None
+    why_no_undo: str | None = None
+    timeout_s: float = 30.0
+    idempotent: bool = False
+    secrets: tuple[str, ...] = ()
+    takes_ctx: bool = False
+    _schema: JSON = field(default_factory=dict, repr=False)
+
+    def spec(self) -> JSON:
+        """The OpenAI `tools` entry for this tool."""
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": self._schema,
+            },
+        }
+
+    def parse(self, raw: str) -> JSON:
+        """Decode and validate the model's arguments, or raise `ToolArgumentsError`."""
+        try:
+            data = json.loads(raw or "{}")
+        except json.JSONDecodeError as exc:
+            raise ToolArgumentsError(
+                f"arguments for {self.name} are not valid JSON ({exc.msg} at position "
+                f"{exc.pos}); send a JSON object matching the tool's schema"
+            ) from None
+        if not isinstance(data, dict):
+            raise ToolArgumentsError(
+                f"arguments for {self.name} must be a JSON object, not {type(data).__name__}"
+            )
+        try:
+            return self.args_model.model_validate(data).model_dump()
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}"
+                for e in exc.errors()
+            )
+            raise ToolArgumentsError(f"invalid arguments for {self.name}: {problems}") from None
+
+    async def invoke(self, ctx: ToolContext, args: JSON) -> Any:
+        """Run the tool (sync tools in a worker thread, so a timeout can fire)."""
+        call_args = (ctx,) if self.takes_ctx else ()
+        if inspect.iscoroutinefunction(self.fn):
+            return await self.fn(*call_args, **args)
+        return await asyncio.to_thread(self.fn, *call_args, **args)
+
+    async def compensate(self, ctx: ToolContext, args: JSON, result: Any) -> Any:
+        """Run the tool's `undo` for an earlier call."""
+        if self.undo is None:
+            raise ConfigError(f"tool {self.name} has no undo: {self.why_no_undo}")
+        params = list(inspect.signature(self.undo).parameters)
+        call = (ctx, args, result) if len(params) == 3 else (args, result)
+        if inspect.iscoroutinefunction(self.undo):
+            return await self.undo(*call)
+        return await asyncio.to_thread(self.undo, *call)
+
+
+@overload
+def tool(fn: Callable[..., Any], /) -> Tool: ...
+
+
+@overload
+def tool(
+    *,
+    name: str | None = None,
+    effect: Effect | str = Effect.READ,
+    undo: Callable[..., Any] | None = NOT_GIVEN,
+    why_no_undo: str | None = None,
+    timeout_s: float = 30.0,
+    idempotent: bool | None = None,
+    secrets: Iterable[str] = (),
+) -> Callable[[Callable[..., Any]], Tool]: ...
+
+
+def tool(
+    fn: Callable[..., Any] | None = None,
+    *,
+    name: str | None = None,
+    effect: Effect | str = Effect.READ,
+    undo: Callable[..., Any] | None = NOT_GIVEN,
+    why_no_undo: str | None = None,
+    timeout_s: float = 30.0,
+    idempotent: bool | None = None,
+    secrets: Iterable[str] = (),
+) -> Any:
+    """Turn a typed function into a `Tool`. Use bare (`@tool`) or with options.
+
+    Args:
+        name: tool name shown to the model (default: the function's name).
+        effect: `read`, `write` or `irreversible`.
+        undo: for `write` tools, `undo(args, result)` (or `undo(ctx, args, result)`)
+            that reverses one call. Required unless `undo=None` with `why_no_undo`.
+        why_no_undo: the stated reason a write tool cannot be undone.
+        timeout_s: wall-time limit of one call.
+        idempotent: safe to call twice with the same arguments (default: True for
+            `read` tools, False otherwise).
+        secrets: vault secret names the tool needs.
+    """
+
+    def build(f: Callable[..., Any]) -> Tool:
+        return make_tool(
+            f,
+            name=name,
+            effect=Effect(effect),
+            undo=undo,
+            why_no_undo=why_no_undo,
+            timeout_s=timeout_s,
+            idempotent=idempotent,
+            secrets=tuple(secrets),
+        )
+
+    return build if fn is None else build(fn)
+
+
+def make_tool(
+    fn: Callable[..., Any],
+    *,
+    name: str | None,
+    effect: Effect,
+    undo: Callable[..., Any] | None,
+    why_no_undo: str | None,
+    timeout_s: float,
+    idempotent: bool | None,
+    secrets: tuple[str, ...],
+) -> Tool:
+    """Build a `Tool`, checking every rule; raises `ConfigError`."""
+    tool_name = name or fn.__name__
+    if not _NAME.match(tool_name):
+        raise ConfigError(f"tool name {tool_name!r} must match {_NAME.pattern}")
+    if timeout_s <= 0:
+        raise ConfigError(f"tool {tool_name}: timeout_s must be > 0")
+    if effect is Effect.WRITE:
+        if undo is NOT_GIVEN:
+            raise ConfigError(
+                f"write tool {tool_name} must declare undo=..., or undo=None with "
+                "why_no_undo='...' stating why it cannot be reversed"
+            )
+        if undo is None and not (why_no_undo or "").strip():
+            raise ConfigError(f"write tool {tool_name} has undo=None but no why_no_undo reason")
+    elif undo not in (None, NOT_GIVEN):
+        raise ConfigError(f"tool {tool_name}: only write tools declare an undo")
+    takes_ctx, model = _args_model(fn, tool_name)
+    description, _ = _doc(fn)
+    return Tool(
+        name=tool_name,
+        description=description or tool_name,
+        fn=fn,
+        effect=effect,
+        args_model=model,
+        undo=None if undo is NOT_GIVEN else undo,
+        why_no_undo=why_no_undo,
+        timeout_s=timeout_s,
+        idempotent=effect is Effect.READ if idempotent is None else idempotent,
+        secrets=secrets,
+        takes_ctx=takes_ctx,
+        _schema=_clean_schema(model.model_json_schema()),
+    )
+
+
+def _args_model(fn: Callable[..., Any], tool_name: str) -> tuple[bool, type[BaseModel]]:
+    try:
+        hints = get_type_hints(fn)
+    except NameError as exc:
+        raise ConfigError(f"tool {tool_name}: cannot resolve type hints ({exc})") from None
+    _, arg_docs = _doc(fn)
+    fields: dict[str, Any] = {}
+    takes_ctx = False
+    for i, (pname, param) in enumerate(inspect.signature(fn).parameters.items()):
+        hint = hints.get(pname)
+        if i == 0 and hint is ToolContext:
+            takes_ctx = True
+            continue
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            raise ConfigError(f"tool {tool_name}: *args/**kwargs are not allowed")
+        if hint is None:
+            raise ConfigError(f"tool {tool_name}: parameter {pname!r} needs a type hint")
+        from pydantic import Field
+
+        default = ... if param.default is param.empty else param.default
+        fields[pname] = (hint, Field(default, description=arg_docs.get(pname)))
+    model = create_model(
+        f"{tool_name}_args", __config__=ConfigDict(extra="forbid"), **fields
+    )
+    return takes_ctx, model
+
+
+def _doc(fn: Callable[..., Any]) -> tuple[str, dict[str, str]]:
+    """The summary and the Google-style `Args:` entries of a docstring."""
+    doc = inspect.getdoc(fn) or ""
+    summary = doc.split("\n\n", 1)[0].replace("\n", " ").strip()
+    args: dict[str, str] = {}
+    in_args = False
+    for line in doc.splitlines():
+        if line.strip() in ("Args:", "Arguments:"):
+            in_args = True
+            continue
+        if in_args:
+            m = re.match(r"^\s+(\w+)(?:\s*\(.*?\))?:\s*(.+)$", line)
+            if m:
+                args[m.group(1)] = m.group(2).strip()
+            elif line.strip() and not line.startswith((" ", "\t")):
+                in_args = False
+    return summary, args
+
+
+def _clean_schema(schema: JSON) -> JSON:
+    schema.pop("title", None)
+    for prop in schema.get("properties", {}).values():
+        prop.pop("title", None)
+    return schema
+
+
+class Toolkit:
+    """A named group of tools an agent can be given."""
+
+    def __init__(self, name: str, tools: Iterable[Tool], *, description: str = "") -> None:
+        self.name = name
+        self.description = description
+        self._tools: dict[str, Tool] = {}
+        for t in tools:
+            if t.name in self._tools:
+                raise ConfigError(f"toolkit {name}: two tools named {t.name}")
+            self._tools[t.name] = t
+
+    def __iter__(self) -> Iterator[Tool]:
+        return iter(self._tools.values())
+
+    def __len__(self) -> int:
+        return len(self._tools)
+
+    def get(self, name: str) -> Tool | None:
+        """The tool called `name`, or None."""
+        return self._tools.get(name)
+
+
+class ToolBox:
+    """The tools one agent may call: the union of its toolkits."""
+
+    def __init__(self, toolkits: Iterable[Toolkit]) -> None:
+        self._tools: dict[str, Tool] = {}
+        for kit in toolkits:
+            for t in kit:
+                if t.name in self._tools:
+                    raise ConfigError(f"tool {t.name} is defined by two toolkits")
+                self._tools[t.name] = t
+        self.specs = [t.spec() for t in self._tools.values()]
+
+    def get(self, name: str) -> Tool | None:
+        """The tool called `name`, or None."""
+        return self._tools.get(name)
+
+    def names(self) -> list[str]:
+        """The tool names, in order."""
+        return list(self._tools)

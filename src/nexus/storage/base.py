@@ -1,0 +1,128 @@
+"""The storage interface the runtime speaks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    """A journal row exactly as stored (payload as its canonical JSON text)."""
+
+    id: int
+    session_id: str
+    seq: int
+    ts: float
+    kind: str
+    payload: str
+    tokens_in: int
+    tokens_out: int
+    cost_usd: float
+    latency_ms: float
+    prev_hash: str
+    hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRow:
+    """A session as the index keeps it: a projection of its journal."""
+
+    id: str
+    agent: str
+    goal: str
+    status: str
+    priority: int
+    labels: dict[str, str]
+    created_at: float
+    updated_at: float
+    reason: str | None
+    steps: int
+    tokens_in: int
+    tokens_out: int
+    cost_usd: float
+    last_seq: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The session as plain data."""
+        return {f: getattr(self, f) for f in self.__slots__}
+
+
+@dataclass(frozen=True, slots=True)
+class SessionQuery:
+    """Filters and paging for listing sessions (newest first)."""
+
+    status: Sequence[str] = ()
+    agent: str | None = None
+    label: tuple[str, str] | None = None
+    limit: int = 50
+    offset: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SessionChange:
+    """How one journal event changes its session's index row."""
+
+    create: dict[str, Any] | None = None
+    status: str | None = None
+    reason: str | None = None
+    steps: int = 0
+
+
+class Store(Protocol):
+    """Durable storage for journal events and the session index."""
+
+    path: str
+
+    def append(self, row: EventRow, change: SessionChange) -> int:
+        """Insert one event and apply its session change in one transaction.
+
+        Returns the row id. Raises `JournalError` if `(session_id, seq)` exists.
+        """
+        ...
+
+    def head(self, session_id: str) -> tuple[int, str]:
+        """The last `(seq, hash)` of a session, `(0, "")` if it has none."""
+        ...
+
+    def events(
+        self, session_id: str, after_seq: int = 0, limit: int | None = None
+    ) -> list[EventRow]:
+        """A session's events with `seq > after_seq`, in order."""
+        ...
+
+    def events_after(self, after_id: int, limit: int = 1000) -> list[EventRow]:
+        """Events of all sessions with row id > `after_id`, in commit order."""
+        ...
+
+    def iter_all_events(self) -> Iterator[EventRow]:
+        """Every event, ordered by session then seq (for audits)."""
+        ...
+
+    def session(self, session_id: str) -> SessionRow | None:
+        """One session, or None."""
+        ...
+
+    def sessions(self, query: SessionQuery) -> list[SessionRow]:
+        """Sessions matching `query`, newest first."""
+        ...
+
+    def session_ids(self, status: Sequence[str]) -> list[str]:
+        """Ids of sessions with one of these statuses, oldest first."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection."""
+        ...
+
+
+Durability = Literal["normal", "full"]
+
+
+def open_store(path: Path, durability: Durability = "normal") -> Store:
+    """Open (creating and migrating if needed) the store at `path`."""
+    from nexus.storage.sqlite import SQLiteStore
+
+    return SQLiteStore(path, durability=durability)

@@ -1,0 +1,50 @@
+"""Versioned schema migrations for the SQLite store.
+
+Append new versions; never edit a released one. Each applied version is recorded
+in `schema_version`; an older database is migrated on open, a newer one refused.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        CREATE TABLE sessions (
+            id          TEXT PRIMARY KEY,
+            agent       TEXT NOT NULL,
+            goal        TEXT NOT NULL,
+            status      TEXT NOT NULL,
+            priority    INTEGER NOT NULL DEFAULT 0,
+            labels      TEXT NOT NULL DEFAULT '{}',
+            created_at  REAL NOT NULL,
+            updated_at  REAL NOT NULL,
+            reason      TEXT,
+            steps       INTEGER NOT NULL DEFAULT 0,
+            tokens_in   INTEGER NOT NULL DEFAULT 0,
+            tokens_out  INTEGER NOT NULL DEFAULT 0,
+            cost_usd    REAL NOT NULL DEFAULT 0,
+            last_seq    INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX sessions_created ON sessions (created_at DESC);
+        CREATE INDEX sessions_status ON sessions (status, created_at DESC);
+        CREATE TABLE events (
+            id          INTEGER PRIMARY KEY,
+            session_id  TEXT NOT NULL,
+            seq         INTEGER NOT NULL,
+            ts          REAL NOT NULL,
+            kind        TEXT NOT NULL,
+            payload     TEXT NOT NULL,
+            tokens_in   INTEGER NOT NULL DEFAULT 0,
+            tokens_out  INTEGER NOT NULL DEFAULT 0,
+            cost_usd    REAL NOT NULL DEFAULT 0,
+            latency_ms  REAL NOT NULL DEFAULT 0,
+            prev_hash   TEXT NOT NULL,
+            hash        TEXT NOT NULL,
+            UNIQUE (session_id, seq)
+        );
+        """,
+    ),
+]
+
+LATEST = MIGRATIONS[-1][0]

@@ -1,0 +1,243 @@
+"""The embedded store: SQLite in WAL mode. Every SQL statement of NEXUS lives here.
+
+One connection per store, guarded by a lock: a journal append is one short
+transaction (tens of microseconds in WAL mode), cheaper to run inline than to hand
+to a thread. Several processes may open the same file; `busy_timeout` serialises
+their writers.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from nexus.errors import JournalError, SchemaVersionError, StorageError
+from nexus.storage.base import Durability, EventRow, SessionChange, SessionQuery, SessionRow
+from nexus.storage.migrations import LATEST, MIGRATIONS
+
+_EVENT_COLS = (
+    "id, session_id, seq, ts, kind, payload, tokens_in, tokens_out, cost_usd, "
+    "latency_ms, prev_hash, hash"
+)
+_SESSION_COLS = (
+    "id, agent, goal, status, priority, labels, created_at, updated_at, reason, steps, "
+    "tokens_in, tokens_out, cost_usd, last_seq"
+)
+
+
+class SQLiteStore:
+    """`Store` on one SQLite file."""
+
+    def __init__(self, path: Path, *, durability: Durability = "normal") -> None:
+        self.path = str(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}")
+            self._db.execute("PRAGMA foreign_keys=ON")
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(f"cannot open database {self.path}: {exc}") from None
+        self._lock = threading.Lock()
+        self._migrate()
+
+    # -- schema -----------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        try:
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version "
+                "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
+            )
+            (current,) = self._db.execute(
+                "SELECT coalesce(max(version), 0) FROM schema_version"
+            ).fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(f"cannot read database {self.path}: {exc}") from None
+        if current > LATEST:
+            raise SchemaVersionError(
+                f"database {self.path} has schema version {current}, but this NEXUS knows "
+                f"versions up to {LATEST}: upgrade NEXUS (pip install -U nexus-runtime)"
+            )
+        for version, sql in MIGRATIONS:
+            if version <= current:
+                continue
+            with self._lock:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    for statement in filter(str.strip, sql.split(";")):
+                        self._db.execute(statement)
+                    self._db.execute(
+                        "INSERT INTO schema_version VALUES (?, ?)", (version, time.time())
+                    )
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+
+    def schema_version(self) -> int:
+        """The highest applied migration."""
+        (version,) = self._db.execute("SELECT max(version) FROM schema_version").fetchone()
+        return int(version)
+
+    # -- journal ------------------------------------------------------------------
+
+    def append(self, row: EventRow, change: SessionChange) -> int:
+        db = self._db
+        with self._lock:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if change.create is not None:
+                    c = change.create
+                    db.execute(
+                        f"INSERT INTO sessions ({_SESSION_COLS}) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, 0, 0, 0, 0, 0)",
+                        (
+                            row.session_id,
+                            c["agent"],
+                            c["goal"],
+                            c["status"],
+                            c["priority"],
+                            json.dumps(c["labels"]),
+                            row.ts,
+                            row.ts,
+                        ),
+                    )
+                cur = db.execute(
+                    f"INSERT INTO events ({_EVENT_COLS}) "
+                    "VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        row.session_id,
+                        row.seq,
+                        row.ts,
+                        row.kind,
+                        row.payload,
+                        row.tokens_in,
+                        row.tokens_out,
+                        row.cost_usd,
+                        row.latency_ms,
+                        row.prev_hash,
+                        row.hash,
+                    ),
+                )
+                db.execute(
+                    "UPDATE sessions SET updated_at = ?, last_seq = ?, steps = steps + ?, "
+                    "tokens_in = tokens_in + ?, tokens_out = tokens_out + ?, "
+                    "cost_usd = cost_usd + ?, status = coalesce(?, status), "
+                    "reason = CASE WHEN ? IS NULL THEN reason ELSE ? END WHERE id = ?",
+                    (
+                        row.ts,
+                        row.seq,
+                        change.steps,
+                        row.tokens_in,
+                        row.tokens_out,
+                        row.cost_usd,
+                        change.status,
+                        change.status,
+                        change.reason,
+                        row.session_id,
+                    ),
+                )
+            except sqlite3.IntegrityError as exc:
+                db.execute("ROLLBACK")
+                raise JournalError(
+                    f"cannot append {row.kind} #{row.seq} to session {row.session_id}: {exc}"
+                ) from None
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        return int(cur.lastrowid or 0)
+
+    def head(self, session_id: str) -> tuple[int, str]:
+        with self._lock:
+            found = self._db.execute(
+                "SELECT seq, hash FROM events WHERE session_id = ? ORDER BY seq DESC LIMIT 1",
+                (session_id,),
+            ).fetchone()
+        return (0, "") if found is None else (int(found[0]), str(found[1]))
+
+    def events(
+        self, session_id: str, after_seq: int = 0, limit: int | None = None
+    ) -> list[EventRow]:
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_EVENT_COLS} FROM events WHERE session_id = ? AND seq > ? "
+                "ORDER BY seq LIMIT ?",
+                (session_id, after_seq, -1 if limit is None else limit),
+            ).fetchall()
+        return [EventRow(*r) for r in rows]
+
+    def events_after(self, after_id: int, limit: int = 1000) -> list[EventRow]:
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_EVENT_COLS} FROM events WHERE id > ? ORDER BY id LIMIT ?",
+                (after_id, limit),
+            ).fetchall()
+        return [EventRow(*r) for r in rows]
+
+    def iter_all_events(self) -> Iterator[EventRow]:
+        # A separate cursor on a snapshot: audits may walk millions of rows.
+        reader = sqlite3.connect(self.path, timeout=30.0)
+        try:
+            for r in reader.execute(
+                f"SELECT {_EVENT_COLS} FROM events ORDER BY session_id, seq, id"
+            ):
+                yield EventRow(*r)
+        finally:
+            reader.close()
+
+    # -- session index --------------------------------------------------------------
+
+    def session(self, session_id: str) -> SessionRow | None:
+        with self._lock:
+            r = self._db.execute(
+                f"SELECT {_SESSION_COLS} FROM sessions WHERE id = ?", (session_id,)
+            ).fetchone()
+        return None if r is None else _session(r)
+
+    def sessions(self, query: SessionQuery) -> list[SessionRow]:
+        where: list[str] = []
+        args: list[object] = []
+        if query.status:
+            where.append(f"status IN ({','.join('?' * len(query.status))})")
+            args.extend(query.status)
+        if query.agent:
+            where.append("agent = ?")
+            args.append(query.agent)
+        if query.label:
+            where.append("json_extract(labels, ?) = ?")
+            args.extend([f'$."{query.label[0]}"', query.label[1]])
+        sql = f"SELECT {_SESSION_COLS} FROM sessions"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC, id LIMIT ? OFFSET ?"
+        args.extend([query.limit, query.offset])
+        with self._lock:
+            rows = self._db.execute(sql, args).fetchall()
+        return [_session(r) for r in rows]
+
+    def session_ids(self, status: Sequence[str]) -> list[str]:
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT id FROM sessions WHERE status IN ({','.join('?' * len(status))}) "
+                "ORDER BY created_at",
+                list(status),
+            ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def _session(r: tuple[object, ...]) -> SessionRow:
+    values = list(r)
+    values[5] = json.loads(str(values[5]))
+    return SessionRow(*values)  # type: ignore[arg-type]

@@ -1,0 +1,1 @@
+"""Test peers: real network servers that stand in for external services."""
