@@ -8,6 +8,8 @@ nested with `__`: `NEXUS_PROVIDERS='[...]'` as JSON), the TOML file
 from __future__ import annotations
 
 import os
+import re
+import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -113,7 +115,10 @@ class Settings(BaseSettings):
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         toml = _toml_path()
         if toml is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
+            try:
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"{toml}: invalid TOML: {exc}") from None
         return tuple(sources)
 
 
@@ -138,8 +143,10 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
-    except ValueError as exc:  # TOML syntax errors surface as ValueError subclasses
-        raise ConfigError(f"nexus.toml: {exc}") from None
+    except ValueError as exc:  # pydantic-settings cannot decode a value, e.g. bad JSON
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = "NEXUS_" + field.group(1).upper() if field else "settings"
+        raise ConfigError(f"invalid settings:\n  {name}: {exc} (expected JSON)") from None
 
 
 def _describe(exc: ValidationError) -> str:

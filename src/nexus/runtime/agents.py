@@ -117,7 +117,10 @@ def load_agent_file(path: Path) -> Agent:
         description=spec.description,
         source=str(path),
     )
-    agent.toolbox()  # fail now on unknown toolkits, not when a session starts
+    try:
+        agent.toolbox()  # fail now on unknown toolkits, not when a session starts
+    except ConfigError as exc:
+        raise ConfigError(f"agent file {path}: {exc}") from None
     return agent
 
 

@@ -185,27 +185,42 @@ class Journal:
             self.store.iter_all_events() if session_id is None else self.store.events(session_id)
         )
         sessions = events = 0
+        seen: set[str] = set()
         current: str | None = None
         expected_seq, prev = 1, ""
         for row in rows:
-            events += 1
             if row.session_id != current:
                 if current is not None and (gap := self._tail_gap(current, expected_seq - 1)):
                     return AuditReport(sessions, events, gap)
                 current, expected_seq, prev = row.session_id, 1, ""
+                seen.add(current)
                 sessions += 1
-            problem = None
-            if row.seq != expected_seq:
+            events += 1
+            problem, at = None, row.seq
+            if row.seq > expected_seq:
                 problem = f"missing event: expected seq {expected_seq}, found {row.seq}"
+                at = expected_seq  # report the first missing row, as _tail_gap does
+            elif row.seq < expected_seq:
+                problem = f"unexpected seq {row.seq} where {expected_seq} was expected"
             elif row.prev_hash != prev:
                 problem = "chain broken: prev_hash does not match the previous event (reordered?)"
             elif chain_hash(row) != row.hash:
                 problem = "tampered: content does not match its hash"
             if problem is not None:
-                return AuditReport(sessions, events, Tamper(row.session_id, row.seq, problem))
+                return AuditReport(sessions, events, Tamper(row.session_id, at, problem))
             expected_seq, prev = row.seq + 1, row.hash
         if current is not None and (gap := self._tail_gap(current, expected_seq - 1)):
             return AuditReport(sessions, events, gap)
+        # A session whose every event was deleted leaves no row to walk; the index,
+        # written in the same transactions, still lists it.
+        indexed = (
+            [session_id]
+            if session_id is not None
+            else self.store.session_ids([s.value for s in SessionStatus])
+        )
+        for sid in indexed:
+            if sid not in seen and (gap := self._tail_gap(sid, 0)):
+                return AuditReport(sessions, events, gap)
         return AuditReport(sessions, events, None)
 
     def _tail_gap(self, session_id: str, last_seen: int) -> Tamper | None:

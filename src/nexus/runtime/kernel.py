@@ -188,11 +188,16 @@ class Runtime:
             return ReplayProvider.from_events(self.journal.events(source), source=source)
         raise ConfigError(f"replay source {source!r} is neither a file nor a session id")
 
-    async def aclose(self) -> None:
-        """Close owned providers and the store."""
+    async def aclose_providers(self) -> None:
+        """Close the providers this runtime opened (their connection pools)."""
         for owned in self._owned:
             await owned.aclose()
         self._owned.clear()
+        self._provider = None
+
+    async def aclose(self) -> None:
+        """Close owned providers and the store."""
+        await self.aclose_providers()
         self.store.close()
 
 

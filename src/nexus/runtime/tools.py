@@ -194,7 +194,7 @@ def make_tool(
 ) -> Tool:
     """Build a `Tool`, checking every rule; raises `ConfigError`."""
     tool_name = name or fn.__name__
-    if not _NAME.match(tool_name):
+    if not _NAME.fullmatch(tool_name):  # match() would accept a trailing newline
         raise ConfigError(f"tool name {tool_name!r} must match {_NAME.pattern}")
     if timeout_s <= 0:
         raise ConfigError(f"tool {tool_name}: timeout_s must be > 0")
@@ -247,9 +247,7 @@ def _args_model(fn: Callable[..., Any], tool_name: str) -> tuple[bool, type[Base
 
         default = ... if param.default is param.empty else param.default
         fields[pname] = (hint, Field(default, description=arg_docs.get(pname)))
-    model = create_model(
-        f"{tool_name}_args", __config__=ConfigDict(extra="forbid"), **fields
-    )
+    model = create_model(f"{tool_name}_args", __config__=ConfigDict(extra="forbid"), **fields)
     return takes_ctx, model
 
 
@@ -259,16 +257,27 @@ def _doc(fn: Callable[..., Any]) -> tuple[str, dict[str, str]]:
     summary = doc.split("\n\n", 1)[0].replace("\n", " ").strip()
     args: dict[str, str] = {}
     in_args = False
+    entry_indent: int | None = None
+    last: str | None = None
     for line in doc.splitlines():
         if line.strip() in ("Args:", "Arguments:"):
             in_args = True
             continue
-        if in_args:
-            m = re.match(r"^\s+(\w+)(?:\s*\(.*?\))?:\s*(.+)$", line)
-            if m:
-                args[m.group(1)] = m.group(2).strip()
-            elif line.strip() and not line.startswith((" ", "\t")):
-                in_args = False
+        if not in_args or not line.strip():
+            continue
+        indent = len(line) - len(line.lstrip())
+        if indent == 0:  # the next section ("Returns:", ...)
+            in_args = False
+            continue
+        if entry_indent is None:
+            entry_indent = indent
+        m = re.match(r"^\s+(\w+)(?:\s*\(.*?\))?:\s*(.+)$", line)
+        if indent <= entry_indent and m:
+            last = m.group(1)
+            args[last] = m.group(2).strip()
+        elif indent > entry_indent and last is not None:
+            # Google style wraps a long description onto more-indented lines.
+            args[last] += " " + line.strip()
     return summary, args
 
 

@@ -39,13 +39,23 @@ class SQLiteStore:
             self._db = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=30.0
             )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}")
-            self._db.execute("PRAGMA foreign_keys=ON")
         except sqlite3.DatabaseError as exc:
             raise StorageError(f"cannot open database {self.path}: {exc}") from None
         self._lock = threading.Lock()
-        self._migrate()
+        try:
+            try:
+                _enable_wal(self._db)
+                self._db.execute(
+                    f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}"
+                )
+                self._db.execute("PRAGMA foreign_keys=ON")
+            except sqlite3.DatabaseError as exc:
+                raise StorageError(f"cannot open database {self.path}: {exc}") from None
+            self._migrate()
+        except BaseException:
+            # A refused database must not stay open (and locked) behind the error.
+            self._db.close()
+            raise
 
     # -- schema -----------------------------------------------------------------
 
@@ -71,6 +81,13 @@ class SQLiteStore:
             with self._lock:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
+                    # Another process may have applied it between our read and our
+                    # write lock (workers starting together on a fresh file).
+                    if self._db.execute(
+                        "SELECT 1 FROM schema_version WHERE version = ?", (version,)
+                    ).fetchone():
+                        self._db.execute("ROLLBACK")
+                        continue
                     for statement in filter(str.strip, sql.split(";")):
                         self._db.execute(statement)
                     self._db.execute(
@@ -235,6 +252,25 @@ class SQLiteStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _enable_wal(db: sqlite3.Connection, attempts: int = 50) -> None:
+    """Switch to WAL, retrying on SQLITE_BUSY.
+
+    Changing the journal mode of a fresh file needs an exclusive lock, and SQLite
+    reports BUSY at once (without calling the busy handler) when another connection
+    is doing the same, so processes opening a new database together must retry.
+    """
+    for attempt in range(attempts):
+        try:
+            (mode,) = db.execute("PRAGMA journal_mode").fetchone()
+            if str(mode).lower() != "wal":
+                db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.005 * (attempt + 1))
 
 
 def _session(r: tuple[object, ...]) -> SessionRow:

@@ -38,7 +38,7 @@ class ReplayProvider:
             p = e.payload
             body = {
                 "model": p.get("model", ""),
-                "choices": [{"message": p["message"], "finish_reason": p.get("finish_reason")}],
+                "choices": [{"message": p.get("message"), "finish_reason": p.get("finish_reason")}],
                 "usage": {"prompt_tokens": e.tokens_in, "completion_tokens": e.tokens_out},
             }
             r = parse_completion(body, provider="replay")

@@ -25,7 +25,7 @@ def check_url(url: str, allow_hosts: tuple[str, ...]) -> str:
     host = (parts.hostname or "").lower()
     if not host:
         raise ToolExecutionError(f"URL has no host: {url!r}")
-    if host in allow_hosts or host == "localhost":
+    if host == "localhost" or host in {h.lower() for h in allow_hosts}:
         return host
     try:
         if ipaddress.ip_address(host).is_loopback:
@@ -53,16 +53,29 @@ async def http_get(ctx: ToolContext, url: str) -> dict[str, Any]:
             aiohttp.ClientSession(timeout=timeout) as http,
             http.get(url, allow_redirects=False) as resp,
         ):
-            body = await resp.content.read(MAX_BODY + 1)
+            # read(n) returns what has arrived, up to n: loop until the cap or EOF.
+            body = bytearray()
+            while len(body) <= MAX_BODY:
+                chunk = await resp.content.read(MAX_BODY + 1 - len(body))
+                if not chunk:
+                    break
+                body.extend(chunk)
             truncated = len(body) > MAX_BODY
             return {
                 "status": resp.status,
                 "content_type": resp.headers.get("Content-Type", ""),
-                "body": body[:MAX_BODY].decode(resp.charset or "utf-8", errors="replace"),
+                "body": _decode(bytes(body[:MAX_BODY]), resp.charset),
                 "truncated": truncated,
             }
-    except aiohttp.ClientError as exc:
-        raise ToolExecutionError(f"GET {url} failed: {exc}") from None
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise ToolExecutionError(f"GET {url} failed: {str(exc) or type(exc).__name__}") from None
+
+
+def _decode(data: bytes, charset: str | None) -> str:
+    try:
+        return data.decode(charset or "utf-8", errors="replace")
+    except LookupError:  # the server named a charset Python does not know
+        return data.decode("utf-8", errors="replace")
 
 
 toolkit = Toolkit("http", [http_get], description="Fetch web pages from allowed hosts.")

@@ -33,12 +33,17 @@ def resolve(ctx: ToolContext, path: str) -> Path:
 
 
 def _backup(ctx: ToolContext, target: Path) -> str | None:
-    """Copy the current file aside for undo; returns the backup name (None if absent)."""
-    if not target.exists():
-        return None
+    """Copy the current file aside for undo; returns the backup name (None if absent).
+
+    An absent file leaves an `.absent` marker, so a retried call can tell "there was
+    no file" from "the crash came before the backup was taken".
+    """
     store = ctx.workspace / _PRIVATE / "undo"
     store.mkdir(parents=True, exist_ok=True)
     name = ctx.idempotency_key
+    if not target.exists():
+        (store / f"{name}.absent").touch()
+        return None
     shutil.copy2(target, store / name)
     return name
 
@@ -98,8 +103,12 @@ def write_file(ctx: ToolContext, path: str, content: str) -> dict[str, Any]:
         content: the full new text of the file.
     """
     target = resolve(ctx, path)
-    # A retried call (crash mid-write) must not back up its own half-done write.
-    backup = _backup(ctx, target) if not ctx.retry else _existing_backup(ctx)
+    # A retried call (crash mid-write) must not back up its own half-done write; but
+    # if the crash came before the backup, the file is still the original.
+    if ctx.retry and _backup_recorded(ctx):
+        backup = _existing_backup(ctx)
+    else:
+        backup = _backup(ctx, target)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(content, encoding="utf-8")
     return {"path": path, "bytes": len(content.encode()), "backup": backup}
@@ -108,6 +117,12 @@ def write_file(ctx: ToolContext, path: str, content: str) -> dict[str, Any]:
 def _existing_backup(ctx: ToolContext) -> str | None:
     name = ctx.idempotency_key
     return name if (ctx.workspace / _PRIVATE / "undo" / name).exists() else None
+
+
+def _backup_recorded(ctx: ToolContext) -> bool:
+    store = ctx.workspace / _PRIVATE / "undo"
+    name = ctx.idempotency_key
+    return (store / name).exists() or (store / f"{name}.absent").exists()
 
 
 def _undo_delete(ctx: ToolContext, args: dict[str, Any], result: dict[str, Any]) -> None:

@@ -1,0 +1,313 @@
+"""The `nexus` command: typer + rich, thin over `nexus.runtime`.
+
+Heavy modules are imported inside commands so `nexus --help` stays fast.
+
+Exit codes: 0 success; 1 the session failed or was killed; 2 bad usage or
+configuration (including no LLM provider); 3 not found; 4 audit found tampering;
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from nexus.runtime.kernel import Runtime
+
+EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_TAMPERED, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
+
+app = typer.Typer(
+    name="nexus",
+    help="NEXUS: a production runtime for AI agents.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Show the settings.", no_args_is_help=True)
+agents_app = typer.Typer(help="The agents NEXUS knows.", no_args_is_help=True)
+audit_app = typer.Typer(help="Check the journal's hash chains.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(agents_app, name="agents")
+app.add_typer(audit_app, name="audit")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _console(stderr: bool = False) -> Console:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def _die(message: str, code: int) -> NoReturn:
+    _console(stderr=True).print(f"[bold red]error:[/] {message}", markup=True)
+    raise typer.Exit(code)
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def _runtime() -> Runtime:
+    from nexus.errors import ConfigError, StorageError
+    from nexus.runtime.kernel import Runtime
+
+    try:
+        return Runtime()
+    except (ConfigError, StorageError) as exc:
+        _die(str(exc), EXIT_USAGE)
+
+
+def _session_or_die(rt: Runtime, session_id: str) -> Any:
+    from nexus.errors import SessionNotFound
+
+    try:
+        return rt.session(session_id)
+    except SessionNotFound as exc:
+        _die(str(exc), EXIT_NOT_FOUND)
+
+
+@app.command()
+def run(
+    goal: Annotated[str, typer.Argument(help="What the agent should achieve.")],
+    agent: Annotated[str | None, typer.Option(help="Agent name (see `nexus agents list`).")] = None,
+    replay: Annotated[
+        str | None,
+        typer.Option(help="Answer LLM calls from a recorded session: exported FILE or SESSION id."),
+    ] = None,
+    priority: Annotated[int, typer.Option(help="Queue priority; 0 is the highest.")] = 0,
+    model: Annotated[str | None, typer.Option(help="Override the agent's model.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run one agent session to its end, durably, showing each step as it happens."""
+    from nexus.errors import NexusError
+    from nexus.runtime.dispatch import Dispatcher
+    from nexus.types import SessionStatus
+
+    rt = _runtime()
+    console = _console()
+    created: list[str] = []
+
+    async def main() -> SessionStatus:
+        try:
+            if replay is None:
+                await rt.provider()  # no provider: fail in one line before queueing anything
+            session_id = rt.create_session(
+                goal, agent=agent, priority=priority, replay=replay, model=model
+            )
+            created.append(session_id)
+            if not as_json:
+                console.print(f"[bold]session[/] {session_id}  [dim](nexus logs {session_id})[/]")
+            async with Dispatcher(rt) as dispatcher:
+                await dispatcher.submit(session_id, priority=priority)
+                if not as_json:
+                    from nexus.cli.render import event_line
+
+                    async for event in rt.journal.follow(session_id):
+                        console.print(event_line(event))
+                return await dispatcher.wait(session_id)
+        finally:
+            await rt.aclose_providers()
+
+    try:
+        status = asyncio.run(main())
+    except NexusError as exc:
+        _die(str(exc), EXIT_USAGE)
+    except KeyboardInterrupt:
+        _die("interrupted; the session resumes at the next `nexus worker`", EXIT_INTERRUPTED)
+    if as_json:
+        _print_json(rt.session(created[0]).to_dict())
+    raise typer.Exit(0 if status is SessionStatus.COMPLETED else EXIT_FAILED)
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int | None, typer.Option(help="Sessions in flight.")] = None,
+) -> None:
+    """Run queued sessions durably until SIGINT/SIGTERM; resumes unfinished ones first."""
+    from nexus.runtime.dispatch import serve_forever
+
+    rt = _runtime()
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve_forever(rt, concurrency=concurrency))
+
+
+@app.command()
+def sessions(
+    status: Annotated[list[str] | None, typer.Option(help="Only these statuses.")] = None,
+    agent: Annotated[str | None, typer.Option(help="Only this agent.")] = None,
+    label: Annotated[str | None, typer.Option(help="Only sessions with KEY=VALUE.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
+    offset: Annotated[int, typer.Option(min=0)] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """List sessions, newest first."""
+    from nexus.storage.base import SessionQuery
+
+    lab = None
+    if label is not None:
+        key, sep, value = label.partition("=")
+        if not sep:
+            _die("--label takes KEY=VALUE", EXIT_USAGE)
+        lab = (key, value)
+    rt = _runtime()
+    rows = [
+        r.to_dict()
+        for r in rt.sessions(SessionQuery(tuple(status or ()), agent, lab, limit, offset))
+    ]
+    if as_json:
+        _print_json(rows)
+        return
+    from nexus.cli.render import sessions_table
+
+    _console().print(sessions_table(rows))
+
+
+@app.command()
+def status(session_id: str, as_json: JsonOpt = False) -> None:
+    """One session's status, counters and outcome."""
+    rt = _runtime()
+    row = _session_or_die(rt, session_id).to_dict()
+    if as_json:
+        _print_json(row)
+        return
+    console = _console()
+    for key, value in row.items():
+        console.print(f"[bold]{key:>10}[/] {value}")
+
+
+@app.command()
+def logs(
+    session_id: str,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new events.")
+    ] = False,
+    after: Annotated[int, typer.Option(help="Only events after this seq.")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """A session's timeline: LLM calls (model, tokens, cost, latency), tool calls, results."""
+    from nexus.cli.render import event_line
+
+    rt = _runtime()
+    _session_or_die(rt, session_id)
+    console = _console()
+
+    def show(event: Any) -> None:
+        if as_json:
+            sys.stdout.write(json.dumps(event.to_dict(), ensure_ascii=False) + "\n")
+            sys.stdout.flush()
+        else:
+            console.print(event_line(event))
+
+    if not follow:
+        for event in rt.journal.events(session_id, after):
+            show(event)
+        return
+
+    async def tail() -> None:
+        async for event in rt.journal.follow(session_id, after):
+            show(event)
+
+    try:
+        asyncio.run(tail())
+    except KeyboardInterrupt:
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+@app.command()
+def export(
+    session_id: str,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to FILE.")] = None,
+) -> None:
+    """Export a session and its events as JSON (replayable with `nexus run --replay FILE`)."""
+    from nexus.runtime.kernel import dump_export
+
+    rt = _runtime()
+    _session_or_die(rt, session_id)
+    text = dump_export(rt.export(session_id))
+    if output is None:
+        sys.stdout.write(text + "\n")
+    else:
+        output.write_text(text + "\n", encoding="utf-8")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    session_id: Annotated[str | None, typer.Argument(help="One session (default: all).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Verify the hash chains; report the first tampered, reordered or missing row."""
+    rt = _runtime()
+    if session_id is not None:
+        _session_or_die(rt, session_id)
+    report = rt.journal.verify(session_id)
+    if as_json:
+        _print_json(report.to_dict())
+    elif report.ok:
+        _console().print(
+            f"[green]ok[/]: {report.events} events in {report.sessions} sessions, chains intact"
+        )
+    else:
+        bad = report.first_problem
+        assert bad is not None
+        _console().print(
+            f"[bold red]TAMPERED[/] session {bad.session_id} seq {bad.seq}: {bad.problem}"
+        )
+    raise typer.Exit(0 if report.ok else EXIT_TAMPERED)
+
+
+@config_app.command("show")
+def config_show(as_json: JsonOpt = False) -> None:
+    """Print the effective settings (secrets masked)."""
+    from nexus.config import load_settings, public_view
+    from nexus.errors import ConfigError
+
+    try:
+        data = public_view(load_settings())
+    except ConfigError as exc:
+        _die(str(exc), EXIT_USAGE)
+    if as_json:
+        _print_json(data)
+        return
+    console = _console()
+    for key, value in data.items():
+        console.print(f"[bold]{key:>16}[/] {value}")
+
+
+@agents_app.command("list")
+def agents_list(as_json: JsonOpt = False) -> None:
+    """List the agents: built-ins and `NEXUS_HOME/agents/*.toml`."""
+    rt = _runtime()
+    rows = [a.to_dict() for a in rt.agents.all()]
+    if as_json:
+        _print_json(rows)
+        return
+    from rich.table import Table
+
+    table = Table(show_edge=False, header_style="bold")
+    for col in ("name", "toolkits", "model", "max steps", "source", "description"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r["name"],
+            ", ".join(r["toolkits"]),
+            r["model"] or "(default)",
+            str(r["limits"]["max_steps"]),
+            r["source"],
+            r["description"],
+        )
+    _console().print(table)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
