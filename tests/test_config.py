@@ -78,20 +78,40 @@ def test_providers_come_from_json_in_the_environment(monkeypatch: pytest.MonkeyP
         "NEXUS_PROVIDERS",
         json.dumps(
             [
-                {"name": "groq", "base_url": "https://api.groq.com/openai/v1/", "model": "m1",
-                 "api_key": KEY, "price_in_per_1m": 0.05, "retries": 3},
+                {
+                    "name": "groq",
+                    "base_url": "https://api.groq.com/openai/v1/",
+                    "model": "m1",
+                    "api_key": KEY,
+                    "price_in_per_1m": 0.05,
+                    "retries": 3,
+                },
                 {"name": "local", "base_url": "http://127.0.0.1:8000/v1", "model": "m2"},
             ]
         ),
     )
     settings = load_settings()
     assert [p.model_dump() for p in settings.providers] == [
-        {"name": "groq", "base_url": "https://api.groq.com/openai/v1", "model": "m1",
-         "api_key": settings.providers[0].api_key, "price_in_per_1m": 0.05,
-         "price_out_per_1m": 0.0, "timeout_s": 60.0, "retries": 3},
-        {"name": "local", "base_url": "http://127.0.0.1:8000/v1", "model": "m2",
-         "api_key": None, "price_in_per_1m": 0.0, "price_out_per_1m": 0.0,
-         "timeout_s": 60.0, "retries": 2},
+        {
+            "name": "groq",
+            "base_url": "https://api.groq.com/openai/v1",
+            "model": "m1",
+            "api_key": settings.providers[0].api_key,
+            "price_in_per_1m": 0.05,
+            "price_out_per_1m": 0.0,
+            "timeout_s": 60.0,
+            "retries": 3,
+        },
+        {
+            "name": "local",
+            "base_url": "http://127.0.0.1:8000/v1",
+            "model": "m2",
+            "api_key": None,
+            "price_in_per_1m": 0.0,
+            "price_out_per_1m": 0.0,
+            "timeout_s": 60.0,
+            "retries": 2,
+        },
     ]
     key = settings.providers[0].api_key
     assert key is not None and key.get_secret_value() == KEY
@@ -127,7 +147,9 @@ def test_nexus_toml_in_the_home_is_read(nexus_home: Path) -> None:
     (nexus_home / "nexus.toml").write_text(TOML, encoding="utf-8")
     settings = load_settings()
     assert (settings.durability, settings.concurrency, settings.http_allow_hosts) == (
-        "full", 3, ["a.example"],
+        "full",
+        3,
+        ["a.example"],
     )
     assert settings.providers == [
         ProviderSettings(name="from-toml", base_url="http://127.0.0.1:1234/v1", model="tm")
@@ -156,19 +178,27 @@ def test_precedence_is_overrides_then_env_then_toml(
     monkeypatch.setenv("NEXUS_CONCURRENCY", "9")
     settings = load_settings(concurrency=11)
     assert (settings.durability, settings.concurrency, settings.http_allow_hosts) == (
-        "normal", 11, ["a.example"],
+        "normal",
+        11,
+        ["a.example"],
     )
 
 
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"NEXUS_DURABILITY": "fast"}, "NEXUS_DURABILITY: Input should be 'normal' or 'full' (got 'fast')"),
+        (
+            {"NEXUS_DURABILITY": "fast"},
+            "NEXUS_DURABILITY: Input should be 'normal' or 'full' (got 'fast')",
+        ),
         (
             {"NEXUS_LOG_LEVEL": "loud"},
             "NEXUS_LOG_LEVEL: Input should be 'debug', 'info', 'warning' or 'error' (got 'loud')",
         ),
-        ({"NEXUS_CONCURRENCY": "0"}, "NEXUS_CONCURRENCY: Input should be greater than or equal to 1 (got '0')"),
+        (
+            {"NEXUS_CONCURRENCY": "0"},
+            "NEXUS_CONCURRENCY: Input should be greater than or equal to 1 (got '0')",
+        ),
         ({"NEXUS_CONCURRENCY": "many"}, "NEXUS_CONCURRENCY: Input should be a valid integer"),
         ({"NEXUS_QUEUE_POLL_S": "0"}, "NEXUS_QUEUE_POLL_S: Input should be greater than 0"),
         (
@@ -177,19 +207,32 @@ def test_precedence_is_overrides_then_env_then_toml(
             "(got 'localhost:1')",
         ),
         (
-            {"NEXUS_PROVIDERS": '[{"name": "p", "base_url": "http://x", "model": "m", "retries": -1}]'},
+            {
+                "NEXUS_PROVIDERS": '[{"name": "p", "base_url": "http://x", "model": "m", '
+                '"retries": -1}]'
+            },
             "NEXUS_PROVIDERS__0__RETRIES: Input should be greater than or equal to 0",
         ),
         (
-            {"NEXUS_PROVIDERS": '[{"name": "p", "base_url": "http://x", "model": "m", "color": 1}]'},
+            {
+                "NEXUS_PROVIDERS": '[{"name": "p", "base_url": "http://x", "model": "m", '
+                '"color": 1}]'
+            },
             "NEXUS_PROVIDERS__0__COLOR: Extra inputs are not permitted",
         ),
         ({"NEXUS_PROVIDERS": '[{"name": "p"}]'}, "NEXUS_PROVIDERS__0__BASE_URL: Field required"),
         ({"NEXUS_PROVIDERS": "not json"}, "NEXUS_PROVIDERS: error parsing value"),
     ],
     ids=[
-        "durability", "log-level", "concurrency-zero", "concurrency-text", "poll-zero",
-        "base-url-scheme", "retries-negative", "provider-unknown-key", "provider-missing",
+        "durability",
+        "log-level",
+        "concurrency-zero",
+        "concurrency-text",
+        "poll-zero",
+        "base-url-scheme",
+        "retries-negative",
+        "provider-unknown-key",
+        "provider-missing",
         "providers-not-json",
     ],
 )
@@ -223,9 +266,7 @@ def test_bad_value_in_toml_names_the_setting(nexus_home: Path) -> None:
         load_settings()
 
 
-def test_broken_toml_syntax_names_the_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_broken_toml_syntax_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A TOML syntax error is a ConfigError naming the file that holds it."""
     path = tmp_path / "broken.toml"
     path.write_text("durability = [\n", encoding="utf-8")
@@ -244,4 +285,3 @@ def test_nexus_config_pointing_nowhere_is_refused(
     with pytest.raises(ConfigError) as info:
         load_settings()
     assert str(info.value) == f"NEXUS_CONFIG: no such file: {missing}"
-

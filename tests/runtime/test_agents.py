@@ -52,7 +52,11 @@ def test_valid_agent_file_loads_every_field(tmp_path: Path) -> None:
         source=str(path),
     )
     assert agent.toolbox().names() == [
-        "read_file", "list_files", "write_file", "delete_file", "http_get",
+        "read_file",
+        "list_files",
+        "write_file",
+        "delete_file",
+        "http_get",
     ]
 
 
@@ -73,7 +77,10 @@ def test_minimal_agent_file_gets_defaults(tmp_path: Path) -> None:
     ("text", "problem"),
     [
         ('name = "x"\nsystem_prompt = "unterminated\n', "Illegal character"),
-        ('name = "x"\nsystem_prompt = "p"\ncolour = "blue"\n', "colour: Extra inputs are not permitted"),
+        (
+            'name = "x"\nsystem_prompt = "p"\ncolour = "blue"\n',
+            "colour: Extra inputs are not permitted",
+        ),
         ('name = "x"\n', "system_prompt: Field required"),
         ('name = "bad name!"\nsystem_prompt = "p"\n', "name: String should match pattern"),
         (
@@ -94,8 +101,14 @@ def test_minimal_agent_file_gets_defaults(tmp_path: Path) -> None:
         ),
     ],
     ids=[
-        "broken-toml", "unknown-key", "missing-prompt", "bad-name", "bad-limits-type",
-        "limit-out-of-range", "unknown-limit", "unknown-toolkit",
+        "broken-toml",
+        "unknown-key",
+        "missing-prompt",
+        "bad-name",
+        "bad-limits-type",
+        "limit-out-of-range",
+        "unknown-limit",
+        "unknown-toolkit",
     ],
 )
 def test_bad_agent_files_raise_config_error_naming_the_file(
@@ -134,7 +147,9 @@ def test_registry_loads_a_folder_over_the_builtins(tmp_path: Path) -> None:
     assert [a.name for a in registry.all()] == ["assistant", "researcher"]
     assistant = registry.get("assistant")
     assert (assistant.system_prompt, assistant.toolkits, assistant.source) == (
-        "mine", (), str(folder / "assistant.toml"),
+        "mine",
+        (),
+        str(folder / "assistant.toml"),
     )
 
 

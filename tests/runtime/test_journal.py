@@ -301,8 +301,15 @@ def test_session_index_is_a_projection_of_the_events(journal: Journal, store: St
         statuses.append(store.session("s1").status)  # type: ignore[union-attr]
 
     assert statuses == [
-        "queued", "running", "running", "running", "running",
-        "paused", "running", "running", "failed",
+        "queued",
+        "running",
+        "running",
+        "running",
+        "running",
+        "paused",
+        "running",
+        "running",
+        "failed",
     ]
     session = store.session("s1")
     assert session is not None
@@ -389,4 +396,6 @@ def test_verify_detects_a_renumbered_first_row(journal: Journal, db_path: Path) 
     """A first row renumbered below 1 is reported at its own seq."""
     fill(journal, "s1", 2)
     sql(db_path, "UPDATE events SET seq = 0 WHERE seq = 1")
-    assert journal.verify().first_problem == Tamper("s1", 0, "unexpected seq 0 where 1 was expected")
+    assert journal.verify().first_problem == Tamper(
+        "s1", 0, "unexpected seq 0 where 1 was expected"
+    )

@@ -41,8 +41,18 @@ BEARER = "eyJhbGciOi.payload.sig"
         ("GET /v1?API-KEY=abcdef123", f"GET /v1?API-KEY={MASK}"),
     ],
     ids=[
-        "bearer", "bearer-lower", "openai", "github", "github-pat", "slack", "aws",
-        "google", "groq", "url-password", "api-key-query", "api-key-dash",
+        "bearer",
+        "bearer-lower",
+        "openai",
+        "github",
+        "github-pat",
+        "slack",
+        "aws",
+        "google",
+        "groq",
+        "url-password",
+        "api-key-query",
+        "api-key-dash",
     ],
 )
 def test_credential_shapes_are_masked(text: str, expected: str) -> None:

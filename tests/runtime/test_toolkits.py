@@ -144,8 +144,10 @@ async def test_backups_are_hidden_from_listing(ws: Path) -> None:
 
 def test_write_tools_declare_their_undo() -> None:
     """write_file and delete_file are write tools with an undo; reads are read tools."""
-    assert [(t.name, t.effect.value, t.undo is not None) for t in
-            (read_file, list_files, write_file, delete_file)] == [
+    assert [
+        (t.name, t.effect.value, t.undo is not None)
+        for t in (read_file, list_files, write_file, delete_file)
+    ] == [
         ("read_file", "read", False),
         ("list_files", "read", False),
         ("write_file", "write", True),
@@ -215,7 +217,7 @@ async def test_retried_delete_of_an_already_deleted_file_succeeds(ws: Path) -> N
 
 async def test_retried_delete_without_a_backup_reports_the_missing_file(ws: Path) -> None:
     """A retry finds nothing to vouch for a file that never existed: still an error."""
-    with pytest.raises(ToolExecutionError, match="no such file: ghost.txt"):
+    with pytest.raises(ToolExecutionError, match=r"no such file: ghost\.txt"):
         await delete_file.invoke(context(ws, key="k", retry=True), {"path": "ghost.txt"})
 
 
@@ -302,8 +304,9 @@ class Site:
 
         async def latin(request: web.Request) -> web.Response:
             self._count(request)
-            return web.Response(body="café".encode("latin-1"), content_type="text/plain",
-                                charset="latin-1")
+            return web.Response(
+                body="café".encode("latin-1"), content_type="text/plain", charset="latin-1"
+            )
 
         async def bogus(request: web.Request) -> web.Response:
             self._count(request)
@@ -318,9 +321,15 @@ class Site:
             return web.Response(status=404, text="gone")
 
         app = web.Application()
-        for path, handler in [("/text", text), ("/sized", sized), ("/latin", latin),
-                              ("/bogus", bogus), ("/redirect", redirect), ("/target", text),
-                              ("/missing", missing)]:
+        for path, handler in [
+            ("/text", text),
+            ("/sized", sized),
+            ("/latin", latin),
+            ("/bogus", bogus),
+            ("/redirect", redirect),
+            ("/target", text),
+            ("/missing", missing),
+        ]:
             app.router.add_get(path, handler)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -456,4 +465,3 @@ def test_check_url_refuses_other_schemes_and_hosts(url: str, message: str) -> No
     with pytest.raises(ToolExecutionError) as info:
         check_url(url, ("api.example.org",))
     assert str(info.value).startswith(message)
-

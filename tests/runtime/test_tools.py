@@ -15,7 +15,10 @@ from nexus.types import Effect
 
 @tool(effect="read")
 def search(
-    query: str, limit: int = 5, mode: Literal["fast", "deep"] = "fast", tags: list[str] | None = None
+    query: str,
+    limit: int = 5,
+    mode: Literal["fast", "deep"] = "fast",
+    tags: list[str] | None = None,
 ) -> list[str]:
     """Search the notes
     for a query.
@@ -35,9 +38,7 @@ def search(
 
 
 def ctx(tmp_path: Path, **kw: Any) -> ToolContext:
-    return ToolContext(
-        session_id="s1", step=3, idempotency_key="key-3", workspace=tmp_path, **kw
-    )
+    return ToolContext(session_id="s1", step=3, idempotency_key="key-3", workspace=tmp_path, **kw)
 
 
 # -- schema -----------------------------------------------------------------------------
@@ -84,7 +85,11 @@ def test_bare_decorator_gives_a_read_tool_with_defaults() -> None:
 
     assert isinstance(ping, Tool)
     assert (ping.name, ping.description, ping.effect, ping.idempotent, ping.timeout_s) == (
-        "ping", "ping", Effect.READ, True, 30.0,
+        "ping",
+        "ping",
+        Effect.READ,
+        True,
+        30.0,
     )
     assert (ping.undo, ping.why_no_undo, ping.secrets, ping.takes_ctx) == (None, None, (), False)
     assert ping.spec()["function"]["parameters"] == {
@@ -106,7 +111,12 @@ def test_options_are_kept_on_the_tool() -> None:
         return to
 
     assert (send.name, send.effect, send.undo, send.timeout_s, send.secrets, send.idempotent) == (
-        "send-it", Effect.WRITE, undo, 2.5, ("smtp",), False,
+        "send-it",
+        Effect.WRITE,
+        undo,
+        2.5,
+        ("smtp",),
+        False,
     )
 
     @tool(effect="irreversible", idempotent=True)
@@ -169,7 +179,10 @@ async def test_tool_context_is_injected_and_hidden_from_the_schema(tmp_path: Pat
 
 def test_write_tool_without_undo_is_refused() -> None:
     """A write tool must declare undo=..., or say why it has none."""
-    with pytest.raises(ConfigError, match=r"write tool save must declare undo=\.\.\., or undo=None with why_no_undo"):
+    with pytest.raises(
+        ConfigError,
+        match=r"write tool save must declare undo=\.\.\., or undo=None with why_no_undo",
+    ):
 
         @tool(effect="write")
         def save(text: str) -> None:
@@ -194,7 +207,9 @@ async def test_write_tool_with_a_stated_reason_has_no_undo(tmp_path: Path) -> No
         """Print."""
 
     assert (print_page.undo, print_page.why_no_undo) == (None, "the printer cannot unprint")
-    with pytest.raises(ConfigError, match="tool print_page has no undo: the printer cannot unprint"):
+    with pytest.raises(
+        ConfigError, match="tool print_page has no undo: the printer cannot unprint"
+    ):
         await print_page.compensate(ctx(tmp_path), {"text": "x"}, None)
 
 
@@ -299,12 +314,22 @@ def test_parse_returns_validated_arguments_with_defaults() -> None:
         ),
         (
             '{"limit": true, "other": 1}',
-            "invalid arguments for search: query: Field required; other: Extra inputs are not permitted",
+            "invalid arguments for search: query: Field required; "
+            "other: Extra inputs are not permitted",
         ),
     ],
     ids=[
-        "not-json", "truncated-json", "array", "string", "missing-required", "wrong-type-str",
-        "wrong-type-int", "bad-enum", "wrong-type-list", "extra-field", "several",
+        "not-json",
+        "truncated-json",
+        "array",
+        "string",
+        "missing-required",
+        "wrong-type-str",
+        "wrong-type-int",
+        "bad-enum",
+        "wrong-type-list",
+        "extra-field",
+        "several",
     ],
 )
 def test_parse_rejects_bad_arguments_clearly(raw: str, message: str) -> None:

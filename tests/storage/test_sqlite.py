@@ -16,14 +16,16 @@ from nexus.storage.migrations import LATEST, MIGRATIONS
 from nexus.storage.sqlite import SQLiteStore
 
 
-def row(session_id: str, seq: int, *, ts: float = 1000.0, kind: str = "note", **kw: object) -> EventRow:
+def row(
+    session_id: str, seq: int, *, ts: float = 1000.0, kind: str = "note", **kw: object
+) -> EventRow:
     fields: dict[str, object] = {
         "id": 0,
         "session_id": session_id,
         "seq": seq,
         "ts": ts,
         "kind": kind,
-        "payload": '{"n":%d}' % seq,
+        "payload": f'{{"n":{seq}}}',
         "tokens_in": 0,
         "tokens_out": 0,
         "cost_usd": 0.0,
@@ -114,9 +116,7 @@ def test_migrations_are_recorded_in_schema_version(store: SQLiteStore, db_path: 
     db = sqlite3.connect(db_path)
     try:
         versions = [v for (v,) in db.execute("SELECT version FROM schema_version ORDER BY version")]
-        tables = {
-            n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-        }
+        tables = {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     finally:
         db.close()
     assert versions == [v for v, _ in MIGRATIONS]
@@ -147,7 +147,9 @@ def test_older_database_at_version_zero_is_migrated_on_open(db_path: Path) -> No
     LATEST on open and is then usable."""
     db_path.parent.mkdir(parents=True)
     db = sqlite3.connect(db_path)
-    db.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)")
+    db.execute(
+        "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
+    )
     db.commit()
     db.close()
 
@@ -233,7 +235,16 @@ def test_append_stores_the_row_exactly_and_projects_the_session(store: SQLiteSto
     index row in the same transaction."""
     create(store, "s1", ts=10.0, labels={"team": "a"})
     rid = store.append(
-        row("s1", 2, ts=11.0, kind="llm.response", tokens_in=7, tokens_out=3, cost_usd=0.5, latency_ms=1.5),
+        row(
+            "s1",
+            2,
+            ts=11.0,
+            kind="llm.response",
+            tokens_in=7,
+            tokens_out=3,
+            cost_usd=0.5,
+            latency_ms=1.5,
+        ),
         SessionChange(status="running", steps=1),
     )
     store.append(
@@ -315,12 +326,17 @@ def test_events_after_returns_all_sessions_in_commit_order(store: SQLiteStore) -
 
     everything = store.events_after(0)
     assert [(r.session_id, r.seq) for r in everything] == [
-        ("a", 1), ("b", 1), ("a", 2), ("b", 2), ("a", 3),
+        ("a", 1),
+        ("b", 1),
+        ("a", 2),
+        ("b", 2),
+        ("a", 3),
     ]
     assert [r.id for r in everything] == sorted(r.id for r in everything)
     cursor = everything[1].id
     assert [(r.session_id, r.seq) for r in store.events_after(cursor, limit=2)] == [
-        ("a", 2), ("b", 2),
+        ("a", 2),
+        ("b", 2),
     ]
     assert store.events_after(everything[-1].id) == []
 
@@ -332,7 +348,10 @@ def test_iter_all_events_orders_by_session_then_seq(store: SQLiteStore) -> None:
     store.append(row("b", 2, ts=3.0), SessionChange())
     store.append(row("a", 2, ts=4.0), SessionChange())
     assert [(r.session_id, r.seq) for r in store.iter_all_events()] == [
-        ("a", 1), ("a", 2), ("b", 1), ("b", 2),
+        ("a", 1),
+        ("a", 2),
+        ("b", 1),
+        ("b", 2),
     ]
 
 
@@ -377,7 +396,9 @@ def test_sessions_filters_by_status_agent_and_label(populated: SQLiteStore) -> N
     assert ids(populated.sessions(SessionQuery(label=("env", "prod")))) == ["s3"]
     assert ids(populated.sessions(SessionQuery(label=("team", "zzz")))) == []
     assert ids(
-        populated.sessions(SessionQuery(status=["completed", "queued"], agent="mail", label=("team", "a")))
+        populated.sessions(
+            SessionQuery(status=["completed", "queued"], agent="mail", label=("team", "a"))
+        )
     ) == ["s5", "s1"]
 
 

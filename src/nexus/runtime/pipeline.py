@@ -1,14 +1,19 @@
 """The step pipeline: ordered guards around every LLM call and tool call.
 
-A guard is middleware: `handle(step, run, call_next)` may refuse the step (raise),
-change it, time it, or look at its outcome. Guards are sorted by `stage`, outer
-first, so a guard added later (kill switch, budgets, approvals, degraded mode,
-breakers) lands at its place in DESIGN.md's order without touching the others:
+A guard is middleware: `handle(step, run, call_next)` may refuse the step (raise
+a terminal error, or answer with an `Outcome` of its own), change it, time it, or
+look at its outcome. Guards are sorted by `stage`, outer first, so a guard added
+later (kill switch, budgets, approvals, degraded mode, breakers) lands at its
+place in DESIGN.md's order without touching the others:
 
-    DETECT(50) → KILL(100) → BUDGET(200) → APPROVAL(300) → DEGRADED(400)
-      → BREAKER(500) → RECORD(600) → execute (timeout, retry)
+    DETECT(50) → RECORD(90) → KILL(100) → BUDGET(200) → APPROVAL(300)
+      → DEGRADED(400) → BREAKER(500) → execute (timeout, retry)
 
-Detectors sit outermost so they see each outcome after it is journaled.
+The recorder sits outside the deciding guards, not next to `execute` as in
+DESIGN.md's first sketch: a step that a guard refuses or answers itself is then
+journaled like any other, so a resumed session never re-decides it, and the
+audit log shows what the agent attempted. Detectors sit outermost so they see
+each outcome after it is journaled.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from nexus.runtime.journal import Journal, canonical
 from nexus.runtime.tools import ToolBox, ToolContext
 from nexus.types import JSON, Next, Outcome, Provider, Step
 
-DETECT, KILL, BUDGET, APPROVAL, DEGRADED, BREAKER, RECORD = 50, 100, 200, 300, 400, 500, 600
+DETECT, RECORD, KILL, BUDGET, APPROVAL, DEGRADED, BREAKER = 50, 90, 100, 200, 300, 400, 500
 
 
 @dataclass

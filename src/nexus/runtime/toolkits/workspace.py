@@ -105,10 +105,8 @@ def write_file(ctx: ToolContext, path: str, content: str) -> dict[str, Any]:
     target = resolve(ctx, path)
     # A retried call (crash mid-write) must not back up its own half-done write; but
     # if the crash came before the backup, the file is still the original.
-    if ctx.retry and _backup_recorded(ctx):
-        backup = _existing_backup(ctx)
-    else:
-        backup = _backup(ctx, target)
+    recorded = ctx.retry and _backup_recorded(ctx)
+    backup = _existing_backup(ctx) if recorded else _backup(ctx, target)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(content, encoding="utf-8")
     return {"path": path, "bytes": len(content.encode()), "backup": backup}
