@@ -399,3 +399,14 @@ def test_verify_detects_a_renumbered_first_row(journal: Journal, db_path: Path) 
     assert journal.verify().first_problem == Tamper(
         "s1", 0, "unexpected seq 0 where 1 was expected"
     )
+
+
+def test_forget_makes_the_next_append_read_the_head_from_the_store(store: Store) -> None:
+    """After forget(), a writer no longer trusts its cached head, so it continues a chain
+    another writer extended instead of conflicting."""
+    first, second = Journal(store), Journal(store)
+    fill(first, "s1", 2)
+    third = second.append("s1", "note", {})
+    first.forget("s1")
+    fourth = first.append("s1", "note", {})
+    assert (fourth.seq, fourth.prev_hash) == (4, third.hash)

@@ -187,3 +187,11 @@ def test_canary_secret_never_reaches_the_database_files(tmp_path: Path) -> None:
     for p in tmp_path.iterdir():
         assert canary.encode() not in p.read_bytes(), p.name
     assert MASK.encode() in path.read_bytes()
+
+
+def test_log_filter_masks_already_formatted_exception_text() -> None:
+    """A record whose traceback text was formatted earlier is masked too."""
+    record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", None, None)
+    record.exc_text = "Traceback ...\nValueError: token canary-4d2f"
+    assert RedactingFilter(Redactor(["canary-4d2f"])).filter(record) is True
+    assert record.exc_text == f"Traceback ...\nValueError: token {MASK}"

@@ -443,3 +443,17 @@ def test_unopenable_path_gives_storage_error(db_path: Path) -> None:
     with pytest.raises(StorageError) as info:
         SQLiteStore(db_path)
     assert str(db_path) in str(info.value)
+
+
+def test_a_failing_append_rolls_back_and_leaves_the_store_usable(
+    store: SQLiteStore, db_path: Path
+) -> None:
+    """An append whose session change is malformed raises, commits nothing, and the
+    store keeps working (the transaction is not left open)."""
+    create(store, "s1", ts=1.0)
+    before = dump(db_path)
+    with pytest.raises(KeyError):
+        store.append(row("s2", 1, ts=2.0), SessionChange(create={"goal": "no agent"}))
+    assert dump(db_path) == before
+    store.append(row("s1", 2, ts=3.0), SessionChange())
+    assert store.head("s1") == (2, "h2")

@@ -1,0 +1,206 @@
+"""Durable dispatch on DBOS: sessions run as workflows, by priority, one executor
+per worker id, and crashed workers' sessions resume from the journal."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nexus.config import load_settings
+from nexus.errors import ConfigError
+from nexus.runtime.agents import Agent, AgentRegistry
+from nexus.runtime.dispatch import Dispatcher
+from nexus.runtime.kernel import Runtime
+from nexus.runtime.providers import ScriptedProvider
+from nexus.types import SessionStatus
+from tests.peers.openai_server import ThreadedPeerServer
+from tests.runtime.crash_worker import registry
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def wait_for(predicate: Any, what: str, timeout: float = 30.0) -> None:
+    """Poll `predicate` until true; fail naming `what` (a bound, not a timing claim)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+async def test_session_runs_as_a_dbos_workflow() -> None:
+    """submit → the session runs to completion under DBOS; its workflow is SUCCESS."""
+    from dbos import DBOS
+
+    rt = Runtime(load_settings(), provider=ScriptedProvider([{"content": "hi"}]))
+    sid = rt.create_session("say hi")
+    async with Dispatcher(rt) as d:
+        await d.submit(sid)
+        assert await d.wait(sid) is SessionStatus.COMPLETED
+        status = await DBOS.get_workflow_status_async(sid)
+        assert (status.workflow_id, status.status) == (sid, "SUCCESS")
+    assert rt.session(sid).status == "completed"
+    await rt.aclose()
+
+
+async def test_queue_runs_sessions_by_priority_zero_first() -> None:
+    """With one slot, queued sessions start in priority order (0 highest), FIFO within one."""
+    order: list[str] = []
+
+    def remember(request: Any) -> Any:
+        from nexus.types import ChatResponse
+
+        order.append(request.messages[1]["content"])
+        return ChatResponse(content="ok")
+
+    rt = Runtime(load_settings(concurrency=1, queue_poll_s=0.02),
+                 provider=ScriptedProvider([remember]))
+    async with Dispatcher(rt) as d:
+        ids = {}
+        for goal, prio in [("p5", 5), ("p0-a", 0), ("p2", 2), ("p0-b", 0)]:
+            ids[goal] = rt.create_session(goal, priority=prio)
+        for goal, prio in [("p5", 5), ("p0-a", 0), ("p2", 2), ("p0-b", 0)]:
+            await d.submit(ids[goal], priority=prio, direct=False)
+        for sid in ids.values():
+            assert await d.wait(sid) is SessionStatus.COMPLETED
+    assert order == ["p0-a", "p0-b", "p2", "p5"]
+    await rt.aclose()
+
+
+async def test_sessions_queued_but_never_submitted_run_at_start() -> None:
+    """A session journaled as queued whose creator died before submitting is picked up."""
+    rt = Runtime(load_settings(), provider=ScriptedProvider([{"content": "late"}]))
+    sid = rt.create_session("orphan")
+    async with Dispatcher(rt) as d:
+        assert await d.wait(sid) is SessionStatus.COMPLETED
+    await rt.aclose()
+
+
+async def test_one_executor_per_worker_id() -> None:
+    """A second dispatcher with the same worker id is refused (it would run the
+    first one's sessions twice); another worker id is the way to scale."""
+    rt = Runtime(load_settings(), provider=ScriptedProvider([]))
+    async with Dispatcher(rt):
+        with pytest.raises(ConfigError, match="worker id 'local' is already running"):
+            Dispatcher(rt)._lock_executor(rt.settings.home, "local")
+    await rt.aclose()
+
+
+# -- crash and resume in real worker processes -----------------------------------
+
+
+@pytest.fixture
+def crash_env(tmp_path: Path, nexus_home: Path, threaded_peer: ThreadedPeerServer) -> Iterator[dict[str, str]]:
+    env = dict(os.environ)
+    env.update(
+        NEXUS_HOME=str(nexus_home),
+        NEXUS_PROVIDERS=f'[{{"name": "peer", "base_url": "{threaded_peer.url}", "model": "m"}}]',
+        NEXUS_QUEUE_POLL_S="0.05",
+        CRASH_LOG=str(tmp_path / "tool.log"),
+        CRASH_RELEASE=str(tmp_path / "release"),
+        PYTHONPATH=str(ROOT),
+    )
+    yield env
+
+
+def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "tests.runtime.crash_worker"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )
+
+
+def turns(peer: ThreadedPeerServer) -> list[int]:
+    """For each LLM request the peer received, which turn (assistant messages so far)."""
+    return [sum(m["role"] == "assistant" for m in r["messages"]) for r in peer.requests]
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+@pytest.mark.slow
+def test_sigkill_mid_tool_call_resumes_and_retries_with_same_key(
+    crash_env: dict[str, str], threaded_peer: ThreadedPeerServer, tmp_path: Path
+) -> None:
+    """SIGKILL while a tool runs: after restart the completed LLM step is not called
+    again, the interrupted tool call is retried with its idempotency key, and the
+    session completes."""
+    threaded_peer.config.script = [
+        {"tool_calls": [{"name": "mark", "arguments": {"tag": "hold"}}]},
+        {"content": "done"},
+    ]
+    rt = Runtime(load_settings(), agents=registry())
+    sid = rt.create_session("hold on", agent="crash")
+    tool_log = Path(crash_env["CRASH_LOG"])
+    first = start_worker(crash_env, tmp_path / "w1.log")
+    try:
+        wait_for(lambda: any(x.startswith("start hold") for x in lines(tool_log)), "tool start")
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+    finally:
+        first.kill()
+    assert [e.kind for e in rt.journal.events(sid)][-1] == "tool.call"
+    Path(crash_env["CRASH_RELEASE"]).touch()
+    second = start_worker(crash_env, tmp_path / "w2.log")
+    try:
+        wait_for(lambda: rt.session(sid).status == "completed", "session completed")
+    finally:
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(20) == 0
+    key = lines(tool_log)[0].split()[2]
+    assert lines(tool_log) == [f"start hold {key} False", f"start hold {key} True",
+                               f"end hold {key} True"]
+    assert turns(threaded_peer) == [0, 1]
+    kinds = [e.kind for e in rt.journal.events(sid)]
+    assert (kinds.count("tool.call"), kinds.count("tool.result"), kinds.count("session.resumed"),
+            kinds[-1]) == (1, 1, 1, "session.completed")
+    assert rt.journal.verify(sid).ok
+    asyncio.run(rt.aclose())
+
+
+@pytest.mark.slow
+def test_sigkill_between_steps_resumes_without_repeating_steps(
+    crash_env: dict[str, str], threaded_peer: ThreadedPeerServer, tmp_path: Path
+) -> None:
+    """SIGKILL after a tool result is committed, while the next LLM call is in flight:
+    after restart no tool runs again and no completed LLM call is repeated."""
+    threaded_peer.config.script = [
+        {"tool_calls": [{"name": "mark", "arguments": {"tag": "hold"}}]},
+        {"content": "done"},
+    ]
+    rt = Runtime(load_settings(), agents=registry())
+    sid = rt.create_session("step once", agent="crash")
+    tool_log = Path(crash_env["CRASH_LOG"])
+    first = start_worker(crash_env, tmp_path / "w1.log")
+    try:
+        wait_for(lambda: any(x.startswith("start hold") for x in lines(tool_log)), "tool start")
+        threaded_peer.config.latency_ms = 60_000  # the next LLM call will hang in flight
+        Path(crash_env["CRASH_RELEASE"]).touch()
+        wait_for(lambda: len(threaded_peer.requests) == 2, "second LLM request")
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+    finally:
+        first.kill()
+    threaded_peer.config.latency_ms = 0
+    assert [e.kind for e in rt.journal.events(sid)][-1] == "tool.result"
+    second = start_worker(crash_env, tmp_path / "w2.log")
+    try:
+        wait_for(lambda: rt.session(sid).status == "completed", "session completed")
+    finally:
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(20) == 0
+    assert [x.split()[0] for x in lines(tool_log)] == ["start", "end"]
+    assert turns(threaded_peer) == [0, 1, 1]  # only the interrupted call is asked again
+    assert rt.journal.verify(sid).ok
+    asyncio.run(rt.aclose())
