@@ -213,24 +213,20 @@ def pooled(a: Measurement, b: Measurement) -> Measurement:
     )
 
 
-def time_command(cmd: list[str], repeat: int, env: dict[str, str] | None = None) -> list[float]:
-    """Wall ms of `repeat` runs of a command (after one untimed run that warms caches).
+def time_command(cmd: list[str], env: dict[str, str] | None = None) -> float:
+    """Wall ms of one run of a command.
 
     Raises:
         RuntimeError: the command failed.
     """
-    times: list[float] = []
-    for i in range(repeat + 1):
-        t0 = time.perf_counter()
-        done = subprocess.run(
-            cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False
-        )
-        elapsed = (time.perf_counter() - t0) * 1000
-        if done.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.decode()[-500:]}")
-        if i:
-            times.append(elapsed)
-    return times
+    t0 = time.perf_counter()
+    done = subprocess.run(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False
+    )
+    elapsed = (time.perf_counter() - t0) * 1000
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.decode()[-500:]}")
+    return elapsed
 
 
 def machine() -> dict[str, Any]:

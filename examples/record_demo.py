@@ -17,7 +17,9 @@ from nexus.runtime.kernel import Runtime, dump_export
 from nexus.runtime.providers import ScriptedProvider
 
 GOAL = "Write down the sprint notes, then turn them into a short report in report.md."
-NOTES = "# Sprint notes\n- journal: hash-chained, verified\n- dispatch: DBOS queue\n- bench: pending\n"
+NOTES = (
+    "# Sprint notes\n- journal: hash-chained, verified\n- dispatch: DBOS queue\n- bench: pending\n"
+)
 REPORT = (
     "# Sprint report\n\nDone: the journal (hash-chained, verified) and DBOS dispatch.\n"
     "Open: benchmarks.\n"

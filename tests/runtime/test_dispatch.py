@@ -17,7 +17,6 @@ import pytest
 
 from nexus.config import load_settings
 from nexus.errors import ConfigError
-from nexus.runtime.agents import Agent, AgentRegistry
 from nexus.runtime.dispatch import Dispatcher
 from nexus.runtime.kernel import Runtime
 from nexus.runtime.providers import ScriptedProvider
@@ -62,8 +61,9 @@ async def test_queue_runs_sessions_by_priority_zero_first() -> None:
         order.append(request.messages[1]["content"])
         return ChatResponse(content="ok")
 
-    rt = Runtime(load_settings(concurrency=1, queue_poll_s=0.02),
-                 provider=ScriptedProvider([remember]))
+    rt = Runtime(
+        load_settings(concurrency=1, queue_poll_s=0.02), provider=ScriptedProvider([remember])
+    )
     async with Dispatcher(rt) as d:
         ids = {}
         for goal, prio in [("p5", 5), ("p0-a", 0), ("p2", 2), ("p0-b", 0)]:
@@ -99,7 +99,9 @@ async def test_one_executor_per_worker_id() -> None:
 
 
 @pytest.fixture
-def crash_env(tmp_path: Path, nexus_home: Path, threaded_peer: ThreadedPeerServer) -> Iterator[dict[str, str]]:
+def crash_env(
+    tmp_path: Path, nexus_home: Path, threaded_peer: ThreadedPeerServer
+) -> Iterator[dict[str, str]]:
     env = dict(os.environ)
     env.update(
         NEXUS_HOME=str(nexus_home),
@@ -116,7 +118,10 @@ def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
             [sys.executable, "-m", "tests.runtime.crash_worker"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
 
 
@@ -159,12 +164,19 @@ def test_sigkill_mid_tool_call_resumes_and_retries_with_same_key(
         second.send_signal(signal.SIGTERM)
         assert second.wait(20) == 0
     key = lines(tool_log)[0].split()[2]
-    assert lines(tool_log) == [f"start hold {key} False", f"start hold {key} True",
-                               f"end hold {key} True"]
+    assert lines(tool_log) == [
+        f"start hold {key} False",
+        f"start hold {key} True",
+        f"end hold {key} True",
+    ]
     assert turns(threaded_peer) == [0, 1]
     kinds = [e.kind for e in rt.journal.events(sid)]
-    assert (kinds.count("tool.call"), kinds.count("tool.result"), kinds.count("session.resumed"),
-            kinds[-1]) == (1, 1, 1, "session.completed")
+    assert (
+        kinds.count("tool.call"),
+        kinds.count("tool.result"),
+        kinds.count("session.resumed"),
+        kinds[-1],
+    ) == (1, 1, 1, "session.completed")
     assert rt.journal.verify(sid).ok
     asyncio.run(rt.aclose())
 

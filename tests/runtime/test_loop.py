@@ -11,13 +11,12 @@ from typing import Any
 import pytest
 
 from nexus.config import load_settings
-from nexus.errors import LimitExceeded
 from nexus.runtime.agents import Agent, AgentRegistry, Limits
 from nexus.runtime.kernel import Runtime
 from nexus.runtime.pipeline import DETECT, KILL, Guard, RunContext
 from nexus.runtime.providers import ReplayProvider, ScriptedProvider
 from nexus.runtime.providers.openai import OpenAIProvider
-from nexus.runtime.tools import Toolkit, ToolContext, tool
+from nexus.runtime.tools import ToolContext, Toolkit, tool
 from nexus.types import Next, Outcome, SessionStatus, Step
 from tests.peers.openai_server import PeerServer
 
@@ -71,8 +70,13 @@ def _reset() -> None:
     CRASH_ONCE.clear()
 
 
-def make_runtime(provider: Any, *, limits: Limits | None = None, guards: list[Guard] | None = None,
-                 **settings: Any) -> Runtime:
+def make_runtime(
+    provider: Any,
+    *,
+    limits: Limits | None = None,
+    guards: list[Guard] | None = None,
+    **settings: Any,
+) -> Runtime:
     agents = AgentRegistry()
     agents.add(Agent(name="t", toolkits=(KIT, "workspace"), limits=limits or Limits()))
     return Runtime(load_settings(**settings), agents=agents, provider=provider, guards=guards)
@@ -88,24 +92,37 @@ def call(name: str, **arguments: Any) -> dict[str, Any]:
 
 async def test_several_tool_calls_in_one_turn_then_final_answer_completes() -> None:
     """Two tool calls in one assistant turn both run, in order, and the answer ends it."""
-    prov = ScriptedProvider([
-        {"tool_calls": [call("echo", text="a"), call("echo", text="b")]},
-        {"content": "both echoed"},
-    ])
+    prov = ScriptedProvider(
+        [
+            {"tool_calls": [call("echo", text="a"), call("echo", text="b")]},
+            {"content": "both echoed"},
+        ]
+    )
     rt = make_runtime(prov)
     sid = rt.create_session("echo twice", agent="t")
     assert await rt.run(sid) is SessionStatus.COMPLETED
     assert kinds(rt, sid) == [
-        "session.created", "session.started", "llm.response",
-        "tool.call", "tool.result", "tool.call", "tool.result",
-        "llm.response", "session.completed",
+        "session.created",
+        "session.started",
+        "llm.response",
+        "tool.call",
+        "tool.result",
+        "tool.call",
+        "tool.result",
+        "llm.response",
+        "session.completed",
     ]
     second = prov.calls[1].messages
     assert [m["role"] for m in second] == ["system", "user", "assistant", "tool", "tool"]
     assert [m["content"] for m in second[3:]] == ["echo: a", "echo: b"]
     row = rt.session(sid)
     assert (row.status, row.steps, row.tokens_in, row.tokens_out, row.reason) == (
-        "completed", 4, 20, 10, "completed")
+        "completed",
+        4,
+        20,
+        10,
+        "completed",
+    )
     assert rt.journal.events(sid)[-1].payload == {"answer": "both echoed", "steps": 4}
     await rt.aclose()
 
@@ -119,8 +136,11 @@ async def test_several_tool_calls_in_one_turn_then_final_answer_completes() -> N
         (call("echo", text=42), "ToolArgumentsError", "text: Input should be a valid string"),
         (call("echo"), "ToolArgumentsError", "text: Field required"),
         (call("echo", text="x", extra=1), "ToolArgumentsError", "extra: Extra inputs"),
-        (call("explode", reason="disk on fire"), "ToolExecutionError",
-         "explode raised RuntimeError: disk on fire"),
+        (
+            call("explode", reason="disk on fire"),
+            "ToolExecutionError",
+            "explode raised RuntimeError: disk on fire",
+        ),
         (call("sleepy"), "ToolTimeoutError", "sleepy timed out after 0.05s"),
     ],
 )
@@ -155,8 +175,10 @@ async def test_limits_fail_the_session_with_the_reason(
     limits: Limits, script_turns: int, reason: str
 ) -> None:
     """An exhausted limit fails the session, journals why, and keeps every earlier event."""
-    prov = ScriptedProvider([{"tool_calls": [call("echo", text=str(i))]} for i in range(script_turns)],
-                            cost_per_call=0.01)
+    prov = ScriptedProvider(
+        [{"tool_calls": [call("echo", text=str(i))]} for i in range(script_turns)],
+        cost_per_call=0.01,
+    )
     rt = make_runtime(prov, limits=limits)
     sid = rt.create_session("loop forever", agent="t")
     assert await rt.run(sid) is SessionStatus.FAILED
@@ -179,8 +201,9 @@ async def test_wall_time_limit_interrupts_a_running_step() -> None:
 
     agents = AgentRegistry()
     agents.add(Agent(name="w", toolkits=(Toolkit("w", [slow]),), limits=Limits(max_wall_s=0.2)))
-    rt = Runtime(load_settings(), agents=agents,
-                 provider=ScriptedProvider([{"tool_calls": [call("slow")]}]))
+    rt = Runtime(
+        load_settings(), agents=agents, provider=ScriptedProvider([{"tool_calls": [call("slow")]}])
+    )
     sid = rt.create_session("be slow", agent="w")
     assert await rt.run(sid) is SessionStatus.FAILED
     assert "wall-time limit reached during step 2" in rt.session(sid).reason
@@ -189,13 +212,16 @@ async def test_wall_time_limit_interrupts_a_running_step() -> None:
 
 async def test_provider_unreachable_fails_session_and_keeps_journal() -> None:
     """A provider that never answers ends the session as failed after its retries."""
-    prov = OpenAIProvider(name="dead", base_url="http://127.0.0.1:9/v1", model="m", retries=1,
-                          backoff_s=0.01)
+    prov = OpenAIProvider(
+        name="dead", base_url="http://127.0.0.1:9/v1", model="m", retries=1, backoff_s=0.01
+    )
     rt = make_runtime(prov)
     sid = rt.create_session("talk to nobody", agent="t")
     assert await rt.run(sid) is SessionStatus.FAILED
     reason = rt.session(sid).reason or ""
-    assert reason.startswith("ProviderUnavailable: dead at http://127.0.0.1:9/v1 unreachable after 2")
+    assert reason.startswith(
+        "ProviderUnavailable: dead at http://127.0.0.1:9/v1 unreachable after 2"
+    )
     assert kinds(rt, sid) == ["session.created", "session.started", "session.failed"]
     await prov.aclose()
     await rt.aclose()
@@ -223,8 +249,13 @@ async def test_malformed_provider_response_fails_session(peer: PeerServer, mode:
     rt.guards.append(BreakPeer())
     assert await rt.run(sid) is SessionStatus.FAILED
     assert "ProviderResponseError: malformed response from peer" in (rt.session(sid).reason or "")
-    assert kinds(rt, sid)[:5] == ["session.created", "session.started", "llm.response",
-                                  "tool.call", "tool.result"]
+    assert kinds(rt, sid)[:5] == [
+        "session.created",
+        "session.started",
+        "llm.response",
+        "tool.call",
+        "tool.result",
+    ]
     await prov.aclose()
     await rt.aclose()
 
@@ -268,28 +299,48 @@ async def test_a_guard_added_from_outside_plugs_in_at_its_stage() -> None:
             seen.append(("detect", last.kind, step.number))
             return outcome
 
-    prov = ScriptedProvider([
-        {"tool_calls": [call("explode", reason="x"), call("echo", text="y")]},
-        {"content": "ok"},
-    ])
+    prov = ScriptedProvider(
+        [
+            {"tool_calls": [call("explode", reason="x"), call("echo", text="y")]},
+            {"content": "ok"},
+        ]
+    )
     rt = make_runtime(prov, guards=[Detector(), Deny()])
     assert [type(g).__name__ for g in sorted(rt.guards, key=lambda g: g.stage)] == [
-        "Detector", "JournalRecorder", "Deny", "LimitsGuard"]
+        "Detector",
+        "JournalRecorder",
+        "Deny",
+        "LimitsGuard",
+    ]
     sid = rt.create_session("guarded", agent="t")
     assert await rt.run(sid) is SessionStatus.COMPLETED
     assert seen == [
-        ("deny", "llm", 1), ("detect", "llm.response", 1),
-        ("deny", "tool", 2), ("detect", "tool.result", 2),
-        ("deny", "tool", 3), ("detect", "tool.result", 3),
-        ("deny", "llm", 4), ("detect", "llm.response", 4),
+        ("deny", "llm", 1),
+        ("detect", "llm.response", 1),
+        ("deny", "tool", 2),
+        ("detect", "tool.result", 2),
+        ("deny", "tool", 3),
+        ("detect", "tool.result", 3),
+        ("deny", "llm", 4),
+        ("detect", "llm.response", 4),
     ]
     # The refusal is journaled like any result, so a resume never re-decides it.
     denied = [e.payload for e in rt.journal.events(sid) if e.payload.get("step") == 2]
     assert denied == [
-        {"step": 2, "call_id": "call_0_0", "name": "explode", "arguments": '{"reason": "x"}',
-         "idempotency_key": denied[0]["idempotency_key"]},
-        {"step": 2, "call_id": "call_0_0", "name": "explode", "error": "denied by policy",
-         "error_type": "Denied"},
+        {
+            "step": 2,
+            "call_id": "call_0_0",
+            "name": "explode",
+            "arguments": '{"reason": "x"}',
+            "idempotency_key": denied[0]["idempotency_key"],
+        },
+        {
+            "step": 2,
+            "call_id": "call_0_0",
+            "name": "explode",
+            "error": "denied by policy",
+            "error_type": "Denied",
+        },
     ]
     await rt.aclose()
 
@@ -318,7 +369,13 @@ async def test_resume_after_crash_never_repeats_a_completed_step() -> None:
     assert len(prov2.calls) == 1  # only the step that never completed
     assert len(CALLS) == 2  # no tool ran again
     assert [m["role"] for m in prov2.calls[0].messages] == [
-        "system", "user", "assistant", "tool", "assistant", "tool"]
+        "system",
+        "user",
+        "assistant",
+        "tool",
+        "assistant",
+        "tool",
+    ]
     k = kinds(rt2, sid)
     assert k.count("session.resumed") == 1 and k[-1] == "session.completed"
     assert rt2.journal.verify(sid).ok
@@ -348,11 +405,13 @@ async def test_tool_call_started_but_not_finished_is_retried_with_the_same_key()
 async def test_replay_is_deterministic(tmp_path: Path) -> None:
     """Replaying an exported session twice produces the same journal as the original
     (same LLM responses, same tool calls and results), without any LLM."""
-    prov = ScriptedProvider([
-        {"tool_calls": [call("write_file", path="a.txt", content="alpha")]},
-        {"tool_calls": [call("read_file", path="a.txt")]},
-        {"content": "read alpha"},
-    ])
+    prov = ScriptedProvider(
+        [
+            {"tool_calls": [call("write_file", path="a.txt", content="alpha")]},
+            {"tool_calls": [call("read_file", path="a.txt")]},
+            {"content": "read alpha"},
+        ]
+    )
     rt = make_runtime(prov)
     original = rt.create_session("write and read", agent="t")
     await rt.run(original)
@@ -389,10 +448,27 @@ async def test_replay_that_diverges_fails_clearly(tmp_path: Path) -> None:
     sid = rt2.create_session("one turn", agent="t")
     # Start from a journal that already has one answer: the replay has no second one.
     rt2.journal.append(sid, "session.started", {"agent": "t"})
-    rt2.journal.append(sid, "llm.response", {
-        "step": 1, "message": {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "c1", "type": "function", "function": {"name": "echo", "arguments": "{\"text\":\"x\"}"}}]},
-        "model": "m", "provider": "p", "finish_reason": "tool_calls"})
+    rt2.journal.append(
+        sid,
+        "llm.response",
+        {
+            "step": 1,
+            "message": {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "c1",
+                        "type": "function",
+                        "function": {"name": "echo", "arguments": '{"text":"x"}'},
+                    }
+                ],
+            },
+            "model": "m",
+            "provider": "p",
+            "finish_reason": "tool_calls",
+        },
+    )
     assert await rt2.run(sid) is SessionStatus.FAILED
     assert "the run diverged from the recording" in (rt2.session(sid).reason or "")
     await rt.aclose()
@@ -411,8 +487,9 @@ async def test_secret_canary_never_reaches_the_database_or_logs(
         {"content": f"the key was {canary}"},
     ]
     caplog.set_level("DEBUG")
-    rt = make_runtime(None, providers=[{"name": "peer", "base_url": peer.url, "model": "m",
-                                        "api_key": canary}])
+    rt = make_runtime(
+        None, providers=[{"name": "peer", "base_url": peer.url, "model": "m", "api_key": canary}]
+    )
     rt._provider = None  # use the configured provider (with the canary as its API key)
     sid = rt.create_session(f"remember {canary}", agent="t")
     assert await rt.run(sid) is SessionStatus.COMPLETED

@@ -1,0 +1,5 @@
+"""`python -m nexus.cli` runs the `nexus` command."""
+
+from nexus.cli.app import main
+
+main()
