@@ -49,7 +49,10 @@ def test_console_script_runs_the_demo_with_a_live_timeline(nexus_home: Path) -> 
     """The installed `nexus` script prints each step as it happens and exits 0."""
     proc = subprocess.run(
         [sys.executable, "-m", "nexus.cli", "run", "demo", "--replay", str(DEMO)],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
@@ -73,7 +76,8 @@ def test_run_against_an_http_provider(
 ) -> None:
     """A configured OpenAI-compatible provider drives the session over HTTP."""
     monkeypatch.setenv(
-        "NEXUS_PROVIDERS", json.dumps([{"name": "peer", "base_url": threaded_peer.url, "model": "m"}])
+        "NEXUS_PROVIDERS",
+        json.dumps([{"name": "peer", "base_url": threaded_peer.url, "model": "m"}]),
     )
     threaded_peer.config.script = [
         {"tool_calls": [{"name": "write_file", "arguments": {"path": "a.md", "content": "A"}}]},
@@ -85,7 +89,9 @@ def test_run_against_an_http_provider(
     assert len(threaded_peer.requests) == 2
 
 
-def test_failed_session_exits_1(threaded_peer: ThreadedPeerServer, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_session_exits_1(
+    threaded_peer: ThreadedPeerServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A session that fails (malformed provider answer) exits 1 with the reason shown."""
     monkeypatch.setenv(
         "NEXUS_PROVIDERS",
@@ -148,8 +154,12 @@ def test_follow_on_a_finished_session_prints_everything_and_ends() -> None:
 
 def test_unknown_session_exits_3() -> None:
     """Commands on a session id that does not exist exit 3 and say so."""
-    for cmd in (["status", "s_nope"], ["logs", "s_nope"], ["export", "s_nope"],
-                ["audit", "verify", "s_nope"]):
+    for cmd in (
+        ["status", "s_nope"],
+        ["logs", "s_nope"],
+        ["export", "s_nope"],
+        ["audit", "verify", "s_nope"],
+    ):
         result = nexus(*cmd)
         assert result.exit_code == 3, cmd
         assert "no session 's_nope'" in result.stderr
