@@ -241,6 +241,20 @@ def machine() -> dict[str, Any]:
     }
 
 
+def source() -> dict[str, Any]:
+    """The commit measured, and which files under src/ differ from it (a dirty tree)."""
+
+    def git(*argv: str) -> str:
+        done = subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True, check=False)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    dirty = git("status", "--porcelain", "--", "src")
+    return {
+        "commit": git("rev-parse", "--short", "HEAD") or None,
+        "src_changes": [line[3:] for line in dirty.splitlines()],
+    }
+
+
 def write_json(name: str, data: dict[str, Any]) -> Path:
     """Write `bench/results/NAME.json` (the folder is gitignored); returns its path."""
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -37,11 +37,12 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench._agent_scenarios import DURABLE_PEERS, PEER_KEYS, SCENARIOS, nexus_durable
+from bench._agent_scenarios import DURABLE_PEERS, PEER_KEYS, SCENARIOS
 from bench._common import (
     RESULTS,
     Measurement,
@@ -50,6 +51,7 @@ from bench._common import (
     machine,
     measure,
     pooled,
+    source,
     time_command,
     write_json,
 )
@@ -306,7 +308,11 @@ def print_report(
         )
     console.print(table)
     if base is not None:
-        note = f"(a) measured first and last, pooled; drift of p50 {drift:+.1%}. " if drift else ""
+        note = (
+            f"(a) measured first and last, pooled; drift of p50 {drift:+.1%}. "
+            if drift is not None
+            else ""
+        )
         console.print(
             f"{note}{base.runs} sequential runs per scenario (after warm-up); "
             f"{base.concurrent_runs // (2 if drift is not None else 1)} runs at "
@@ -395,6 +401,11 @@ async def run_scenarios(args: argparse.Namespace, tmp: Path) -> Outcome:
                 skipped[key] = "not installed"
                 print(f"{scenario.label}: not installed ({exc})", flush=True)
                 continue
+            except Exception:  # one broken scenario must not hide the others' numbers
+                skipped[key] = "FAILED"
+                print(f"{scenario.label}: FAILED", flush=True)
+                traceback.print_exc()
+                continue
             measured.setdefault(key, []).append(m)
             print(
                 f"{scenario.label:34} p50 {m.p50_ms:7.2f} ms  mean {m.mean_ms:7.2f} ms  "
@@ -418,68 +429,6 @@ def versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             found[dist] = "not installed"
     return found
-
-
-async def profile(args: argparse.Namespace, tmp: Path) -> None:
-    """Profile (b) NEXUS durable: sequential runs after warm-up, per-run numbers."""
-    counter = RunCounter()
-    with PeerProcess(latency_ms=args.latency_ms) as peer:
-        async with nexus_durable(peer.url, tmp, args.inflight) as run_one:
-            for i in counter.take(args.warmup):
-                await run_one(i)
-            runs = args.runs
-            RESULTS.mkdir(parents=True, exist_ok=True)
-            out = RESULTS / f"agent_step_profile_{args.profile}.txt"
-            if args.profile == "pyinstrument":
-                from pyinstrument import Profiler
-
-                profiler = Profiler(interval=0.0002, async_mode="enabled")
-                profiler.start()
-                for i in counter.take(runs):
-                    await run_one(i)
-                profiler.stop()
-                text = profiler.output_text(unicode=True, color=False, show_all=False)
-                header = f"pyinstrument, {runs} runs of (b); divide seconds by {runs} for per run\n"
-                out.write_text(header + text, encoding="utf-8")
-                print(header + text)
-            else:
-                import cProfile
-                import io
-                import pstats
-
-                prof = cProfile.Profile()
-                t0 = time.perf_counter()
-                prof.enable()
-                for i in counter.take(runs):
-                    await run_one(i)
-                prof.disable()
-                wall = (time.perf_counter() - t0) * 1000 / runs
-                stream = io.StringIO()
-                stats = pstats.Stats(prof, stream=stream)
-                print(f"cProfile, {runs} runs of (b): {wall:.2f} ms wall per run (profiled)")
-                for order in ("tottime", "cumulative"):
-                    print(f"\ntop by {order}, ms per run: tottime  cumtime  calls/run  function")
-                    rows = sorted(
-                        stats.stats.items(),  # type: ignore[attr-defined]
-                        key=lambda kv: kv[1][2 if order == "tottime" else 3],
-                        reverse=True,
-                    )[: args.profile_top]
-                    for (file, line, fn), (_cc, nc, tt, ct, _callers) in rows:
-                        where = f"{_short(file)}:{line}({fn})"
-                        print(
-                            f"  {tt * 1000 / runs:8.3f} {ct * 1000 / runs:8.3f} "
-                            f"{nc / runs:9.1f}  {where}"
-                        )
-                stats.sort_stats("cumulative").print_stats(60)
-                out.write_text(stream.getvalue(), encoding="utf-8")
-            print(f"\nfull profile: {out.relative_to(RESULTS.parent.parent)}")
-
-
-def _short(path: str) -> str:
-    for marker in ("site-packages/", "/src/", "/lib/python3"):
-        if marker in path:
-            return path.split(marker, 1)[1]
-    return path
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -532,6 +481,8 @@ def main(argv: list[str] | None = None) -> None:
         tmp = Path(tmpdir)
         os.environ["NEXUS_HOME"] = str(tmp / "home")  # no ~/.nexus/nexus.toml leaks in
         if args.profile:
+            from bench._profile import profile
+
             asyncio.run(profile(args, tmp))
             return
         started = time.perf_counter()
@@ -547,6 +498,7 @@ def main(argv: list[str] | None = None) -> None:
         "benchmark": "agent_step",
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine(),
+        "source": source(),
         "versions": versions(),
         "options": {k: v for k, v in vars(args).items() if k != "profile"},
         "baseline_p50_drift": outcome.drift,
@@ -572,6 +524,8 @@ def main(argv: list[str] | None = None) -> None:
     }
     path = write_json("agent_step", data)
     print(f"\nwrote {path.relative_to(RESULTS.parent.parent)} in {data['elapsed_s']} s")
+    if "FAILED" in outcome.skipped.values():
+        sys.exit(1)
 
 
 if __name__ == "__main__":

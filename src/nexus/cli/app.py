@@ -13,15 +13,19 @@ import asyncio
 import contextlib
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from nexus.cli.source import Source
     from nexus.runtime.kernel import Runtime
+
+T = TypeVar("T")
 
 EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_TAMPERED, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
 
@@ -35,9 +39,11 @@ app = typer.Typer(
 config_app = typer.Typer(help="Show the settings.", no_args_is_help=True)
 agents_app = typer.Typer(help="The agents NEXUS knows.", no_args_is_help=True)
 audit_app = typer.Typer(help="Check the journal's hash chains.", no_args_is_help=True)
+token_app = typer.Typer(help="The API token.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(agents_app, name="agents")
 app.add_typer(audit_app, name="audit")
+app.add_typer(token_app, name="token")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
@@ -141,29 +147,56 @@ def worker(
         asyncio.run(serve_forever(rt, concurrency=concurrency))
 
 
+ServerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--server",
+        envvar="NEXUS_SERVER",
+        help="Read from a running server (token: NEXUS_TOKEN or the token file).",
+    ),
+]
+
+
+def _source(server: str | None) -> Source:
+    from nexus.cli.source import LocalSource, RemoteSource
+
+    if server:
+        return RemoteSource(server)
+    return LocalSource(_runtime())
+
+
+def _read(fn: Callable[[], T]) -> T:
+    """Run a read, mapping errors to exit codes."""
+    from nexus.cli.remote import RemoteError
+    from nexus.errors import NexusError, SessionNotFound
+
+    try:
+        return fn()
+    except SessionNotFound as exc:
+        _die(str(exc), EXIT_NOT_FOUND)
+    except RemoteError as exc:
+        _die(str(exc), EXIT_NOT_FOUND if exc.status == 404 else EXIT_USAGE)
+    except NexusError as exc:
+        _die(str(exc), EXIT_USAGE)
+
+
 @app.command()
 def sessions(
     status: Annotated[list[str] | None, typer.Option(help="Only these statuses.")] = None,
     agent: Annotated[str | None, typer.Option(help="Only this agent.")] = None,
     label: Annotated[str | None, typer.Option(help="Only sessions with KEY=VALUE.")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
+    limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
     offset: Annotated[int, typer.Option(min=0)] = 0,
     as_json: JsonOpt = False,
+    server: ServerOpt = None,
 ) -> None:
     """List sessions, newest first."""
-    from nexus.storage.base import SessionQuery
-
-    lab = None
-    if label is not None:
-        key, sep, value = label.partition("=")
-        if not sep:
-            _die("--label takes KEY=VALUE", EXIT_USAGE)
-        lab = (key, value)
-    rt = _runtime()
-    rows = [
-        r.to_dict()
-        for r in rt.sessions(SessionQuery(tuple(status or ()), agent, lab, limit, offset))
-    ]
+    if label is not None and "=" not in label:
+        _die("--label takes KEY=VALUE", EXIT_USAGE)
+    src = _source(server)
+    rows = _read(
+        lambda: src.sessions(status=status, agent=agent, label=label, limit=limit, offset=offset)
+    )
     if as_json:
         _print_json(rows)
         return
@@ -173,10 +206,10 @@ def sessions(
 
 
 @app.command()
-def status(session_id: str, as_json: JsonOpt = False) -> None:
+def status(session_id: str, as_json: JsonOpt = False, server: ServerOpt = None) -> None:
     """One session's status, counters and outcome."""
-    rt = _runtime()
-    row = _session_or_die(rt, session_id).to_dict()
+    src = _source(server)
+    row = _read(lambda: src.session(session_id))
     if as_json:
         _print_json(row)
         return
@@ -188,37 +221,29 @@ def status(session_id: str, as_json: JsonOpt = False) -> None:
 @app.command()
 def logs(
     session_id: str,
-    follow: Annotated[
-        bool, typer.Option("--follow", "-f", help="Keep printing new events.")
-    ] = False,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Print new events.")] = False,
     after: Annotated[int, typer.Option(help="Only events after this seq.")] = 0,
     as_json: JsonOpt = False,
+    server: ServerOpt = None,
 ) -> None:
     """A session's timeline: LLM calls (model, tokens, cost, latency), tool calls, results."""
     from nexus.cli.render import event_line
 
-    rt = _runtime()
-    _session_or_die(rt, session_id)
+    src = _source(server)
+    _read(lambda: src.session(session_id))
     console = _console()
 
-    def show(event: Any) -> None:
-        if as_json:
-            sys.stdout.write(json.dumps(event.to_dict(), ensure_ascii=False) + "\n")
-            sys.stdout.flush()
-        else:
-            console.print(event_line(event))
-
-    if not follow:
-        for event in rt.journal.events(session_id, after):
-            show(event)
-        return
-
-    async def tail() -> None:
-        async for event in rt.journal.follow(session_id, after):
-            show(event)
+    def show_all() -> None:
+        events = src.follow(session_id, after) if follow else src.events(session_id, after)
+        for event in events:
+            if as_json:
+                sys.stdout.write(json.dumps(event.to_dict(), ensure_ascii=False) + "\n")
+                sys.stdout.flush()
+            else:
+                console.print(event_line(event))
 
     try:
-        asyncio.run(tail())
+        _read(show_all)
     except KeyboardInterrupt:
         raise typer.Exit(EXIT_INTERRUPTED) from None
 
@@ -227,13 +252,16 @@ def logs(
 def export(
     session_id: str,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to FILE.")] = None,
+    server: ServerOpt = None,
 ) -> None:
     """Export a session and its events as JSON (replayable with `nexus run --replay FILE`)."""
-    from nexus.runtime.kernel import dump_export
+    from nexus.runtime.kernel import EXPORT_FORMAT, dump_export
 
-    rt = _runtime()
-    _session_or_die(rt, session_id)
-    text = dump_export(rt.export(session_id))
+    src = _source(server)
+    row = _read(lambda: src.session(session_id))
+    events = _read(lambda: src.events(session_id))
+    data = {"format": EXPORT_FORMAT, "session": row, "events": [e.to_dict() for e in events]}
+    text = dump_export(data)
     if output is None:
         sys.stdout.write(text + "\n")
     else:
@@ -244,37 +272,38 @@ def export(
 def audit_verify(
     session_id: Annotated[str | None, typer.Argument(help="One session (default: all).")] = None,
     as_json: JsonOpt = False,
+    server: ServerOpt = None,
 ) -> None:
     """Verify the hash chains; report the first tampered, reordered or missing row."""
-    rt = _runtime()
-    if session_id is not None:
-        _session_or_die(rt, session_id)
-    report = rt.journal.verify(session_id)
+    src = _source(server)
+    report = _read(lambda: src.verify(session_id))
+    bad = report["first_problem"]
     if as_json:
-        _print_json(report.to_dict())
-    elif report.ok:
+        _print_json(report)
+    elif bad is None:
         _console().print(
-            f"[green]ok[/]: {report.events} events in {report.sessions} sessions, chains intact"
+            f"[green]ok[/]: {report['events']} events in {report['sessions']} sessions, "
+            "chains intact"
         )
     else:
-        bad = report.first_problem
-        assert bad is not None
-        _console().print(
-            f"[bold red]TAMPERED[/] session {bad.session_id} seq {bad.seq}: {bad.problem}"
-        )
-    raise typer.Exit(0 if report.ok else EXIT_TAMPERED)
+        where = f"session {bad['session_id']} seq {bad['seq']}"
+        _console().print(f"[bold red]TAMPERED[/] {where}: {bad['problem']}")
+    raise typer.Exit(0 if bad is None else EXIT_TAMPERED)
 
 
 @config_app.command("show")
-def config_show(as_json: JsonOpt = False) -> None:
+def config_show(as_json: JsonOpt = False, server: ServerOpt = None) -> None:
     """Print the effective settings (secrets masked)."""
-    from nexus.config import load_settings, public_view
-    from nexus.errors import ConfigError
+    if server:
+        data = _read(lambda: _source(server).config())
+    else:
+        from nexus.config import load_settings, public_view
+        from nexus.errors import ConfigError
 
-    try:
-        data = public_view(load_settings())
-    except ConfigError as exc:
-        _die(str(exc), EXIT_USAGE)
+        try:
+            data = public_view(load_settings())
+        except ConfigError as exc:
+            _die(str(exc), EXIT_USAGE)
     if as_json:
         _print_json(data)
         return
@@ -284,10 +313,10 @@ def config_show(as_json: JsonOpt = False) -> None:
 
 
 @agents_app.command("list")
-def agents_list(as_json: JsonOpt = False) -> None:
+def agents_list(as_json: JsonOpt = False, server: ServerOpt = None) -> None:
     """List the agents: built-ins and `NEXUS_HOME/agents/*.toml`."""
-    rt = _runtime()
-    rows = [a.to_dict() for a in rt.agents.all()]
+    src = _source(server)
+    rows = _read(src.agents)
     if as_json:
         _print_json(rows)
         return
@@ -306,6 +335,55 @@ def agents_list(as_json: JsonOpt = False) -> None:
             r["description"],
         )
     _console().print(table)
+
+
+@app.command()
+def start(
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535)] = 7070,
+    no_auth: Annotated[
+        bool, typer.Option("--no-auth", help="Serve without a token (loopback only).")
+    ] = False,
+) -> None:
+    """Start the server: REST API, live events, dashboard, and the session workers."""
+    from nexus.errors import ConfigError
+
+    rt = _runtime()
+    try:
+        from nexus.server.app import create_app, token_file
+        from nexus.server.run import check_bind, serve
+
+        check_bind(host, auth=not no_auth)
+        app_ = create_app(rt, auth=not no_auth)
+    except ConfigError as exc:
+        _die(str(exc), EXIT_USAGE)
+    shown = f"[{host}]" if ":" in host else host
+    console = _console()
+    console.print(f"[bold]NEXUS[/] dashboard and API on [bold]http://{shown}:{port}/[/]")
+    if no_auth:
+        console.print("auth:  [yellow]off[/] (loopback only)")
+    else:
+        console.print(f"token: {token_file(rt).path}  (nexus token show)")
+    console.print(f"data:  {rt.settings.home}")
+    serve(app_, host=host, port=port)
+
+
+@token_app.command("show")
+def token_show() -> None:
+    """Print the API token (created on first use)."""
+    from nexus.config import load_settings
+    from nexus.server.auth import TokenFile
+
+    sys.stdout.write(TokenFile(load_settings().home / "api-token").ensure() + "\n")
+
+
+@token_app.command("rotate")
+def token_rotate() -> None:
+    """Replace the API token; dashboard logins made with the old one end."""
+    from nexus.config import load_settings
+    from nexus.server.auth import TokenFile
+
+    sys.stdout.write(TokenFile(load_settings().home / "api-token").rotate() + "\n")
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 import json
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,6 +101,14 @@ class Journal:
         # Chain heads of sessions this process writes; a session is written by one
         # worker at a time, and a miss falls back to the database.
         self._heads: dict[str, tuple[int, str]] = {}
+        self._listeners: list[Callable[[Event], None]] = []
+
+    def subscribe(self, listener: Callable[[Event], None]) -> Callable[[], None]:
+        """Call `listener(event)` after each append made through this journal (this
+        process); returns a function that unsubscribes. Listeners must be cheap and
+        must not raise: they run on the appending task."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
 
     def append(
         self,
@@ -151,7 +159,10 @@ class Journal:
             self._heads.pop(session_id, None)
             raise
         self._heads[session_id] = (seq, row.hash)
-        return _event(row, clean)
+        event = _event(row, clean)
+        for listener in self._listeners:
+            listener(event)
+        return event
 
     def forget(self, session_id: str) -> None:
         """Drop the cached chain head of a finished session."""

@@ -12,9 +12,11 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from nexus.config import Settings, load_settings
 from nexus.errors import ConfigError, NoProviderConfigured, SessionNotFound
-from nexus.runtime.agents import AgentRegistry
+from nexus.runtime.agents import AgentRegistry, Limits
 from nexus.runtime.journal import Journal
 from nexus.runtime.loop import run_session
 from nexus.runtime.pipeline import Guard, default_guards
@@ -80,12 +82,18 @@ class Runtime:
         labels: dict[str, str] | None = None,
         replay: str | None = None,
         model: str | None = None,
+        limits: dict[str, Any] | None = None,
     ) -> str:
-        """Journal a new `queued` session and return its id (it does not run yet)."""
+        """Journal a new `queued` session and return its id (it does not run yet).
+
+        `limits` overrides the agent's limits for this session (keys of `Limits`).
+        """
         if not goal.strip():
             raise ConfigError("a session needs a non-empty goal")
         name = agent or self.settings.default_agent
-        self.agents.get(name)  # unknown agent: fail before anything is written
+        chosen = self.agents.get(name)  # unknown agent: fail before anything is written
+        if limits:
+            session_limits(chosen.limits, limits)  # invalid budget: fail now
         if replay is not None:
             self._replay_provider(replay)  # bad replay source: fail now, clearly
         session_id = new_session_id()
@@ -99,6 +107,8 @@ class Runtime:
             payload["replay"] = replay
         if model is not None:
             payload["model"] = model
+        if limits:
+            payload["limits"] = limits
         self.journal.append(session_id, "session.created", payload)
         return session_id
 
@@ -119,6 +129,7 @@ class Runtime:
             guards=self.guards,
             workspace=self.workspace(session_id),
             allow_hosts=tuple(self.settings.http_allow_hosts),
+            limits=session_limits(agent.limits, created.get("limits")),
         )
 
     def session(self, session_id: str) -> SessionRow:
@@ -199,6 +210,20 @@ class Runtime:
         """Close owned providers and the store."""
         await self.aclose_providers()
         self.store.close()
+
+
+def session_limits(base: Limits, override: dict[str, Any] | None) -> Limits:
+    """The agent's limits with a session's budget laid over them; `ConfigError` if
+    the budget is invalid."""
+    if not override:
+        return base
+    try:
+        return Limits.model_validate({**base.model_dump(), **override})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"invalid budget: {problems}") from None
 
 
 def dump_export(data: JSON) -> str:

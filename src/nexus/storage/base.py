@@ -97,6 +97,10 @@ class Store(Protocol):
         """Events of all sessions with row id > `after_id`, in commit order."""
         ...
 
+    def latest_event_id(self) -> int:
+        """The row id of the newest event (0 when empty)."""
+        ...
+
     def iter_all_events(self) -> Iterator[EventRow]:
         """Every event, ordered by session then seq (for audits)."""
         ...
@@ -111,6 +115,14 @@ class Store(Protocol):
 
     def session_ids(self, status: Sequence[str]) -> list[str]:
         """Ids of sessions with one of these statuses, oldest first."""
+        ...
+
+    def count_sessions(self, status: Sequence[str] = ()) -> int:
+        """How many sessions (optionally with one of these statuses)."""
+        ...
+
+    def ping(self) -> None:
+        """A trivial query: raises if the database is unusable."""
         ...
 
     def close(self) -> None:

@@ -47,4 +47,15 @@ MIGRATIONS: list[tuple[int, str]] = [
     ),
 ]
 
+MIGRATIONS.append(
+    (
+        2,
+        # Listing sessions newest first with a stable tie-break, straight off an index.
+        """
+        DROP INDEX sessions_created;
+        CREATE INDEX sessions_created ON sessions (created_at DESC, id);
+        """,
+    )
+)
+
 LATEST = MIGRATIONS[-1][0]

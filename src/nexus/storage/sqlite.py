@@ -199,6 +199,25 @@ class SQLiteStore:
             ).fetchall()
         return [EventRow(*r) for r in rows]
 
+    def latest_event_id(self) -> int:
+        with self._lock:
+            (latest,) = self._db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()
+        return int(latest)
+
+    def count_sessions(self, status: Sequence[str] = ()) -> int:
+        """How many sessions (optionally with one of these statuses)."""
+        sql, args = "SELECT count(*) FROM sessions", list(status)
+        if status:
+            sql += f" WHERE status IN ({','.join('?' * len(status))})"
+        with self._lock:
+            (n,) = self._db.execute(sql, args).fetchone()
+        return int(n)
+
+    def ping(self) -> None:
+        """A trivial query: raises if the database is unusable."""
+        with self._lock:
+            self._db.execute("SELECT 1 FROM sessions LIMIT 1").fetchall()
+
     def iter_all_events(self) -> Iterator[EventRow]:
         # A separate cursor on a snapshot: audits may walk millions of rows.
         reader = sqlite3.connect(self.path, timeout=30.0)

@@ -1,0 +1,124 @@
+"""Where the read commands get their data: this node's files, or a server."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+from nexus.types import Event, SessionStatus
+
+
+class Source(Protocol):
+    """What the read commands need; local and remote give the same shapes."""
+
+    def sessions(self, **filters: Any) -> list[dict[str, Any]]: ...
+    def session(self, session_id: str) -> dict[str, Any]: ...
+    def events(self, session_id: str, after_seq: int = 0) -> list[Event]: ...
+    def follow(self, session_id: str, after_seq: int = 0) -> Iterator[Event]: ...
+    def verify(self, session_id: str | None) -> dict[str, Any]: ...
+    def agents(self) -> list[dict[str, Any]]: ...
+    def config(self) -> dict[str, Any]: ...
+
+
+class LocalSource:
+    """Reads `NEXUS_HOME` directly."""
+
+    def __init__(self, runtime: Any) -> None:
+        self.rt = runtime
+
+    def sessions(self, **filters: Any) -> list[dict[str, Any]]:
+        from nexus.storage.base import SessionQuery
+
+        label = filters.get("label")
+        query = SessionQuery(
+            status=tuple(filters.get("status") or ()),
+            agent=filters.get("agent"),
+            label=tuple(label.split("=", 1)) if label else None,
+            limit=filters.get("limit", 50),
+            offset=filters.get("offset", 0),
+        )
+        return [r.to_dict() for r in self.rt.sessions(query)]
+
+    def session(self, session_id: str) -> dict[str, Any]:
+        row: dict[str, Any] = self.rt.session(session_id).to_dict()
+        return row
+
+    def events(self, session_id: str, after_seq: int = 0) -> list[Event]:
+        events: list[Event] = self.rt.journal.events(session_id, after_seq)
+        return events
+
+    def follow(self, session_id: str, after_seq: int = 0) -> Iterator[Event]:
+        while True:
+            batch = self.events(session_id, after_seq)
+            yield from batch
+            if batch:
+                after_seq = batch[-1].seq
+                continue
+            if SessionStatus(self.session(session_id)["status"]).finished:
+                yield from self.events(session_id, after_seq)
+                return
+            time.sleep(0.1)
+
+    def verify(self, session_id: str | None) -> dict[str, Any]:
+        if session_id is not None:
+            self.rt.session(session_id)
+        report: dict[str, Any] = self.rt.journal.verify(session_id).to_dict()
+        return report
+
+    def agents(self) -> list[dict[str, Any]]:
+        return [a.to_dict() for a in self.rt.agents.all()]
+
+    def config(self) -> dict[str, Any]:
+        from nexus.config import public_view
+
+        data: dict[str, Any] = public_view(self.rt.settings)
+        return data
+
+
+def _event(d: dict[str, Any]) -> Event:
+    return Event(
+        session_id=d["session_id"],
+        seq=d["seq"],
+        ts=d["ts"],
+        kind=d["kind"],
+        payload=d["payload"],
+        tokens_in=d.get("tokens_in", 0),
+        tokens_out=d.get("tokens_out", 0),
+        cost_usd=d.get("cost_usd", 0.0),
+        latency_ms=d.get("latency_ms", 0.0),
+        prev_hash=d.get("prev_hash", ""),
+        hash=d.get("hash", ""),
+    )
+
+
+class RemoteSource:
+    """Reads a running server's API (`--server URL`)."""
+
+    def __init__(self, url: str) -> None:
+        from nexus.cli.remote import Remote
+
+        self.remote = Remote(url)
+
+    def sessions(self, **filters: Any) -> list[dict[str, Any]]:
+        return self.remote.sessions(**filters)
+
+    def session(self, session_id: str) -> dict[str, Any]:
+        return self.remote.session(session_id)
+
+    def events(self, session_id: str, after_seq: int = 0) -> list[Event]:
+        return [_event(e) for e in self.remote.events(session_id, after_seq)]
+
+    def follow(self, session_id: str, after_seq: int = 0) -> Iterator[Event]:
+        self.remote.session(session_id)
+        for e in self.remote.follow(session_id, after_seq):
+            yield _event(e)
+
+    def verify(self, session_id: str | None) -> dict[str, Any]:
+        return self.remote.verify(session_id)
+
+    def agents(self) -> list[dict[str, Any]]:
+        return self.remote.agents()
+
+    def config(self) -> dict[str, Any]:
+        return self.remote.config()

@@ -1,0 +1,41 @@
+"""Health, readiness and version."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+
+from nexus import __version__
+from nexus.server.problems import Problem
+from nexus.server.state import ServerState, get_state, require_auth
+
+open_router = APIRouter(tags=["health"])
+router = APIRouter(prefix="/api/v1", tags=["health"], dependencies=[Depends(require_auth)])
+
+
+@open_router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """Liveness: the process answers. Needs no token."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(state: Annotated[ServerState, Depends(get_state)]) -> dict[str, Any]:
+    """Readiness: the database answers and the session workers run."""
+    checks: dict[str, str] = {}
+    try:
+        state.runtime.store.ping()
+        checks["database"] = "ok"
+    except Exception as exc:
+        checks["database"] = f"error: {type(exc).__name__}"
+    checks["workers"] = "ok" if state.dispatcher is not None else "not running"
+    if any(v != "ok" for v in checks.values()):
+        raise Problem(503, "not ready", checks=checks)
+    return {"status": "ready", "checks": checks}
+
+
+@router.get("/version")
+async def version() -> dict[str, str]:
+    """The NEXUS version and API version."""
+    return {"version": __version__, "api": "v1"}

@@ -1,0 +1,218 @@
+"""Sessions: create, list (filters, pagination), get, events, and live streams."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query, Response
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import StreamingResponse
+
+from nexus.server.broadcast import Subscription, event_json, frame
+from nexus.server.problems import Problem
+from nexus.server.state import ServerState, get_state, require_auth
+from nexus.storage.base import SessionQuery
+from nexus.types import SessionStatus
+
+router = APIRouter(prefix="/api/v1", tags=["sessions"], dependencies=[Depends(require_auth)])
+State = Annotated[ServerState, Depends(get_state)]
+
+
+class Budget(BaseModel):
+    """Per-session limits laid over the agent's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_steps: int | None = Field(default=None, ge=1, le=100_000)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_wall_s: float | None = Field(default=None, gt=0)
+    max_cost_usd: float | None = Field(default=None, ge=0)
+
+
+class NewSession(BaseModel):
+    """The body of `POST /api/v1/sessions`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    goal: str = Field(min_length=1, max_length=20_000)
+    agent: str | None = Field(default=None, max_length=64)
+    priority: int = Field(default=0, ge=0, le=1000, description="0 is the highest")
+    labels: dict[str, str] = Field(default_factory=dict, max_length=32)
+    budget: Budget | None = None
+    replay: str | None = Field(default=None, description="exported file path or session id")
+    model: str | None = Field(default=None, max_length=200)
+
+
+@router.post("/sessions", status_code=201)
+async def create_session(body: NewSession, state: State, response: Response) -> dict[str, Any]:
+    """Create a session and hand it to the workers; returns its row (status `queued`)."""
+    rt = state.runtime
+    budget = body.budget.model_dump(exclude_none=True) if body.budget else None
+    session_id = rt.create_session(
+        body.goal,
+        agent=body.agent,
+        priority=body.priority,
+        labels=body.labels,
+        replay=body.replay,
+        model=body.model,
+        limits=budget or None,
+    )
+    row = rt.session(session_id).to_dict()
+    await state.submit(session_id, body.priority)
+    response.headers["Location"] = f"/api/v1/sessions/{session_id}"
+    return row
+
+
+@router.get("/sessions")
+async def list_sessions(
+    state: State,
+    status: Annotated[list[SessionStatus] | None, Query()] = None,
+    agent: str | None = None,
+    label: Annotated[str | None, Query(pattern=r"^[^=\"]+=.*$", description="KEY=VALUE")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> dict[str, Any]:
+    """Sessions, newest first, with `next_offset` when there may be more."""
+    lab = tuple(label.split("=", 1)) if label else None
+    query = SessionQuery(
+        status=tuple(s.value for s in status or ()),
+        agent=agent,
+        label=lab,  # type: ignore[arg-type]
+        limit=limit + 1,
+        offset=offset,
+    )
+    rows = state.runtime.sessions(query)
+    more = len(rows) > limit
+    return {
+        "items": [r.to_dict() for r in rows[:limit]],
+        "limit": limit,
+        "offset": offset,
+        "next_offset": offset + limit if more else None,
+    }
+
+
+@router.get("/sessions/{session_id}")
+async def get_session(session_id: str, state: State) -> dict[str, Any]:
+    """One session."""
+    return state.runtime.session(session_id).to_dict()
+
+
+@router.get("/sessions/{session_id}/events")
+async def session_events(
+    session_id: str,
+    state: State,
+    after_seq: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
+) -> dict[str, Any]:
+    """A session's journal events with `seq > after_seq`, in order."""
+    state.runtime.session(session_id)
+    rows = state.runtime.store.events(session_id, after_seq, limit)
+    import json
+
+    items = [json.loads(event_json(r)) for r in rows]
+    return {"items": items, "next_after_seq": rows[-1].seq if rows else after_seq}
+
+
+def _last_event_id(value: str | None) -> int:
+    if value is None or value == "":
+        return 0
+    try:
+        parsed = int(value)
+    except ValueError:
+        raise Problem(
+            400, "Last-Event-ID must be a non-negative integer", slug="invalid-last-event-id"
+        ) from None
+    if parsed < 0:
+        raise Problem(
+            400, "Last-Event-ID must be a non-negative integer", slug="invalid-last-event-id"
+        )
+    return parsed
+
+
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+@router.get("/sessions/{session_id}/stream", response_class=StreamingResponse)
+async def session_stream(
+    session_id: str,
+    state: State,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> StreamingResponse:
+    """Server-Sent Events of one session's journal. Event ids are the journal seq:
+    reconnect with `Last-Event-ID` to resume. Ends after the session ends."""
+    after = _last_event_id(last_event_id)
+    state.runtime.session(session_id)
+    sub = state.broadcaster.subscribe(session_id, after)
+    backlog = state.runtime.store.events(session_id, after)
+    for row in backlog:
+        sub.last_id = row.seq
+    frames = [frame(r.seq, event_json(r)) for r in backlog]
+
+    def final_frames() -> list[str] | None:
+        # Once the session has ended, read what is left straight from the journal
+        # (the broadcaster may not have fanned the last events out yet).
+        row = state.runtime.store.session(session_id)
+        if row is not None and not SessionStatus(row.status).finished:
+            return None
+        rest = state.runtime.store.events(session_id, sub.last_id)
+        if rest:
+            sub.last_id = rest[-1].seq
+        return [frame(r.seq, event_json(r)) for r in rest]
+
+    return StreamingResponse(
+        _stream(state, sub, frames, final_frames),
+        media_type="text/event-stream",
+        headers=_SSE_HEADERS,
+    )
+
+
+@router.get("/events/stream", response_class=StreamingResponse)
+async def all_events_stream(
+    state: State,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> StreamingResponse:
+    """Server-Sent Events of every session. Event ids are the journal's global row
+    id; reconnect with `Last-Event-ID` to resume. Without one, starts from now."""
+    after = _last_event_id(last_event_id) if last_event_id else state.broadcaster.position
+    sub = state.broadcaster.subscribe(None, after)
+    backlog = state.runtime.store.events_after(after, state.broadcaster.buffer) if after else []
+    for row in backlog:
+        sub.last_id = row.id
+    frames = [frame(r.id, event_json(r)) for r in backlog]
+    return StreamingResponse(
+        _stream(state, sub, frames, lambda: None),
+        media_type="text/event-stream",
+        headers=_SSE_HEADERS,
+    )
+
+
+async def _stream(
+    state: ServerState,
+    sub: Subscription,
+    backlog: list[str],
+    final_frames: Callable[[], list[str] | None],
+) -> AsyncIterator[str]:
+    try:
+        yield "retry: 1000\n\n" + "".join(backlog)
+        while True:
+            if sub.frames:
+                chunk = "".join(sub.frames)
+                sub.frames.clear()
+                yield chunk
+            if sub.overflowed:
+                yield frame(sub.last_id, f'{{"after": {sub.last_id}}}', "resync")
+                return
+            if sub.closed:
+                return
+            if not sub.frames and (rest := final_frames()) is not None:
+                yield "".join(rest) + frame(sub.last_id, "{}", "end")
+                return
+            sub.ready.clear()
+            try:
+                await asyncio.wait_for(sub.ready.wait(), state.heartbeat_s)
+            except TimeoutError:
+                yield ": ping\n\n"
+    finally:
+        state.broadcaster.unsubscribe(sub)

@@ -1,0 +1,97 @@
+"""The FastAPI application: API routers, problem+json errors, body limit, the
+dashboard, and (in `nexus start`) the session workers in the same process.
+
+Each API area and each dashboard page is its own module; a later feature adds its
+router in `ROUTERS` (or `nexus.server.dashboard.PAGES`) and touches nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from nexus import __version__
+from nexus.runtime.kernel import Runtime
+from nexus.server import problems
+from nexus.server.api import admin, agents, health, sessions
+from nexus.server.auth import Auth, TokenFile
+from nexus.server.bodylimit import BodyLimit
+from nexus.server.broadcast import Broadcaster
+from nexus.server.state import ServerState
+
+ROUTERS = [health.open_router, health.router, sessions.router, agents.router, admin.router]
+MAX_BODY = 1024 * 1024
+
+
+def token_file(runtime: Runtime) -> TokenFile:
+    """Where the API token of this NEXUS_HOME lives."""
+    return TokenFile(runtime.settings.home / "api-token")
+
+
+def create_app(
+    runtime: Runtime,
+    *,
+    auth: bool = True,
+    workers: bool = True,
+    heartbeat_s: float = 15.0,
+    sse_buffer: int = 1000,
+) -> FastAPI:
+    """Build the app around a runtime.
+
+    Args:
+        runtime: the kernel.
+        auth: require the token (switch off only on loopback; `nexus start` checks).
+        workers: run the session workers (DBOS dispatcher) inside this app.
+        heartbeat_s: SSE heartbeat interval.
+        sse_buffer: events buffered per SSE client before it is told to resync.
+    """
+    tokens = token_file(runtime)
+    tokens.ensure()
+    state = ServerState(
+        runtime=runtime,
+        auth=Auth(tokens, enabled=auth),
+        broadcaster=Broadcaster(runtime.store, buffer=sse_buffer),
+        heartbeat_s=heartbeat_s,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        unsubscribe = runtime.journal.subscribe(state.broadcaster.notify)
+        await state.broadcaster.start()
+        dispatcher = None
+        if workers:
+            from nexus.runtime.dispatch import Dispatcher
+
+            dispatcher = Dispatcher(runtime)
+            await dispatcher.start()
+            state.dispatcher = dispatcher
+        try:
+            yield
+        finally:
+            await state.broadcaster.stop()
+            if dispatcher is not None:
+                state.dispatcher = None
+                await dispatcher.stop()
+            unsubscribe()
+            await runtime.aclose_providers()
+
+    app = FastAPI(
+        title="NEXUS",
+        version=__version__,
+        description="Production runtime for AI agents: sessions, journal, live events.",
+        lifespan=lifespan,
+        docs_url="/api/docs",
+        redoc_url=None,
+        openapi_url="/api/v1/openapi.json",
+    )
+    app.state.nexus = state
+    problems.install(app)
+    for router in ROUTERS:
+        app.include_router(router)
+    from nexus.server.dashboard import install as install_dashboard
+
+    install_dashboard(app)
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY)
+    return app

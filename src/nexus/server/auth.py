@@ -1,0 +1,207 @@
+"""Authentication: a bearer token for the API, a signed cookie for the dashboard.
+
+* The token is 256 random bits in `NEXUS_HOME/api-token` (mode 0600), made on
+  first start; `nexus token rotate` replaces it, which also invalidates every
+  dashboard cookie (their key derives from the token).
+* The dashboard logs in with the token once and then carries an HttpOnly,
+  SameSite=Strict cookie `nexus_session` = `sid.expiry.signature`.
+* Cookie-authenticated state changes must carry the CSRF token (header
+  `X-CSRF-Token` or form field `csrf_token`): an HMAC of the cookie's sid.
+* Failures are counted per client address; past `max_failures` in `window_s`
+  the client gets 429 until the window passes. 401s never say which part failed.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+from starlette.requests import Request
+
+from nexus.server.problems import Problem
+
+COOKIE = "nexus_session"
+CSRF_HEADER = "x-csrf-token"
+COOKIE_TTL_S = 12 * 3600
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class TokenFile:
+    """The API token on disk, re-read when the file changes (rotation)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._cached: tuple[float, str] | None = None
+
+    def ensure(self) -> str:
+        """The token, creating the file (0600) on first use."""
+        if not self.path.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._write(secrets.token_urlsafe(32))
+        return self.read()
+
+    def read(self) -> str:
+        """The current token."""
+        mtime = self.path.stat().st_mtime
+        if self._cached is None or self._cached[0] != mtime:
+            self._cached = (mtime, self.path.read_text(encoding="utf-8").strip())
+        return self._cached[1]
+
+    def rotate(self) -> str:
+        """Replace the token; returns the new one."""
+        token = secrets.token_urlsafe(32)
+        self._write(token)
+        return token
+
+    def _write(self, token: str) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, self.path)
+        self._cached = None
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who made a request and how."""
+
+    via: str  # "bearer" | "cookie" | "open"
+    sid: str | None = None
+
+
+class FailureLimiter:
+    """Counts authentication failures per client; blocks past the limit."""
+
+    def __init__(self, *, max_failures: int = 10, window_s: float = 60.0) -> None:
+        self.max_failures = max_failures
+        self.window_s = window_s
+        self._failures: dict[str, deque[float]] = {}
+
+    def blocked_for(self, client: str) -> float:
+        """Seconds the client must wait, 0 if not blocked."""
+        q = self._failures.get(client)
+        if not q:
+            return 0.0
+        now = time.monotonic()
+        while q and now - q[0] > self.window_s:
+            q.popleft()
+        if len(q) < self.max_failures:
+            return 0.0
+        return self.window_s - (now - q[0])
+
+    def fail(self, client: str) -> None:
+        """Record one failure."""
+        q = self._failures.setdefault(client, deque())
+        q.append(time.monotonic())
+        if len(self._failures) > 10_000:  # bound memory under a spray of addresses
+            self._failures.pop(next(iter(self._failures)))
+
+
+class Auth:
+    """Checks requests; `enabled=False` (loopback only) lets everything through."""
+
+    def __init__(self, tokens: TokenFile, *, enabled: bool = True) -> None:
+        self.tokens = tokens
+        self.enabled = enabled
+        self.limiter = FailureLimiter()
+
+    # -- cookies and CSRF ---------------------------------------------------------
+
+    def _key(self) -> bytes:
+        return hmac.new(self.tokens.read().encode(), b"nexus-dashboard-cookie", "sha256").digest()
+
+    def _sign(self, text: str) -> str:
+        mac = hmac.new(self._key(), text.encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+    def issue_cookie(self, now: float | None = None) -> tuple[str, str]:
+        """A new `(cookie value, csrf token)` pair."""
+        sid = secrets.token_urlsafe(16)
+        expiry = int((now or time.time()) + COOKIE_TTL_S)
+        body = f"{sid}.{expiry}"
+        return f"{body}.{self._sign(body)}", self.csrf_for(sid)
+
+    def csrf_for(self, sid: str) -> str:
+        """The CSRF token bound to a cookie session."""
+        return self._sign(f"csrf.{sid}")
+
+    def cookie_sid(self, value: str | None) -> str | None:
+        """The sid of a valid, unexpired cookie, else None (forged, expired, stale)."""
+        if not value:
+            return None
+        parts = value.split(".")
+        if len(parts) != 3:
+            return None
+        sid, expiry, sig = parts
+        if not hmac.compare_digest(sig, self._sign(f"{sid}.{expiry}")):
+            return None
+        try:
+            if int(expiry) < time.time():
+                return None
+        except ValueError:
+            return None
+        return sid
+
+    def check_token(self, presented: str) -> bool:
+        """Constant-time comparison with the current token."""
+        return hmac.compare_digest(presented.encode(), self.tokens.read().encode())
+
+    # -- requests -------------------------------------------------------------------
+
+    def identify(self, request: Request) -> Principal | None:
+        """The principal of a request, or None; counts failed attempts."""
+        if not self.enabled:
+            return Principal("open")
+        header = request.headers.get("authorization", "")
+        if header:
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() == "bearer" and token and self.check_token(token.strip()):
+                return Principal("bearer")
+            self.limiter.fail(_client(request))
+            return None
+        cookie = request.cookies.get(COOKIE)
+        if cookie is not None:
+            sid = self.cookie_sid(cookie)
+            if sid is not None:
+                return Principal("cookie", sid)
+            self.limiter.fail(_client(request))
+        return None
+
+    def require(self, request: Request) -> Principal:
+        """The API's check: 429 when rate-limited, 401 without valid credentials,
+        403 for a cookie-authenticated state change without its CSRF token."""
+        wait = self.limiter.blocked_for(_client(request))
+        if wait > 0:
+            raise Problem(
+                429,
+                "too many failed authentication attempts; retry later",
+                headers={"Retry-After": str(int(wait) + 1)},
+            )
+        principal = self.identify(request)
+        if principal is None:
+            raise Problem(
+                401, "authentication required", headers={"WWW-Authenticate": 'Bearer realm="nexus"'}
+            )
+        if principal.via == "cookie" and request.method not in SAFE_METHODS:
+            self.require_csrf(principal, request.headers.get(CSRF_HEADER))
+        return principal
+
+    def require_csrf(self, principal: Principal, presented: str | None) -> None:
+        """403 unless `presented` is the CSRF token of the principal's cookie."""
+        if principal.via != "cookie" or principal.sid is None:
+            return
+        if not presented or not hmac.compare_digest(presented, self.csrf_for(principal.sid)):
+            raise Problem(403, "missing or invalid CSRF token", slug="csrf")
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "unknown"

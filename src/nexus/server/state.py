@@ -1,0 +1,39 @@
+"""What the request handlers share: the runtime, the workers, the broadcaster."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+
+from nexus.runtime.kernel import Runtime
+from nexus.server.auth import Auth, Principal
+from nexus.server.broadcast import Broadcaster
+
+
+@dataclass
+class ServerState:
+    """One per app; built in `create_app`, started by its lifespan."""
+
+    runtime: Runtime
+    auth: Auth
+    broadcaster: Broadcaster
+    dispatcher: Any = None  # nexus.runtime.dispatch.Dispatcher once workers run
+    heartbeat_s: float = 15.0
+
+    async def submit(self, session_id: str, priority: int) -> None:
+        """Hand a new session to the workers (if this server runs them)."""
+        if self.dispatcher is not None:
+            await self.dispatcher.submit(session_id, priority=priority)
+
+
+def get_state(request: Request) -> ServerState:
+    """FastAPI dependency: the server state."""
+    state: ServerState = request.app.state.nexus
+    return state
+
+
+def require_auth(request: Request) -> Principal:
+    """FastAPI dependency: an authenticated principal (401/403/429 otherwise)."""
+    return get_state(request).auth.require(request)
