@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from nexus import __version__
 from nexus.runtime.kernel import Runtime
@@ -19,7 +20,7 @@ from nexus.server.api import admin, agents, health, sessions
 from nexus.server.auth import Auth, TokenFile
 from nexus.server.bodylimit import BodyLimit
 from nexus.server.broadcast import Broadcaster
-from nexus.server.state import ServerState
+from nexus.server.state import ServerState, require_auth
 
 ROUTERS = [health.open_router, health.router, sessions.router, agents.router, admin.router]
 MAX_BODY = 1024 * 1024
@@ -82,12 +83,19 @@ def create_app(
         version=__version__,
         description="Production runtime for AI agents: sessions, journal, live events.",
         lifespan=lifespan,
-        docs_url="/api/docs",
+        # The generated document is served behind auth below; FastAPI's own routes
+        # (and the docs UI, which loads JavaScript from a CDN) would be public.
+        docs_url=None,
         redoc_url=None,
-        openapi_url="/api/v1/openapi.json",
+        openapi_url=None,
     )
     app.state.nexus = state
     problems.install(app)
+
+    @app.get("/api/v1/openapi.json", include_in_schema=False, dependencies=[Depends(require_auth)])
+    async def openapi() -> dict[str, Any]:
+        return app.openapi()
+
     for router in ROUTERS:
         app.include_router(router)
     from nexus.server.dashboard import install as install_dashboard

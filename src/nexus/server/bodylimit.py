@@ -29,35 +29,36 @@ class BodyLimit:
                     await _refuse(send, 413, "payload-too-large", self._detail())
                     return
         seen = 0
-        started = False
+        started = refused = False
 
         async def counted() -> Message:
-            nonlocal seen
+            nonlocal seen, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise _TooLarge
+                    # Answer now and tell the app the client left; whatever it
+                    # sends afterwards is dropped.
+                    refused = True
+                    if not started:
+                        await _refuse(send, 413, "payload-too-large", self._detail())
+                    return {"type": "http.disconnect"}
             return message
 
-        async def tracked_send(message: Message) -> None:
+        async def guarded_send(message: Message) -> None:
             nonlocal started
+            if refused:
+                return
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
 
-        try:
-            await self.app(scope, counted, tracked_send)
-        except _TooLarge:
-            if not started:
-                await _refuse(send, 413, "payload-too-large", self._detail())
+        await self.app(scope, counted, guarded_send)
 
     def _detail(self) -> str:
         return f"request body exceeds {self.max_bytes} bytes"
-
-
-class _TooLarge(Exception):
-    pass
 
 
 async def _refuse(send: Send, status: int, slug: str, detail: str) -> None:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
+import signal
+import threading
+from collections.abc import Generator
 from types import FrameType
 
 import uvicorn
@@ -34,7 +38,21 @@ def check_bind(host: str, *, auth: bool) -> None:
 
 class NexusServer(uvicorn.Server):
     """uvicorn, plus: on SIGINT/SIGTERM end SSE streams at once, so the graceful
-    shutdown does not wait on clients that never hang up."""
+    shutdown does not wait on clients that never hang up; and exit 0 after a
+    graceful shutdown (uvicorn re-raises the signal, which reads as a crash)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        sigs = (signal.SIGINT, signal.SIGTERM)
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in sigs}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         app = self.config.app
