@@ -1,4 +1,4 @@
-"""Regenerate examples/sessions/demo.json, the recorded session the README replays.
+"""Regenerate src/nexus/examples/demo.json, the recorded session the demo replays.
 
 The LLM side is scripted (no model is needed offline); the tool calls run for real
 through the kernel, and the export is what `nexus export` writes.
@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from pathlib import Path
 
 from nexus.config import load_settings
+from nexus.examples import DEMO_GOAL as GOAL
+from nexus.examples import demo_recording
 from nexus.runtime.kernel import Runtime, dump_export
 from nexus.runtime.providers import ScriptedProvider
 
-GOAL = "Write down the sprint notes, then turn them into a short report in report.md."
 NOTES = (
     "# Sprint notes\n- journal: hash-chained, verified\n- dispatch: DBOS queue\n- bench: pending\n"
 )
@@ -38,7 +38,7 @@ async def main() -> None:
         rt = Runtime(load_settings(home=home), provider=ScriptedProvider(SCRIPT, model="demo-1"))
         sid = rt.create_session(GOAL)
         await rt.run(sid)
-        out = Path(__file__).parent / "sessions" / "demo.json"
+        out = demo_recording()
         out.write_text(dump_export(rt.export(sid)) + "\n", encoding="utf-8")
         await rt.aclose()
         print(f"wrote {out}")

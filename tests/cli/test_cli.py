@@ -14,10 +14,11 @@ import pytest
 from typer.testing import CliRunner
 
 from nexus.cli.app import app
+from nexus.examples import demo_recording
 from tests.peers.openai_server import ThreadedPeerServer
 
 ROOT = Path(__file__).resolve().parents[2]
-DEMO = ROOT / "examples" / "sessions" / "demo.json"
+DEMO = demo_recording()
 runner = CliRunner()
 
 

@@ -13,12 +13,13 @@ import pytest
 from fastapi import FastAPI
 
 from nexus.config import load_settings
+from nexus.examples import demo_recording
 from nexus.runtime.kernel import Runtime
 from nexus.server.app import create_app
 from nexus.server.auth import COOKIE
 
 ROOT = Path(__file__).resolve().parents[2]
-DEMO = str(ROOT / "examples" / "sessions" / "demo.json")
+DEMO = str(demo_recording())
 PROBLEM = "application/problem+json"
 
 

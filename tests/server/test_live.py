@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from nexus.cli.app import app as cli
 from nexus.config import load_settings
+from nexus.examples import demo_recording
 from nexus.runtime.kernel import Runtime
 from nexus.server.app import create_app
 from nexus.server.broadcast import Broadcaster
@@ -29,7 +30,7 @@ from nexus.storage.sqlite import SQLiteStore
 from tests.peers.openai_server import ThreadedPeerServer
 
 ROOT = Path(__file__).resolve().parents[2]
-DEMO = str(ROOT / "examples" / "sessions" / "demo.json")
+DEMO = str(demo_recording())
 
 
 class LiveServer:

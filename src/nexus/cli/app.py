@@ -90,6 +90,9 @@ def run(
         str | None,
         typer.Option(help="Answer LLM calls from a recorded session: exported FILE or SESSION id."),
     ] = None,
+    replay_pace: Annotated[
+        float, typer.Option(min=0, max=60, help="Seconds to wait before each replayed answer.")
+    ] = 0.0,
     priority: Annotated[int, typer.Option(help="Queue priority; 0 is the highest.")] = 0,
     model: Annotated[str | None, typer.Option(help="Override the agent's model.")] = None,
     as_json: JsonOpt = False,
@@ -108,7 +111,12 @@ def run(
             if replay is None:
                 await rt.provider()  # no provider: fail in one line before queueing anything
             session_id = rt.create_session(
-                goal, agent=agent, priority=priority, replay=replay, model=model
+                goal,
+                agent=agent,
+                priority=priority,
+                replay=replay,
+                replay_pace_s=replay_pace,
+                model=model,
             )
             created.append(session_id)
             if not as_json:
@@ -344,11 +352,21 @@ def start(
     no_auth: Annotated[
         bool, typer.Option("--no-auth", help="Serve without a token (loopback only).")
     ] = False,
+    demo: Annotated[
+        bool, typer.Option("--demo", help="Queue a paced replay of the shipped demo session.")
+    ] = False,
 ) -> None:
     """Start the server: REST API, live events, dashboard, and the session workers."""
     from nexus.errors import ConfigError
 
     rt = _runtime()
+    if demo:
+        from nexus.examples import DEMO_GOAL, demo_recording
+
+        # Journaled as queued now; the workers pick it up as they start.
+        rt.create_session(
+            DEMO_GOAL, replay=str(demo_recording()), replay_pace_s=1.5, labels={"demo": "true"}
+        )
     try:
         from nexus.server.app import create_app, token_file
         from nexus.server.run import check_bind, serve

@@ -81,12 +81,14 @@ class Runtime:
         priority: int = 0,
         labels: dict[str, str] | None = None,
         replay: str | None = None,
+        replay_pace_s: float = 0.0,
         model: str | None = None,
         limits: dict[str, Any] | None = None,
     ) -> str:
         """Journal a new `queued` session and return its id (it does not run yet).
 
-        `limits` overrides the agent's limits for this session (keys of `Limits`).
+        `limits` overrides the agent's limits for this session (keys of `Limits`);
+        `replay_pace_s` waits that long before each replayed answer (demos).
         """
         if not goal.strip():
             raise ConfigError("a session needs a non-empty goal")
@@ -105,6 +107,8 @@ class Runtime:
         }
         if replay is not None:
             payload["replay"] = replay
+            if replay_pace_s:
+                payload["replay_pace_s"] = replay_pace_s
         if model is not None:
             payload["model"] = model
         if limits:
@@ -120,7 +124,13 @@ class Runtime:
         created = self.journal.events(session_id)[0].payload
         agent = self.agents.get(created["agent"])
         replay = created.get("replay")
-        provider = self._replay_provider(replay) if replay else await self.provider()
+        provider: Provider
+        if replay:
+            replayer = self._replay_provider(replay)
+            replayer.pace_s = float(created.get("replay_pace_s", 0.0))
+            provider = replayer
+        else:
+            provider = await self.provider()
         return await run_session(
             session_id,
             journal=self.journal,

@@ -7,6 +7,7 @@ recording is either a session in the journal or an exported JSON file
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,12 @@ class ReplayProvider:
     a resumed session picks up at the right answer without any state here.
     """
 
-    def __init__(self, responses: list[ChatResponse], *, source: str = "replay") -> None:
+    def __init__(
+        self, responses: list[ChatResponse], *, source: str = "replay", pace_s: float = 0.0
+    ) -> None:
         self.name = "replay"
         self.source = source
+        self.pace_s = pace_s  # wait before each answer: demos look like a live model
         self._responses = responses
 
     @classmethod
@@ -85,6 +89,8 @@ class ReplayProvider:
                 f"asked for response {turn + 1} (the run diverged from the recording)"
             )
         r = self._responses[turn]
+        if self.pace_s > 0:
+            await asyncio.sleep(self.pace_s)
         return ChatResponse(
             content=r.content,
             tool_calls=r.tool_calls,

@@ -42,6 +42,7 @@ class NewSession(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict, max_length=32)
     budget: Budget | None = None
     replay: str | None = Field(default=None, description="exported file path or session id")
+    replay_pace_s: float = Field(default=0.0, ge=0, le=60, description="wait per replayed answer")
     model: str | None = Field(default=None, max_length=200)
 
 
@@ -56,6 +57,7 @@ async def create_session(body: NewSession, state: State, response: Response) -> 
         priority=body.priority,
         labels=body.labels,
         replay=body.replay,
+        replay_pace_s=body.replay_pace_s,
         model=body.model,
         limits=budget or None,
     )
