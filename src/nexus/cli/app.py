@@ -9,7 +9,6 @@ configuration (including no LLM provider); 3 not found; 4 audit found tampering;
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import sys
@@ -35,11 +34,14 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain click help: typer's rich help imports ~130 ms of markdown rendering,
+    # which would double `nexus --help`.
+    rich_markup_mode=None,
 )
-config_app = typer.Typer(help="Show the settings.", no_args_is_help=True)
-agents_app = typer.Typer(help="The agents NEXUS knows.", no_args_is_help=True)
-audit_app = typer.Typer(help="Check the journal's hash chains.", no_args_is_help=True)
-token_app = typer.Typer(help="The API token.", no_args_is_help=True)
+config_app = typer.Typer(help="Show the settings.", no_args_is_help=True, rich_markup_mode=None)
+agents_app = typer.Typer(help="The agents NEXUS knows.", no_args_is_help=True, rich_markup_mode=None)
+audit_app = typer.Typer(help="Check the journal's hash chains.", no_args_is_help=True, rich_markup_mode=None)
+token_app = typer.Typer(help="The API token.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(config_app, name="config")
 app.add_typer(agents_app, name="agents")
 app.add_typer(audit_app, name="audit")
@@ -98,6 +100,8 @@ def run(
     as_json: JsonOpt = False,
 ) -> None:
     """Run one agent session to its end, durably, showing each step as it happens."""
+    import asyncio
+
     from nexus.errors import NexusError
     from nexus.runtime.dispatch import Dispatcher
     from nexus.types import SessionStatus
@@ -148,6 +152,8 @@ def worker(
     concurrency: Annotated[int | None, typer.Option(help="Sessions in flight.")] = None,
 ) -> None:
     """Run queued sessions durably until SIGINT/SIGTERM; resumes unfinished ones first."""
+    import asyncio
+
     from nexus.runtime.dispatch import serve_forever
 
     rt = _runtime()
