@@ -246,11 +246,11 @@ def source() -> dict[str, Any]:
 
     def git(*argv: str) -> str:
         done = subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True, check=False)
-        return done.stdout.strip() if done.returncode == 0 else ""
+        return done.stdout.rstrip() if done.returncode == 0 else ""  # porcelain lines start " M"
 
     dirty = git("status", "--porcelain", "--", "src")
     return {
-        "commit": git("rev-parse", "--short", "HEAD") or None,
+        "commit": git("rev-parse", "--short", "HEAD").strip() or None,
         "src_changes": [line[3:] for line in dirty.splitlines()],
     }
 

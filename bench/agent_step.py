@@ -443,6 +443,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--journal-appends", type=int, default=20_000)
     p.add_argument("--startup-repeat", type=int, default=7)
     p.add_argument("--latency-ms", type=float, default=0, help="the peer's answer delay")
+    p.add_argument(
+        "--durability",
+        choices=("normal", "full"),
+        default="normal",
+        help="NEXUS journal and DBOS synchronous mode for (b); the peers' SQLite files "
+        "keep SQLite's default, synchronous=FULL",
+    )
     p.add_argument("--skip-peers", action="store_true", help="only (a) and NEXUS")
     p.add_argument("--quick", action="store_true", help="smoke run: few runs of everything")
     p.add_argument(
@@ -480,6 +487,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="nexus-bench-") as tmpdir:
         tmp = Path(tmpdir)
         os.environ["NEXUS_HOME"] = str(tmp / "home")  # no ~/.nexus/nexus.toml leaks in
+        os.environ["NEXUS_DURABILITY"] = args.durability  # read by load_settings in (b)
         if args.profile:
             from bench._profile import profile
 
