@@ -33,27 +33,47 @@ STATUS_BY_KIND = {
 STEP_KINDS = frozenset({"llm.response", "tool.result"})
 
 
+# One encoder, built once: json.dumps would rebuild it on every call (hot path).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def canonical(data: Any) -> str:
     """Canonical JSON: sorted keys, no whitespace, UTF-8 kept as is."""
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _CANONICAL.encode(data)
 
 
 def chain_hash(row: EventRow) -> str:
     """The hash an event must carry, given its fields and `prev_hash`."""
-    header = canonical(
-        [
-            row.session_id,
-            row.seq,
-            row.ts,
-            row.kind,
-            row.tokens_in,
-            row.tokens_out,
-            row.cost_usd,
-            row.latency_ms,
-            row.prev_hash,
-        ]
+    return _hash(
+        row.session_id,
+        row.seq,
+        row.ts,
+        row.kind,
+        row.tokens_in,
+        row.tokens_out,
+        row.cost_usd,
+        row.latency_ms,
+        row.prev_hash,
+        row.payload,
     )
-    return hashlib.sha256(f"{header}\n{row.payload}".encode()).hexdigest()
+
+
+def _hash(
+    session_id: str,
+    seq: int,
+    ts: float,
+    kind: str,
+    tokens_in: int,
+    tokens_out: int,
+    cost_usd: float,
+    latency_ms: float,
+    prev_hash: str,
+    payload: str,
+) -> str:
+    header = _CANONICAL.encode(
+        [session_id, seq, ts, kind, tokens_in, tokens_out, cost_usd, latency_ms, prev_hash]
+    )
+    return hashlib.sha256(f"{header}\n{payload}".encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +112,18 @@ class AuditReport:
         }
 
 
+@dataclass(eq=False, slots=True)
+class _Entry:
+    """An event on its way into the store."""
+
+    row: EventRow
+    change: SessionChange
+    clean: JSON
+    error: Exception | None = None
+    committed: bool = False
+    waiter: asyncio.Future[None] | None = None  # set for writers that did not lead
+
+
 class Journal:
     """Append and read journal events; redacts before writing."""
 
@@ -102,6 +134,8 @@ class Journal:
         # worker at a time, and a miss falls back to the database.
         self._heads: dict[str, tuple[int, str]] = {}
         self._listeners: list[Callable[[Event], None]] = []
+        self._pending: list[_Entry] = []
+        self._flushing = False
 
     def subscribe(self, listener: Callable[[Event], None]) -> Callable[[], None]:
         """Call `listener(event)` after each append made through this journal (this
@@ -122,30 +156,91 @@ class Journal:
         latency_ms: float = 0.0,
         reason: str | None = None,
     ) -> Event:
-        """Redact, hash and commit one event; returns it as stored.
+        """Redact, hash and commit one event now; returns it as stored.
 
         The event is durable when this returns (subject to the durability setting).
         """
+        entry = self._prepare(
+            session_id, kind, payload, tokens_in, tokens_out, cost_usd, latency_ms, reason
+        )
+        self._commit([entry])
+        return self._finish(entry)
+
+    async def append_async(
+        self,
+        session_id: str,
+        kind: str,
+        payload: JSON,
+        *,
+        tokens_in: int = 0,
+        tokens_out: int = 0,
+        cost_usd: float = 0.0,
+        latency_ms: float = 0.0,
+        reason: str | None = None,
+    ) -> Event:
+        """Like `append`, with group commit: appends made by concurrent sessions in
+        the same turn of the event loop share one transaction. Each caller still
+        resumes only after its own event is committed."""
+        entry = self._prepare(
+            session_id, kind, payload, tokens_in, tokens_out, cost_usd, latency_ms, reason
+        )
+        self._pending.append(entry)
+        if not self._flushing:
+            # This caller leads: let the other ready tasks queue their events, then
+            # commit everything queued. The commit runs even if the leader is
+            # cancelled, so followers are never left waiting.
+            self._flushing = True
+            try:
+                await asyncio.sleep(0)
+            finally:
+                try:
+                    while self._pending:
+                        batch, self._pending = self._pending, []
+                        self._commit(batch)
+                finally:
+                    self._flushing = False
+        if not entry.committed:
+            entry.waiter = asyncio.get_running_loop().create_future()
+            await entry.waiter
+        return self._finish(entry)
+
+    def _prepare(
+        self,
+        session_id: str,
+        kind: str,
+        payload: JSON,
+        tokens_in: int,
+        tokens_out: int,
+        cost_usd: float,
+        latency_ms: float,
+        reason: str | None,
+    ) -> _Entry:
         head = self._heads.get(session_id)
         if head is None:
             head = self.store.head(session_id)
-        seq, prev = head[0] + 1, head[1]
-        clean = self.redactor.data(payload)
-        row = EventRow(
-            id=0,
-            session_id=session_id,
-            seq=seq,
-            ts=time.time(),
-            kind=kind,
-            payload=canonical(clean),
-            tokens_in=tokens_in,
-            tokens_out=tokens_out,
-            cost_usd=cost_usd,
-            latency_ms=round(latency_ms, 3),
-            prev_hash=prev,
-            hash="",
+        text = canonical(payload)
+        clean = payload
+        if self.redactor.needed(text):
+            clean = self.redactor.data(payload)
+            text = canonical(clean)
+        seq, prev, ts, latency = head[0] + 1, head[1], time.time(), round(latency_ms, 3)
+        digest = _hash(
+            session_id, seq, ts, kind, tokens_in, tokens_out, cost_usd, latency, prev, text
         )
-        row = _with_hash(row)
+        row = EventRow(
+            0,
+            session_id,
+            seq,
+            ts,
+            kind,
+            text,
+            tokens_in,
+            tokens_out,
+            cost_usd,
+            latency,
+            prev,
+            digest,
+        )
         status = STATUS_BY_KIND.get(kind)
         change = SessionChange(
             create=_creation(clean) if kind == "session.created" else None,
@@ -153,13 +248,25 @@ class Journal:
             reason=None if reason is None else self.redactor.text(reason),
             steps=1 if kind in STEP_KINDS else 0,
         )
-        try:
-            self.store.append(row, change)
-        except Exception:
-            self._heads.pop(session_id, None)
-            raise
-        self._heads[session_id] = (seq, row.hash)
-        event = _event(row, clean)
+        # Chain the next event of this session onto this one before it commits
+        # (group commit); a failed commit drops the cached head.
+        self._heads[session_id] = (row.seq, row.hash)
+        return _Entry(row, change, clean)
+
+    def _commit(self, batch: list[_Entry]) -> None:
+        results = self.store.append_many([(e.row, e.change) for e in batch])
+        for entry, result in zip(batch, results, strict=True):
+            if isinstance(result, Exception):
+                entry.error = result
+                self._heads.pop(entry.row.session_id, None)
+            entry.committed = True
+            if entry.waiter is not None and not entry.waiter.done():
+                entry.waiter.set_result(None)
+
+    def _finish(self, entry: _Entry) -> Event:
+        if entry.error is not None:
+            raise entry.error
+        event = _event(entry.row, entry.clean)
         for listener in self._listeners:
             listener(event)
         return event
@@ -245,14 +352,6 @@ class Journal:
                 f"missing event: seq {last_seen + 1} to {row.last_seq} are gone",
             )
         return None
-
-
-def _with_hash(row: EventRow) -> EventRow:
-    return EventRow(*[*_fields(row)[:-1], chain_hash(row)])
-
-
-def _fields(row: EventRow) -> list[Any]:
-    return [getattr(row, f) for f in row.__slots__]
 
 
 def _creation(payload: JSON) -> JSON:

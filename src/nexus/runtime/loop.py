@@ -126,7 +126,7 @@ async def run_session(
     if state.status.finished:
         return state.status
     resumed = state.started_at is not None
-    journal.append(
+    await journal.append_async(
         session_id,
         "session.resumed" if resumed else "session.started",
         {"agent": agent.name, "steps_done": state.steps_done} if resumed else {"agent": agent.name},
@@ -187,7 +187,7 @@ async def run_session(
                 state.messages.append({"role": "tool", "tool_call_id": call.id, "content": content})
                 continue
             if state.final is not None:
-                journal.append(
+                await journal.append_async(
                     session_id,
                     "session.completed",
                     {"answer": state.final, "steps": run.steps},
@@ -212,13 +212,17 @@ async def run_session(
             state.pending = list(resp.tool_calls)
             state.final = None if resp.tool_calls else (resp.content or "")
     except TerminalError as exc:
-        return _fail(journal, session_id, f"{type(exc).__name__}: {exc}", run.steps)
+        return await _fail(journal, session_id, f"{type(exc).__name__}: {exc}", run.steps)
     except Exception as exc:
         log.exception("session %s crashed", session_id)
-        return _fail(journal, session_id, f"internal error: {type(exc).__name__}: {exc}", run.steps)
+        return await _fail(
+            journal, session_id, f"internal error: {type(exc).__name__}: {exc}", run.steps
+        )
 
 
-def _fail(journal: Journal, session_id: str, reason: str, steps: int) -> SessionStatus:
-    journal.append(session_id, "session.failed", {"reason": reason, "steps": steps}, reason=reason)
+async def _fail(journal: Journal, session_id: str, reason: str, steps: int) -> SessionStatus:
+    await journal.append_async(
+        session_id, "session.failed", {"reason": reason, "steps": steps}, reason=reason
+    )
     journal.forget(session_id)
     return SessionStatus.FAILED

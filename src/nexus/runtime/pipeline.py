@@ -119,7 +119,7 @@ class JournalRecorder(Guard):
             call = step.call
             assert call is not None
             if not step.meta.get("retry"):
-                j.append(
+                await j.append_async(
                     run.session_id,
                     "tool.call",
                     {
@@ -137,13 +137,15 @@ class JournalRecorder(Guard):
                 payload["error_type"] = outcome.error_type
             else:
                 payload["result"] = outcome.result
-            j.append(run.session_id, "tool.result", payload, latency_ms=outcome.latency_ms)
+            await j.append_async(
+                run.session_id, "tool.result", payload, latency_ms=outcome.latency_ms
+            )
             run.steps += 1
             return outcome
         outcome = await call_next(step)
         resp = outcome.response
         assert resp is not None
-        j.append(
+        await j.append_async(
             run.session_id,
             "llm.response",
             {

@@ -83,6 +83,12 @@ class Store(Protocol):
         """
         ...
 
+    def append_many(self, items: Sequence[tuple[EventRow, SessionChange]]) -> list[int | Exception]:
+        """Commit several events in one transaction (group commit). If one is
+        refused, each is retried alone, so only the bad one fails: the result
+        holds a row id or the `JournalError` per item, in order."""
+        ...
+
     def head(self, session_id: str) -> tuple[int, str]:
         """The last `(seq, hash)` of a session, `(0, "")` if it has none."""
         ...

@@ -29,6 +29,18 @@ _SESSION_COLS = (
 )
 
 
+_INSERT_EVENT = f"INSERT INTO events ({_EVENT_COLS}) VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_COUNTERS = (
+    "UPDATE sessions SET updated_at = ?, last_seq = ?, steps = steps + ?, "
+    "tokens_in = tokens_in + ?, tokens_out = tokens_out + ?, cost_usd = cost_usd + ?"
+)
+_UPDATE_COUNTERS = _COUNTERS + " WHERE id = ?"
+_UPDATE_STATUS = (
+    _COUNTERS + ", status = coalesce(?, status), "
+    "reason = CASE WHEN ? IS NULL THEN reason ELSE ? END WHERE id = ?"
+)
+
+
 class SQLiteStore:
     """`Store` on one SQLite file."""
 
@@ -106,10 +118,35 @@ class SQLiteStore:
     # -- journal ------------------------------------------------------------------
 
     def append(self, row: EventRow, change: SessionChange) -> int:
-        db = self._db
+        (result,) = self.append_many([(row, change)])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def append_many(self, items: Sequence[tuple[EventRow, SessionChange]]) -> list[int | Exception]:
         with self._lock:
-            db.execute("BEGIN IMMEDIATE")
             try:
+                return self._transaction(items)
+            except JournalError as exc:
+                if len(items) == 1:
+                    return [exc]
+            # One row was refused: isolate it so the others still commit.
+            results: list[int | Exception] = []
+            for item in items:
+                try:
+                    results.extend(self._transaction([item]))
+                except JournalError as exc:
+                    results.append(exc)
+            return results
+
+    def _transaction(
+        self, items: Sequence[tuple[EventRow, SessionChange]]
+    ) -> list[int | Exception]:
+        db = self._db
+        ids: list[int | Exception] = []
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for row, change in items:
                 if change.create is not None:
                     c = change.create
                     db.execute(
@@ -127,8 +164,7 @@ class SQLiteStore:
                         ),
                     )
                 cur = db.execute(
-                    f"INSERT INTO events ({_EVENT_COLS}) "
-                    "VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    _INSERT_EVENT,
                     (
                         row.session_id,
                         row.seq,
@@ -143,34 +179,34 @@ class SQLiteStore:
                         row.hash,
                     ),
                 )
-                db.execute(
-                    "UPDATE sessions SET updated_at = ?, last_seq = ?, steps = steps + ?, "
-                    "tokens_in = tokens_in + ?, tokens_out = tokens_out + ?, "
-                    "cost_usd = cost_usd + ?, status = coalesce(?, status), "
-                    "reason = CASE WHEN ? IS NULL THEN reason ELSE ? END WHERE id = ?",
-                    (
-                        row.ts,
-                        row.seq,
-                        change.steps,
-                        row.tokens_in,
-                        row.tokens_out,
-                        row.cost_usd,
-                        change.status,
-                        change.status,
-                        change.reason,
-                        row.session_id,
-                    ),
+                ids.append(int(cur.lastrowid or 0))
+                common = (
+                    row.ts,
+                    row.seq,
+                    change.steps,
+                    row.tokens_in,
+                    row.tokens_out,
+                    row.cost_usd,
                 )
-            except sqlite3.IntegrityError as exc:
-                db.execute("ROLLBACK")
-                raise JournalError(
-                    f"cannot append {row.kind} #{row.seq} to session {row.session_id}: {exc}"
-                ) from None
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-        return int(cur.lastrowid or 0)
+                if change.status is None and change.reason is None:
+                    # Most events: leave status alone so its index entry is not rewritten.
+                    db.execute(_UPDATE_COUNTERS, (*common, row.session_id))
+                else:
+                    db.execute(
+                        _UPDATE_STATUS,
+                        (*common, change.status, change.status, change.reason, row.session_id),
+                    )
+        except sqlite3.IntegrityError as exc:
+            db.execute("ROLLBACK")
+            row = items[len(ids)][0]
+            raise JournalError(
+                f"cannot append {row.kind} #{row.seq} to session {row.session_id}: {exc}"
+            ) from None
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return ids
 
     def head(self, session_id: str) -> tuple[int, str]:
         with self._lock:
