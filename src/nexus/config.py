@@ -74,6 +74,13 @@ class Settings(BaseSettings):
     concurrency: int = Field(default=50, ge=1, le=10_000, description="Sessions in flight.")
     queue_poll_s: float = Field(default=0.2, gt=0, le=60)
     worker_id: str = Field(default="local", min_length=1)
+    dbos_url: str | None = Field(
+        default=None,
+        description=(
+            "DBOS system database: default SQLite in NEXUS_HOME; "
+            "postgresql://user:pass@host/db to share one queue between many workers."
+        ),
+    )
     app_version: str = Field(default="nexus-1", min_length=1)
     http_allow_hosts: list[str] = Field(default_factory=list)
     log_level: Literal["debug", "info", "warning", "error"] = "warning"
@@ -82,6 +89,15 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
+
+    @field_validator("dbos_url")
+    @classmethod
+    def _dbos_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(
+            ("sqlite:///", "postgresql://", "postgresql+psycopg://")
+        ):
+            raise ValueError("must start with sqlite:///, postgresql:// or postgresql+psycopg://")
+        return value
 
     @property
     def db_path(self) -> Path:

@@ -203,3 +203,21 @@ def test_agents_from_toml_are_listed_and_broken_ones_refused(nexus_home: Path) -
     (agents / "broken.toml").write_text("name = [unclosed\n")
     result = nexus("agents", "list")
     assert result.exit_code == 2 and "broken.toml" in result.stderr
+
+
+def test_start_refuses_a_public_address_without_auth() -> None:
+    """`nexus start --no-auth` is only allowed on loopback."""
+    result = nexus("start", "--host", "0.0.0.0", "--no-auth")
+    assert result.exit_code == 2
+    assert "refusing to serve on 0.0.0.0 without authentication" in result.stderr
+
+
+def test_token_show_and_rotate(nexus_home: Path) -> None:
+    """The token is made on first use (0600), shown, and replaced by rotate."""
+    first = nexus("token", "show").stdout.strip()
+    path = nexus_home / "api-token"
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert nexus("token", "show").stdout.strip() == first
+    rotated = nexus("token", "rotate").stdout.strip()
+    assert rotated != first and len(rotated) == 43
+    assert path.read_text().strip() == rotated

@@ -216,3 +216,71 @@ def test_sigkill_between_steps_resumes_without_repeating_steps(
     assert turns(threaded_peer) == [0, 1, 1]  # only the interrupted call is asked again
     assert rt.journal.verify(sid).ok
     asyncio.run(rt.aclose())
+
+
+@pytest.fixture
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real PostgreSQL 15 cluster; yields a URL for DBOS's system database."""
+    from tests.peers.postgres import PostgresServer, available
+
+    if not available():
+        pytest.skip("PostgreSQL 15 server binaries are not installed (scripts/test installs them)")
+    root = Path("/tmp") / f"nexus-pg-{os.getpid()}-{time.monotonic_ns()}"
+    server = PostgresServer(root)
+    server.start()
+    try:
+        yield server.url("nexus_dbos")
+    finally:
+        server.stop()
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_postgres_queue_without_duplicates(
+    crash_env: dict[str, str], threaded_peer: ThreadedPeerServer, tmp_path: Path, postgres: str
+) -> None:
+    """Scale-out: two worker processes (two worker ids) on one DBOS queue in
+    PostgreSQL run 24 sessions, each exactly once, and both take a share."""
+    threaded_peer.config.latency_ms = 150  # long enough that both workers are up to share
+    threaded_peer.config.script = [
+        {"tool_calls": [{"name": "mark", "arguments": {"tag": "work"}}]},
+        {"content": "done"},
+    ]
+    rt = Runtime(load_settings(), agents=registry())
+    ids = [rt.create_session(f"job {i}", agent="crash") for i in range(24)]
+    workers = []
+    for wid in ("w1", "w2"):
+        env = {
+            **crash_env,
+            "NEXUS_DBOS_URL": postgres,
+            "NEXUS_WORKER_ID": wid,
+            "NEXUS_CONCURRENCY": "2",
+        }
+        workers.append(start_worker(env, tmp_path / f"{wid}.log"))
+    try:
+        wait_for(
+            lambda: all(rt.session(s).status == "completed" for s in ids),
+            "all sessions completed",
+            timeout=120,
+        )
+    finally:
+        for w in workers:
+            w.send_signal(signal.SIGTERM)
+        for w in workers:
+            assert w.wait(30) == 0
+    starts = [x for x in lines(Path(crash_env["CRASH_LOG"])) if x.startswith("start")]
+    assert len(starts) == 24 and len({x.split()[2] for x in starts}) == 24  # one run each
+    for sid in ids:
+        kinds = [e.kind for e in rt.journal.events(sid)]
+        assert kinds.count("session.started") == 1 and "session.resumed" not in kinds
+    import psycopg
+
+    with psycopg.connect(postgres) as conn:
+        rows = conn.execute(
+            "SELECT executor_id, count(*) FROM dbos.workflow_status GROUP BY executor_id"
+        ).fetchall()
+    shares = dict(rows)
+    assert set(shares) == {"w1", "w2"} and sum(shares.values()) == 24
+    asyncio.run(rt.aclose())

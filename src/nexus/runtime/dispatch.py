@@ -114,12 +114,15 @@ class Dispatcher:
         _runtime = self.runtime
         _synchronous = "FULL" if s.durability == "full" else "NORMAL"
         s.home.mkdir(parents=True, exist_ok=True)
-        _enable_wal(s.dbos_path)
+        url = s.dbos_url
+        if url is None:
+            _enable_wal(s.dbos_path)
+            url = f"sqlite:///{s.dbos_path}"
         logging.getLogger("dbos").addFilter(_DropCancelNoise())
         DBOS(
             config={
                 "name": "nexus",
-                "system_database_url": f"sqlite:///{s.dbos_path}",
+                "system_database_url": url,
                 "application_version": s.app_version,
                 "executor_id": s.worker_id,
                 "log_level": "WARNING",
