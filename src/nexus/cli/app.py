@@ -39,8 +39,12 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 config_app = typer.Typer(help="Show the settings.", no_args_is_help=True, rich_markup_mode=None)
-agents_app = typer.Typer(help="The agents NEXUS knows.", no_args_is_help=True, rich_markup_mode=None)
-audit_app = typer.Typer(help="Check the journal's hash chains.", no_args_is_help=True, rich_markup_mode=None)
+agents_app = typer.Typer(
+    help="The agents NEXUS knows.", no_args_is_help=True, rich_markup_mode=None
+)
+audit_app = typer.Typer(
+    help="Check the journal's hash chains.", no_args_is_help=True, rich_markup_mode=None
+)
 token_app = typer.Typer(help="The API token.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(config_app, name="config")
 app.add_typer(agents_app, name="agents")
