@@ -59,6 +59,19 @@ def nexus_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
+@pytest.fixture(autouse=True)
+def _log_handler_cleanup() -> Iterator[None]:
+    """CLI commands install NEXUS's log handler; no test leaves it behind."""
+    yield
+    import logging
+
+    from nexus.observe.logs import LOGGERS, remove
+
+    remove()
+    for name in LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET)
+
+
 @pytest.fixture
 def settings(nexus_home: Path) -> Settings:
     """Settings on the test's NEXUS_HOME."""

@@ -74,9 +74,13 @@ def _runtime() -> Runtime:
     from nexus.runtime.kernel import Runtime
 
     try:
-        return Runtime()
+        rt = Runtime()
     except (ConfigError, StorageError) as exc:
         _die(str(exc), EXIT_USAGE)
+    from nexus.observe.logs import configure
+
+    configure(rt.settings.log_level, rt.redactor)
+    return rt
 
 
 def _session_or_die(rt: Runtime, session_id: str) -> Any:

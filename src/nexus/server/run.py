@@ -74,6 +74,7 @@ def serve(app: FastAPI, *, host: str, port: int) -> None:
         host=host,
         port=port,
         log_level="warning",
+        log_config=None,  # keep uvicorn's records on NEXUS's redacting handler
         access_log=False,
         timeout_graceful_shutdown=10,
         lifespan="on",

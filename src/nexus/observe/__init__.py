@@ -1,0 +1,1 @@
+"""Observability: logging now; tracing, cost and metrics as later features land."""
