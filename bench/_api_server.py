@@ -1,24 +1,126 @@
 """The NEXUS server under test, in its own process: `python -m bench._api_server --home DIR`.
 
-`bench.api` starts this so that its clients' CPU does not share the server's event
-loop. It serves `create_app(Runtime(...))` with the same uvicorn server as
-`nexus start`, on a free loopback port, and prints `http://127.0.0.1:PORT` once
-the socket is bound (the app may still be starting: poll `/healthz`).
+`bench.api` starts this (with `ServerProcess`) so that its clients' CPU does not
+share the server's event loop. It serves `create_app(Runtime(...))` with the same
+uvicorn server as `nexus start`, on a free loopback port, and prints
+`http://127.0.0.1:PORT` once the socket is bound (the app may still be starting:
+`wait_ready` polls `/healthz` and `/api/v1/readyz`).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
+import select
 import socket
+import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
+import aiohttp
 import uvicorn
 
 from nexus.config import load_settings
 from nexus.runtime.kernel import Runtime
 from nexus.server.app import create_app
 from nexus.server.run import NexusServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class ServerProcess:
+    """`python -m bench._api_server` in a child process; `url` once it has bound."""
+
+    def __init__(
+        self,
+        home: Path,
+        *,
+        sse_buffer: int,
+        module: str = "bench._api_server",
+        start_timeout_s: float = 60.0,
+    ) -> None:
+        self.home = home
+        self.module = module
+        self.sse_buffer = sse_buffer
+        self.start_timeout_s = start_timeout_s
+        self.url = ""
+        self._proc: subprocess.Popen[str] | None = None
+        # Closed in close(); a file, not a pipe, so a chatty server never blocks on it.
+        self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115
+
+    def __enter__(self) -> ServerProcess:
+        cmd = [sys.executable, "-m", self.module, "--home", str(self.home)]
+        cmd += ["--sse-buffer", str(self.sse_buffer)]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("NEXUS_")}
+        env["NEXUS_HOME"] = str(self.home)
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=self._stderr, text=True
+        )
+        self._proc = proc
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], self.start_timeout_s)
+        line = proc.stdout.readline().strip() if ready else ""
+        if not line.startswith("http://"):
+            self.close()
+            raise RuntimeError(f"server did not start (printed {line!r}): {self.stderr()}")
+        self.url = line
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def pid(self) -> int:
+        """The server's process id."""
+        assert self._proc is not None
+        return self._proc.pid
+
+    def cpu_s(self) -> float:
+        """User plus system CPU seconds the server has used, all threads (`/proc`)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stderr(self) -> str:
+        """What the server wrote to stderr (its last 2,000 characters)."""
+        self._stderr.seek(0)
+        return self._stderr.read()[-2000:]
+
+    def close(self) -> None:
+        """SIGTERM (graceful: streams end, workers stop), SIGKILL after 20 s."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+async def wait_ready(http: aiohttp.ClientSession, url: str, home: Path, timeout_s: float) -> str:
+    """Poll until the API answers with workers running; returns the API token."""
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            async with http.get(f"{url}/healthz") as resp:
+                if resp.status == 200:
+                    token = (home / "api-token").read_text().strip()
+                    headers = {"Authorization": f"Bearer {token}"}
+                    async with http.get(f"{url}/api/v1/readyz", headers=headers) as ready:
+                        if ready.status == 200:
+                            return token
+                        last = f"readyz {ready.status}: {await ready.text()}"
+        except (aiohttp.ClientError, OSError) as exc:
+            last = f"{type(exc).__name__}: {exc}"
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"server not ready after {timeout_s:g} s ({last})")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -39,7 +141,10 @@ def main(argv: list[str] | None = None) -> None:
         heartbeat_s=args.heartbeat_s,
         sse_buffer=args.sse_buffer,
     )
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP, not the default 0: asyncio only sets TCP_NODELAY on sockets
+    # whose proto says TCP, and without it every keep-alive response waits ~40 ms for
+    # a delayed ACK (Nagle). uvicorn's own host/port binding gets this right.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]

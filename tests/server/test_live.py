@@ -39,7 +39,9 @@ class LiveServer:
     def __init__(self, **app_options: Any) -> None:
         self.rt = Runtime(load_settings())
         self.app = create_app(self.rt, **app_options)
-        self.sock = socket.socket()
+        # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on such sockets, and
+        # without it every keep-alive response waits ~40 ms for a delayed ACK.
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self.sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         config = uvicorn.Config(self.app, log_level="warning", lifespan="on")
@@ -168,36 +170,42 @@ def test_idle_streams_send_heartbeats() -> None:
 
 
 async def test_a_slow_client_is_dropped_and_told_to_resync(nexus_home: Path) -> None:
-    """A client whose buffer fills is cut off with a `resync` naming the last event it
-    got; fan-out to the others (and the writer) never waits for it."""
-    from nexus.runtime.journal import Journal
-
-    store = SQLiteStore(nexus_home / "n.db")
-    journal = Journal(store)
-    journal.append(
-        "s1", "session.created", {"goal": "g", "agent": "a", "priority": 0, "labels": {}}
-    )
-    b = Broadcaster(store, poll_s=0.01, buffer=3)
-    await b.start()
-    slow = b.subscribe("s1", 1)
-    fast = b.subscribe(None, 0)
-    for i in range(6):
-        journal.append("s1", "note", {"i": i})
+    """A client that does not drain its buffer and would pass the limit is cut off
+    with a `resync` naming the last event it was given; a client that keeps up is
+    not, and the writer never waits for either."""
     import asyncio
 
-    b.notify(None)  # type: ignore[arg-type]
-    deadline = time.monotonic() + 10
-    while not slow.overflowed:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.01)
-    assert slow.last_id == 4 and len(slow.frames) == 3  # seq 2..4 buffered, then cut
-    assert fast.overflowed  # the same limit applies to every client
+    from nexus.runtime.journal import Journal
     from nexus.server.api.sessions import _stream
     from nexus.server.state import ServerState
 
+    store = SQLiteStore(nexus_home / "n.db")
+    journal = Journal(store)
+    created = {"goal": "g", "agent": "a", "priority": 0, "labels": {}}
+    journal.append("s1", "session.created", created)
+    b = Broadcaster(store, poll_s=0.01, buffer=3, coalesce_s=0)
+    await b.start()
+    slow = b.subscribe("s1", 1)
+    fast = b.subscribe(None, 0)
+
+    async def until(predicate: Any, what: str) -> None:
+        deadline = time.monotonic() + 10
+        while not predicate():
+            assert time.monotonic() < deadline, what
+            await asyncio.sleep(0.01)
+
+    for i in range(2):
+        journal.append("s1", "note", {"i": i})
+    await until(lambda: slow.buffered == 2 and fast.buffered == 2, "first batch")
+    fast.take()  # the fast client drains; the slow one does not
+    for i in range(2, 4):
+        journal.append("s1", "note", {"i": i})
+    await until(lambda: slow.overflowed, "overflow")
+    assert not fast.overflowed and fast.buffered == 2
+    assert slow.last_id == 3  # seq 2 and 3 were handed over, 4 and 5 refused
     state = ServerState(runtime=None, auth=None, broadcaster=b)  # type: ignore[arg-type]
     out = [chunk async for chunk in _stream(state, slow, [], lambda: None)]
-    assert out[-1] == 'id: 4\nevent: resync\ndata: {"after": 4}\n\n'
+    assert out[-1] == 'id: 3\nevent: resync\ndata: {"after": 3}\n\n'
     assert b.subscribers == 1  # the slow one is gone
     await b.stop()
     store.close()

@@ -28,12 +28,20 @@ class ServerState:
             await self.dispatcher.submit(session_id, priority=priority)
 
 
-def get_state(request: Request) -> ServerState:
-    """FastAPI dependency: the server state."""
+def server_state(request: Request) -> ServerState:
+    """The server state of the app serving `request`."""
     state: ServerState = request.app.state.nexus
     return state
 
 
-def require_auth(request: Request) -> Principal:
-    """FastAPI dependency: an authenticated principal (401/403/429 otherwise)."""
-    return get_state(request).auth.require(request)
+async def get_state(request: Request) -> ServerState:
+    """FastAPI dependency: the server state (async: no thread-pool hop)."""
+    return server_state(request)
+
+
+async def require_auth(request: Request) -> Principal:
+    """FastAPI dependency: an authenticated principal (401/403/429 otherwise).
+
+    `async def` on purpose: FastAPI runs plain `def` dependencies in a thread pool,
+    which costs more than the check itself."""
+    return server_state(request).auth.require(request)

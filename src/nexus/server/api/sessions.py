@@ -177,7 +177,11 @@ async def all_events_stream(
 ) -> StreamingResponse:
     """Server-Sent Events of every session. Event ids are the journal's global row
     id; reconnect with `Last-Event-ID` to resume. Without one, starts from now."""
-    after = _last_event_id(last_event_id) if last_event_id else state.broadcaster.position
+    # Without Last-Event-ID, start from the journal's newest event (the
+    # broadcaster's position may lag it by a coalescing interval).
+    after = (
+        _last_event_id(last_event_id) if last_event_id else state.runtime.store.latest_event_id()
+    )
     sub = state.broadcaster.subscribe(None, after)
     backlog = state.runtime.store.events_after(after, state.broadcaster.buffer) if after else []
     for row in backlog:
@@ -198,23 +202,29 @@ async def _stream(
 ) -> AsyncIterator[str]:
     try:
         yield "retry: 1000\n\n" + "".join(backlog)
+        if sub.session_id is not None and (rest := final_frames()) is not None:
+            yield "".join(rest) + frame(sub.last_id, "{}", "end")  # it had already ended
+            return
         while True:
-            if sub.frames:
-                chunk = "".join(sub.frames)
-                sub.frames.clear()
-                yield chunk
+            if sub.chunks:
+                yield sub.take()
             if sub.overflowed:
                 yield frame(sub.last_id, f'{{"after": {sub.last_id}}}', "resync")
                 return
             if sub.closed:
                 return
-            if not sub.frames and (rest := final_frames()) is not None:
+            if sub.ended and (rest := final_frames()) is not None:
                 yield "".join(rest) + frame(sub.last_id, "{}", "end")
                 return
             sub.ready.clear()
             try:
-                await asyncio.wait_for(sub.ready.wait(), state.heartbeat_s)
+                async with asyncio.timeout(state.heartbeat_s):
+                    await sub.ready.wait()
             except TimeoutError:
+                # Quiet for a while: the session may have ended in another process.
+                if sub.session_id is not None and (rest := final_frames()) is not None:
+                    yield "".join(rest) + frame(sub.last_id, "{}", "end")
+                    return
                 yield ": ping\n\n"
     finally:
         state.broadcaster.unsubscribe(sub)
