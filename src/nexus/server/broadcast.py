@@ -134,6 +134,24 @@ class Broadcaster:
         self._task: asyncio.Task[None] | None = None
         self._last_id = 0
         self._closing = False
+        # Encoded events by row id: many clients catching up on one busy session
+        # read the same backlog; each event is encoded once. Bounded: cleared when
+        # full (a miss only costs an encode).
+        self._encoded: dict[int, str] = {}
+        self.cache_size = 50_000
+
+    def encode(self, row: EventRow) -> str:
+        """`event_json(row)`, cached by row id."""
+        text = self._encoded.get(row.id)
+        if text is None:
+            if len(self._encoded) >= self.cache_size:
+                self._encoded.clear()
+            text = self._encoded[row.id] = event_json(row)
+        return text
+
+    def backlog(self, rows: list[EventRow], *, by_seq: bool) -> str:
+        """Frames for rows read from the journal (a client's catch-up)."""
+        return "".join(frame(r.seq if by_seq else r.id, self.encode(r)) for r in rows)
 
     async def start(self) -> None:
         """Begin after the newest existing event."""
@@ -208,7 +226,7 @@ class Broadcaster:
         for sub in list(self._subs):
             if sub.session_id is None:
                 if all_chunk is None:
-                    all_chunk = "".join(frame(r.id, event_json(r)) for r in rows)
+                    all_chunk = self.backlog(rows, by_seq=False)
                 sub.offer(rows, all_chunk)
                 continue
             mine = by_session.get(sub.session_id)
@@ -216,6 +234,6 @@ class Broadcaster:
                 continue
             chunk = session_chunks.get(sub.session_id)
             if chunk is None:
-                chunk = "".join(frame(r.seq, event_json(r)) for r in mine)
+                chunk = self.backlog(mine, by_seq=True)
                 session_chunks[sub.session_id] = chunk
             sub.offer(mine, chunk)

@@ -150,7 +150,7 @@ async def session_stream(
     backlog = state.runtime.store.events(session_id, after)
     for row in backlog:
         sub.last_id = row.seq
-    frames = [frame(r.seq, event_json(r)) for r in backlog]
+    frames = [state.broadcaster.backlog(backlog, by_seq=True)]
 
     def final_frames() -> list[str] | None:
         # Once the session has ended, read what is left straight from the journal
@@ -161,7 +161,7 @@ async def session_stream(
         rest = state.runtime.store.events(session_id, sub.last_id)
         if rest:
             sub.last_id = rest[-1].seq
-        return [frame(r.seq, event_json(r)) for r in rest]
+        return [state.broadcaster.backlog(rest, by_seq=True)]
 
     return StreamingResponse(
         _stream(state, sub, frames, final_frames),
@@ -186,7 +186,7 @@ async def all_events_stream(
     backlog = state.runtime.store.events_after(after, state.broadcaster.buffer) if after else []
     for row in backlog:
         sub.last_id = row.id
-    frames = [frame(r.id, event_json(r)) for r in backlog]
+    frames = [state.broadcaster.backlog(backlog, by_seq=False)]
     return StreamingResponse(
         _stream(state, sub, frames, lambda: None),
         media_type="text/event-stream",
