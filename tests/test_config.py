@@ -24,6 +24,7 @@ def defaults(home: Path) -> dict[str, object]:
         "concurrency": 50,
         "queue_poll_s": 0.2,
         "worker_id": "local",
+        "dbos_url": None,
         "app_version": "nexus-1",
         "http_allow_hosts": [],
         "log_level": "warning",

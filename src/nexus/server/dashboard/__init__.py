@@ -1,9 +1,63 @@
-"""The dashboard (placeholder until its pages land)."""
+"""The dashboard: server-rendered pages (Jinja2) with a little plain JavaScript.
+
+Pages:
+
+* `/login`, `/logout` — sign in with the API token; an HttpOnly, SameSite=Strict
+  cookie carries the login (`login.py`).
+* `/` — sessions, live; `/sessions/{id}` — one session's header, actions bar,
+  panels and live journal timeline (`sessions.py`).
+* `/new` — start a session (`new.py`).
+
+Every page needs a login (cookie or bearer) unless auth is off; see `web.py`
+for the headers (CSP without inline script, no framing) and error pages.
+
+Extending it — add an entry, never rewrite a page (`registry.py`):
+
+* `PANELS` — boxes beside the timeline (`page="session"`) or above the list
+  (`page="sessions"`): `Panel(name, title, template, context=fn, when=fn)`. A
+  costs breakdown, a trace tree or pending approvals is one `Panel` and one
+  template under `templates/panels/`.
+* `ACTIONS` — controls in the actions bar: `Action(name, template, when=fn)`. A
+  kill switch is a template holding `<button data-post="/api/v1/sessions/{id}/kill"
+  data-confirm="Kill?">`; `static/nexus.js` POSTs it with the CSRF header and
+  refreshes the page's live parts.
+* Timeline entries — one template per event kind, `templates/events/<kind>.html`
+  (falling back to `events/default.html`): `approval.requested` or `tool.undone`
+  get their look by adding a file.
+* `NAV` and `PAGES` — a new top-level page is a router from `web.page_router()`
+  in `PAGES` plus a `NavLink` in `NAV`.
+* `TEMPLATE_DIRS` — folders searched after `templates/`, for features that keep
+  their templates in their own package.
+
+Panels, actions and the header are re-rendered on every live update (the page's
+script fetches `/fragments/...` when the SSE stream reports news), so whatever
+they show stays current without code of their own.
+"""
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from nexus.server.dashboard._install import install
+from nexus.server.dashboard.registry import (
+    ACTIONS,
+    NAV,
+    PAGES,
+    PANELS,
+    TEMPLATE_DIRS,
+    Action,
+    NavLink,
+    Panel,
+    View,
+)
 
-
-def install(app: FastAPI) -> None:
-    """Mount the dashboard's pages and static files."""
+__all__ = [
+    "ACTIONS",
+    "NAV",
+    "PAGES",
+    "PANELS",
+    "TEMPLATE_DIRS",
+    "Action",
+    "NavLink",
+    "Panel",
+    "View",
+    "install",
+]
