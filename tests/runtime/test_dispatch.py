@@ -23,17 +23,9 @@ from nexus.runtime.providers import ScriptedProvider
 from nexus.types import SessionStatus
 from tests.peers.openai_server import ThreadedPeerServer
 from tests.runtime.crash_worker import registry
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def wait_for(predicate: Any, what: str, timeout: float = 30.0) -> None:
-    """Poll `predicate` until true; fail naming `what` (a bound, not a timing claim)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 async def test_session_runs_as_a_dbos_workflow() -> None:

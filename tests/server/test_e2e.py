@@ -12,7 +12,6 @@ import re
 import shutil
 import socket
 import threading
-import time
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,6 +24,7 @@ from nexus.config import load_settings
 from nexus.examples import demo_recording
 from nexus.runtime.kernel import Runtime
 from nexus.server.app import create_app
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -92,14 +92,6 @@ class Server:
         assert resp.status_code == 201, resp.text
         session_id: str = resp.json()["id"]
         return session_id
-
-
-def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 @pytest.fixture

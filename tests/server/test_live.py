@@ -28,6 +28,7 @@ from nexus.server.app import create_app
 from nexus.server.broadcast import Broadcaster
 from nexus.storage.sqlite import SQLiteStore
 from tests.peers.openai_server import ThreadedPeerServer
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = str(demo_recording())
@@ -86,14 +87,6 @@ class LiveServer:
                     yield (event, line[6:])
                 elif line == "":
                     event = "message"
-
-
-def wait_for(predicate: Any, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 @pytest.fixture

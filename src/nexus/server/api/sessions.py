@@ -46,12 +46,11 @@ class NewSession(BaseModel):
     model: str | None = Field(default=None, max_length=200)
 
 
-@router.post("/sessions", status_code=201)
-async def create_session(body: NewSession, state: State, response: Response) -> dict[str, Any]:
-    """Create a session and hand it to the workers; returns its row (status `queued`)."""
-    rt = state.runtime
+async def start_session(state: ServerState, body: NewSession) -> str:
+    """Journal a new session from a validated request and hand it to the workers
+    (the API and the dashboard's form both come here). `ConfigError` if refused."""
     budget = body.budget.model_dump(exclude_none=True) if body.budget else None
-    session_id = rt.create_session(
+    session_id = state.runtime.create_session(
         body.goal,
         agent=body.agent,
         priority=body.priority,
@@ -61,10 +60,16 @@ async def create_session(body: NewSession, state: State, response: Response) -> 
         model=body.model,
         limits=budget or None,
     )
-    row = rt.session(session_id).to_dict()
     await state.submit(session_id, body.priority)
+    return session_id
+
+
+@router.post("/sessions", status_code=201)
+async def create_session(body: NewSession, state: State, response: Response) -> dict[str, Any]:
+    """Create a session and hand it to the workers; returns its row (status `queued`)."""
+    session_id = await start_session(state, body)
     response.headers["Location"] = f"/api/v1/sessions/{session_id}"
-    return row
+    return state.runtime.session(session_id).to_dict()
 
 
 @router.get("/sessions")

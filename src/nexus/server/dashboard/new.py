@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from nexus.errors import ConfigError
-from nexus.server.api.sessions import NewSession
+from nexus.server.api.sessions import NewSession, start_session
 from nexus.server.dashboard.web import page_router, render, require_csrf, require_login, state_of
 
 router = page_router()
@@ -110,22 +110,10 @@ async def create(request: Request) -> Response:
         if not body["goal"]:
             errors["goal"] = "Say what the session should do."
     if parsed is not None and not errors:
-        state = state_of(request)
-        limits = parsed.budget.model_dump(exclude_none=True) if parsed.budget else None
         try:
-            session_id = state.runtime.create_session(
-                parsed.goal,
-                agent=parsed.agent,
-                priority=parsed.priority,
-                labels=parsed.labels,
-                replay=parsed.replay,
-                replay_pace_s=parsed.replay_pace_s,
-                model=parsed.model,
-                limits=limits or None,
-            )
+            session_id = await start_session(state_of(request), parsed)
         except ConfigError as exc:
             errors[_config_field(str(exc))] = str(exc)
         else:
-            await state.submit(session_id, parsed.priority)
             return RedirectResponse(f"/sessions/{session_id}", 303)
     return render(request, "new.html", form_context(request, values, errors), status=422)

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from nexus.runtime.kernel import dump_export
+from nexus.server.broadcast import event_json
 from nexus.server.dashboard.panels import elapsed
 from nexus.server.dashboard.registry import ACTIONS, PANELS, PageName, Panel, View, for_page
 from nexus.server.dashboard.web import page_router, render, render_text, require_login, state_of
@@ -126,20 +127,9 @@ def event_templates(kind: str) -> list[str]:
 
 def event_view(row: EventRow) -> dict[str, Any]:
     """A journal row as the timeline templates see it (the API's event shape)."""
-    return {
-        "templates": event_templates(row.kind),
-        "id": row.id,
-        "session_id": row.session_id,
-        "seq": row.seq,
-        "ts": row.ts,
-        "kind": row.kind,
-        "tokens_in": row.tokens_in,
-        "tokens_out": row.tokens_out,
-        "cost_usd": row.cost_usd,
-        "latency_ms": row.latency_ms,
-        "hash": row.hash,
-        "payload": json.loads(row.payload),
-    }
+    view: dict[str, Any] = json.loads(event_json(row))
+    view["templates"] = event_templates(row.kind)
+    return view
 
 
 def session_context(request: Request, session_id: str, after_seq: int = 0) -> dict[str, Any]:

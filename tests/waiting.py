@@ -1,0 +1,16 @@
+"""Waiting on observable state in tests: poll, never sleep as an assertion."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+
+def wait_for(predicate: Callable[[], object], what: str, timeout: float = 30.0) -> None:
+    """Poll `predicate` until it is true; fail naming `what` after `timeout` seconds
+    (a bound against hangs, not a timing claim)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
