@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Header, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import StreamingResponse
 
-from nexus.server.broadcast import Subscription, event_json, frame
+from nexus.server.broadcast import TERMINAL_KINDS, Subscription, event_json, frame
 from nexus.server.problems import Problem
 from nexus.server.state import ServerState, get_state, require_auth
 from nexus.storage.base import SessionQuery
@@ -150,11 +150,15 @@ async def session_stream(
     """Server-Sent Events of one session's journal. Event ids are the journal seq:
     reconnect with `Last-Event-ID` to resume. Ends after the session ends."""
     after = _last_event_id(last_event_id)
-    state.runtime.session(session_id)
+    session = state.runtime.session(session_id)
     sub = state.broadcaster.subscribe(session_id, after)
     backlog = state.runtime.store.events(session_id, after)
-    for row in backlog:
-        sub.last_id = row.seq
+    if backlog:
+        sub.last_id = backlog[-1].seq
+    # Already over: the stream sends what is left and ends, without waiting.
+    sub.ended = SessionStatus(session.status).finished or bool(
+        backlog and backlog[-1].kind in TERMINAL_KINDS
+    )
     frames = [state.broadcaster.backlog(backlog, by_seq=True)]
 
     def final_frames() -> list[str] | None:
@@ -207,9 +211,6 @@ async def _stream(
 ) -> AsyncIterator[str]:
     try:
         yield "retry: 1000\n\n" + "".join(backlog)
-        if sub.session_id is not None and (rest := final_frames()) is not None:
-            yield "".join(rest) + frame(sub.last_id, "{}", "end")  # it had already ended
-            return
         while True:
             if sub.chunks:
                 yield sub.take()
