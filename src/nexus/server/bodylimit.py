@@ -18,7 +18,14 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        for name, value in scope.get("headers", ()):
+        headers = scope.get("headers", ())
+        if scope.get("method") in ("GET", "HEAD") and not any(
+            name in (b"content-length", b"transfer-encoding") for name, _ in headers
+        ):
+            # No body to count: stay out of the send path (SSE streams write a lot).
+            await self.app(scope, receive, send)
+            return
+        for name, value in headers:
             if name == b"content-length":
                 try:
                     declared = int(value)
