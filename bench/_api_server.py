@@ -23,6 +23,7 @@ from pathlib import Path
 import aiohttp
 import uvicorn
 
+from bench._common import terminate
 from nexus.config import load_settings
 from nexus.runtime.kernel import Runtime
 from nexus.server.app import create_app
@@ -93,12 +94,7 @@ class ServerProcess:
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        terminate(proc, grace_s=20)
         if proc.stdout is not None:
             proc.stdout.close()
 

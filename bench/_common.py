@@ -30,6 +30,16 @@ RunOne = Callable[[int], Awaitable[None]]
 """One complete agent run; the argument is a run number unique within the process."""
 
 
+def terminate(proc: subprocess.Popen[Any], *, grace_s: float) -> None:
+    """SIGTERM, then SIGKILL if the process has not exited after `grace_s`."""
+    proc.terminate()
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 class PeerProcess:
     """`python -m tests.peers.openai_server` in a child process, on a free loopback port.
 
@@ -86,12 +96,7 @@ class PeerProcess:
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        terminate(proc, grace_s=5)
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
