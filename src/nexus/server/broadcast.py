@@ -175,11 +175,6 @@ class Broadcaster:
         self._subs.discard(sub)
 
     @property
-    def position(self) -> int:
-        """The row id of the last event read from the journal."""
-        return self._last_id
-
-    @property
     def subscribers(self) -> int:
         """How many clients are connected."""
         return len(self._subs)

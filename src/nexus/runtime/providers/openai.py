@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import time
 from typing import Any
 
 import aiohttp
@@ -123,7 +122,6 @@ def _with_cost(response: ChatResponse, cost: float) -> ChatResponse:
 
 async def probe(base_url: str, timeout_s: float = 0.5) -> list[str] | None:
     """The models at an OpenAI-compatible endpoint, or None if it does not answer."""
-    start = time.monotonic()
     try:
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as http,
@@ -134,5 +132,4 @@ async def probe(base_url: str, timeout_s: float = 0.5) -> list[str] | None:
             data = await resp.json()
     except (aiohttp.ClientError, TimeoutError, ValueError):
         return None
-    del start
     return [str(m.get("id")) for m in data.get("data", []) if isinstance(m, dict)]
