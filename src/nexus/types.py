@@ -160,6 +160,18 @@ class Step:
     idempotency_key: str = ""
     meta: JSON = field(default_factory=dict)
 
+    def tool_call(self) -> ToolCall:
+        """The call of a tool step."""
+        if self.call is None:
+            raise TypeError(f"step {self.number} is an {self.kind} step, not a tool step")
+        return self.call
+
+    def chat_request(self) -> ChatRequest:
+        """The request of an LLM step."""
+        if self.request is None:
+            raise TypeError(f"step {self.number} is a {self.kind} step, not an LLM step")
+        return self.request
+
 
 @dataclass(slots=True)
 class Outcome:
@@ -170,6 +182,16 @@ class Outcome:
     error: str | None = None
     error_type: str | None = None
     latency_ms: float = 0.0
+
+    def chat_response(self, step: int) -> ChatResponse:
+        """The response of an LLM step; a guard that answered an LLM step without
+        one ends the session (`TerminalError`), naming why."""
+        if self.response is None:
+            from nexus.errors import TerminalError
+
+            why = self.error or "a guard answered the step without a response"
+            raise TerminalError(f"LLM step {step} produced no response: {why}")
+        return self.response
 
 
 Next = Callable[[Step], Awaitable[Outcome]]

@@ -501,3 +501,25 @@ async def test_secret_canary_never_reaches_the_database_or_logs(
             assert shaped.encode() not in data, f.name
     assert canary not in caplog.text
     assert peer.requests  # the secret did reach the provider, as it must
+
+
+async def test_a_guard_answering_an_llm_step_without_a_response_fails_the_session() -> None:
+    """A guard may refuse an LLM step with an Outcome of its own; with no response to
+    continue from, the session fails naming the reason (not an internal error)."""
+
+    class Refuse(Guard):
+        stage = KILL
+
+        async def handle(self, step: Step, run: RunContext, call_next: Next) -> Outcome:
+            if step.kind == "llm":
+                return Outcome(error="model calls are switched off", error_type="Refused")
+            return await call_next(step)
+
+    rt = make_runtime(ScriptedProvider([{"content": "never"}]), guards=[Refuse()])
+    sid = rt.create_session("try", agent="t")
+    assert await rt.run(sid) is SessionStatus.FAILED
+    assert rt.session(sid).reason == (
+        "TerminalError: LLM step 1 produced no response: model calls are switched off"
+    )
+    assert kinds(rt, sid) == ["session.created", "session.started", "session.failed"]
+    await rt.aclose()

@@ -206,8 +206,7 @@ async def run_session(
             )
             next_step += 1
             outcome = await pipeline(step)
-            resp = outcome.response
-            assert resp is not None
+            resp = outcome.chat_response(step.number)
             state.messages.append(resp.message())
             state.pending = list(resp.tool_calls)
             state.final = None if resp.tool_calls else (resp.content or "")

@@ -116,8 +116,7 @@ class JournalRecorder(Guard):
     async def handle(self, step: Step, run: RunContext, call_next: Next) -> Outcome:
         j = run.journal
         if step.kind == "tool":
-            call = step.call
-            assert call is not None
+            call = step.tool_call()
             if not step.meta.get("retry"):
                 await j.append_async(
                     run.session_id,
@@ -143,8 +142,7 @@ class JournalRecorder(Guard):
             run.steps += 1
             return outcome
         outcome = await call_next(step)
-        resp = outcome.response
-        assert resp is not None
+        resp = outcome.chat_response(step.number)
         await j.append_async(
             run.session_id,
             "llm.response",
@@ -175,11 +173,9 @@ async def execute(step: Step, run: RunContext) -> Outcome:
     """
     t0 = time.perf_counter()
     if step.kind == "llm":
-        assert step.request is not None
-        response = await run.provider.complete(step.request)
+        response = await run.provider.complete(step.chat_request())
         return Outcome(response=response, latency_ms=(time.perf_counter() - t0) * 1000)
-    call = step.call
-    assert call is not None
+    call = step.tool_call()
     try:
         result = await _run_tool(step, run)
         _ = canonical(result)  # results are journaled: they must be JSON
@@ -193,8 +189,7 @@ async def execute(step: Step, run: RunContext) -> Outcome:
 
 
 async def _run_tool(step: Step, run: RunContext) -> Any:
-    call = step.call
-    assert call is not None
+    call = step.tool_call()
     tool = run.toolbox.get(call.name)
     if tool is None:
         known = ", ".join(run.toolbox.names()) or "none"
