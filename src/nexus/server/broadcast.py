@@ -61,7 +61,7 @@ class Subscription:
 
     session_id: str | None
     limit: int
-    chunks: deque[str] = field(default_factory=deque)
+    chunks: deque[bytes] = field(default_factory=deque)
     buffered: int = 0  # events in `chunks`
     overflowed: bool = False
     closed: bool = False
@@ -73,7 +73,7 @@ class Subscription:
         """The id this stream uses for `row`."""
         return row.seq if self.session_id is not None else row.id
 
-    def offer(self, rows: list[EventRow], chunk: str | None = None) -> None:
+    def offer(self, rows: list[EventRow], chunk: bytes | None = None) -> None:
         """Queue rows (in order); `chunk` is their shared encoding, if every row is
         new to this subscriber. On overflow stop and mark for resync."""
         if self.overflowed or self.closed or not rows:
@@ -93,7 +93,7 @@ class Subscription:
             self.ready.set()
             return
         if chunk is None or fresh is not rows:
-            chunk = "".join(frame(self.key(r), event_json(r)) for r in fresh)
+            chunk = "".join(frame(self.key(r), event_json(r)) for r in fresh).encode()
         self.chunks.append(chunk)
         self.buffered += len(fresh)
         self.last_id = self.key(fresh[-1])
@@ -101,9 +101,9 @@ class Subscription:
             self.ended = True
         self.ready.set()
 
-    def take(self) -> str:
-        """Everything buffered, as one string."""
-        text = "".join(self.chunks)
+    def take(self) -> bytes:
+        """Everything buffered, as one byte string (UTF-8, ready for the socket)."""
+        text = b"".join(self.chunks)
         self.chunks.clear()
         self.buffered = 0
         return text
@@ -216,12 +216,14 @@ class Broadcaster:
         by_session: dict[str, list[EventRow]] = {}
         for row in rows:
             by_session.setdefault(row.session_id, []).append(row)
-        all_chunk: str | None = None
-        session_chunks: dict[str, str] = {}
+        # Encoded to bytes once per stream: every client of it gets the same object
+        # (encoding per client was most of the cost of a delivery).
+        all_chunk: bytes | None = None
+        session_chunks: dict[str, bytes] = {}
         for sub in list(self._subs):
             if sub.session_id is None:
                 if all_chunk is None:
-                    all_chunk = self.backlog(rows, by_seq=False)
+                    all_chunk = self.backlog(rows, by_seq=False).encode()
                 sub.offer(rows, all_chunk)
                 continue
             mine = by_session.get(sub.session_id)
@@ -229,6 +231,6 @@ class Broadcaster:
                 continue
             chunk = session_chunks.get(sub.session_id)
             if chunk is None:
-                chunk = self.backlog(mine, by_seq=True)
+                chunk = self.backlog(mine, by_seq=True).encode()
                 session_chunks[sub.session_id] = chunk
             sub.offer(mine, chunk)

@@ -208,7 +208,7 @@ async def _stream(
     sub: Subscription,
     backlog: list[str],
     final_frames: Callable[[], list[str] | None],
-) -> AsyncIterator[str]:
+) -> AsyncIterator[str | bytes]:
     try:
         yield "retry: 1000\n\n" + "".join(backlog)
         while True:
