@@ -146,10 +146,14 @@ async def session_stream(
     session_id: str,
     state: State,
     last_event_id: Annotated[str | None, Header()] = None,
+    after: Annotated[int | None, Query(ge=0, description="first connect: start after")] = None,
 ) -> StreamingResponse:
     """Server-Sent Events of one session's journal. Event ids are the journal seq:
-    reconnect with `Last-Event-ID` to resume. Ends after the session ends."""
-    after = _last_event_id(last_event_id)
+    reconnect with `Last-Event-ID` to resume. Ends after the session ends.
+
+    `?after=N` sets where a first connection starts (a browser's EventSource
+    cannot send `Last-Event-ID` before it has seen an event); the header wins."""
+    after = _last_event_id(last_event_id) if last_event_id else (after or 0)
     session = state.runtime.session(session_id)
     sub = state.broadcaster.subscribe(session_id, after)
     backlog = state.runtime.store.events(session_id, after)
@@ -183,14 +187,17 @@ async def session_stream(
 async def all_events_stream(
     state: State,
     last_event_id: Annotated[str | None, Header()] = None,
+    after: Annotated[int | None, Query(ge=0, description="first connect: start after")] = None,
 ) -> StreamingResponse:
     """Server-Sent Events of every session. Event ids are the journal's global row
-    id; reconnect with `Last-Event-ID` to resume. Without one, starts from now."""
-    # Without Last-Event-ID, start from the journal's newest event (the
-    # broadcaster's position may lag it by a coalescing interval).
-    after = (
-        _last_event_id(last_event_id) if last_event_id else state.runtime.store.latest_event_id()
-    )
+    id; reconnect with `Last-Event-ID` (or first connect with `?after=N`) to resume.
+    Without either, starts from now."""
+    if last_event_id:
+        after = _last_event_id(last_event_id)
+    elif after is None:
+        # From the journal's newest event (the broadcaster's read position may
+        # lag it by a coalescing interval).
+        after = state.runtime.store.latest_event_id()
     sub = state.broadcaster.subscribe(None, after)
     backlog = state.runtime.store.events_after(after, state.broadcaster.buffer) if after else []
     for row in backlog:

@@ -194,7 +194,8 @@
     }, 60);
 
     if (body.dataset.finished === "true") return;
-    stream = live("/api/v1/sessions/" + encodeURIComponent(id) + "/stream", {
+    // ?after= skips the events the page already shows (reconnects send Last-Event-ID).
+    stream = live("/api/v1/sessions/" + encodeURIComponent(id) + "/stream?after=" + lastSeq, {
       journal: function (ev) { if (Number(ev.lastEventId) > lastSeq) refreshPage(); },
       // The server dropped this slow client; EventSource reconnects from the last
       // id by itself (Last-Event-ID), and the fetch catches up meanwhile.
