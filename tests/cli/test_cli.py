@@ -221,3 +221,11 @@ def test_token_show_and_rotate(nexus_home: Path) -> None:
     rotated = nexus("token", "rotate").stdout.strip()
     assert rotated != first and len(rotated) == 43
     assert path.read_text().strip() == rotated
+
+
+def test_a_label_key_with_a_quote_is_refused_clearly() -> None:
+    """A label filter that cannot be expressed is a usage error, not a SQL error."""
+    run_demo()
+    result = nexus("sessions", "--label", 'a"b=1')
+    assert result.exit_code == 2
+    assert "may not contain" in result.stderr

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from nexus.errors import JournalError, SchemaVersionError, StorageError
+from nexus.errors import ConfigError, JournalError, SchemaVersionError, StorageError
 from nexus.storage.base import Durability, EventRow, SessionChange, SessionQuery, SessionRow
 from nexus.storage.migrations import LATEST, MIGRATIONS
 
@@ -284,6 +284,9 @@ class SQLiteStore:
             where.append("agent = ?")
             args.append(query.agent)
         if query.label:
+            if '"' in query.label[0]:
+                # A JSON path cannot quote it; refuse clearly instead of a SQL error.
+                raise ConfigError(f"label key {query.label[0]!r} may not contain '\"'")
             where.append("json_extract(labels, ?) = ?")
             args.extend([f'$."{query.label[0]}"', query.label[1]])
         sql = f"SELECT {_SESSION_COLS} FROM sessions"
