@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import select
 import socket
 import subprocess
 import sys
@@ -23,13 +22,11 @@ from pathlib import Path
 import aiohttp
 import uvicorn
 
-from bench._common import terminate
+from bench._common import start_url_process, terminate
 from nexus.config import load_settings
 from nexus.runtime.kernel import Runtime
 from nexus.server.app import create_app
 from nexus.server.run import NexusServer
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 class ServerProcess:
@@ -57,17 +54,12 @@ class ServerProcess:
         cmd += ["--sse-buffer", str(self.sse_buffer)]
         env = {k: v for k, v in os.environ.items() if not k.startswith("NEXUS_")}
         env["NEXUS_HOME"] = str(self.home)
-        proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=self._stderr, text=True
-        )
-        self._proc = proc
-        assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], self.start_timeout_s)
-        line = proc.stdout.readline().strip() if ready else ""
-        if not line.startswith("http://"):
-            self.close()
-            raise RuntimeError(f"server did not start (printed {line!r}): {self.stderr()}")
-        self.url = line
+        try:
+            self._proc, self.url = start_url_process(
+                cmd, timeout_s=self.start_timeout_s, env=env, stderr=self._stderr
+            )
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}: {self.stderr()}") from None
         return self
 
     def __exit__(self, *exc: object) -> None:

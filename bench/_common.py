@@ -30,6 +30,24 @@ RunOne = Callable[[int], Awaitable[None]]
 """One complete agent run; the argument is a run number unique within the process."""
 
 
+def start_url_process(
+    cmd: list[str], *, timeout_s: float, **popen: Any
+) -> tuple[subprocess.Popen[str], str]:
+    """Start a server that prints its base URL as its first line; return both.
+
+    Raises `RuntimeError` (after terminating it) if no URL comes within `timeout_s`.
+    """
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, **popen)
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout_s)
+    line = proc.stdout.readline().strip() if ready else ""
+    if not line.startswith("http://"):
+        terminate(proc, grace_s=5)
+        proc.stdout.close()
+        raise RuntimeError(f"{cmd[2] if len(cmd) > 2 else cmd[0]} did not start (printed {line!r})")
+    return proc, line
+
+
 def terminate(proc: subprocess.Popen[Any], *, grace_s: float) -> None:
     """SIGTERM, then SIGKILL if the process has not exited after `grace_s`."""
     proc.terminate()
@@ -55,17 +73,9 @@ class PeerProcess:
     def __enter__(self) -> PeerProcess:
         cmd = [sys.executable, "-m", "tests.peers.openai_server", "--host", "127.0.0.1"]
         cmd += ["--port", "0", "--latency-ms", str(self.latency_ms)]
-        proc = subprocess.Popen(
-            cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        self._proc, self.url = start_url_process(
+            cmd, timeout_s=self.start_timeout_s, stderr=subprocess.PIPE
         )
-        self._proc = proc
-        assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], self.start_timeout_s)
-        line = proc.stdout.readline().strip() if ready else ""
-        if not line.startswith("http://"):
-            self.close()
-            raise RuntimeError(f"peer server did not start (printed {line!r})")
-        self.url = line
         return self
 
     def __exit__(

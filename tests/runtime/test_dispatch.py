@@ -126,6 +126,42 @@ def lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
+HOLD_SCRIPT = [
+    {"tool_calls": [{"name": "mark", "arguments": {"tag": "hold"}}]},
+    {"content": "done"},
+]
+
+
+def start_held_session(
+    crash_env: dict[str, str], peer: ThreadedPeerServer, tmp_path: Path, goal: str
+) -> tuple[Runtime, str, subprocess.Popen[bytes]]:
+    """A session whose first tool call is held mid-call, in a first worker process."""
+    peer.config.script = HOLD_SCRIPT
+    rt = Runtime(load_settings(), agents=registry())
+    sid = rt.create_session(goal, agent="crash")
+    first = start_worker(crash_env, tmp_path / "w1.log")
+    log = Path(crash_env["CRASH_LOG"])
+    wait_for(lambda: any(x.startswith("start hold") for x in lines(log)), "tool start")
+    return rt, sid, first
+
+
+def kill(worker: subprocess.Popen[bytes]) -> None:
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(10)
+
+
+def restart_until_completed(
+    crash_env: dict[str, str], tmp_path: Path, rt: Runtime, sid: str
+) -> None:
+    """A second worker on the same worker id recovers the session; stop it after."""
+    second = start_worker(crash_env, tmp_path / "w2.log")
+    try:
+        wait_for(lambda: rt.session(sid).status == "completed", "session completed")
+    finally:
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(20) == 0
+
+
 @pytest.mark.slow
 def test_sigkill_mid_tool_call_resumes_and_retries_with_same_key(
     crash_env: dict[str, str], threaded_peer: ThreadedPeerServer, tmp_path: Path
@@ -133,30 +169,17 @@ def test_sigkill_mid_tool_call_resumes_and_retries_with_same_key(
     """SIGKILL while a tool runs: after restart the completed LLM step is not called
     again, the interrupted tool call is retried with its idempotency key, and the
     session completes."""
-    threaded_peer.config.script = [
-        {"tool_calls": [{"name": "mark", "arguments": {"tag": "hold"}}]},
-        {"content": "done"},
-    ]
-    rt = Runtime(load_settings(), agents=registry())
-    sid = rt.create_session("hold on", agent="crash")
-    tool_log = Path(crash_env["CRASH_LOG"])
-    first = start_worker(crash_env, tmp_path / "w1.log")
+    rt, sid, first = start_held_session(crash_env, threaded_peer, tmp_path, "hold on")
     try:
-        wait_for(lambda: any(x.startswith("start hold") for x in lines(tool_log)), "tool start")
-        first.send_signal(signal.SIGKILL)
-        first.wait(10)
+        kill(first)
     finally:
         first.kill()
     assert [e.kind for e in rt.journal.events(sid)][-1] == "tool.call"
     Path(crash_env["CRASH_RELEASE"]).touch()
-    second = start_worker(crash_env, tmp_path / "w2.log")
-    try:
-        wait_for(lambda: rt.session(sid).status == "completed", "session completed")
-    finally:
-        second.send_signal(signal.SIGTERM)
-        assert second.wait(20) == 0
-    key = lines(tool_log)[0].split()[2]
-    assert lines(tool_log) == [
+    restart_until_completed(crash_env, tmp_path, rt, sid)
+    tool_log = lines(Path(crash_env["CRASH_LOG"]))
+    key = tool_log[0].split()[2]
+    assert tool_log == [
         f"start hold {key} False",
         f"start hold {key} True",
         f"end hold {key} True",
@@ -179,32 +202,18 @@ def test_sigkill_between_steps_resumes_without_repeating_steps(
 ) -> None:
     """SIGKILL after a tool result is committed, while the next LLM call is in flight:
     after restart no tool runs again and no completed LLM call is repeated."""
-    threaded_peer.config.script = [
-        {"tool_calls": [{"name": "mark", "arguments": {"tag": "hold"}}]},
-        {"content": "done"},
-    ]
-    rt = Runtime(load_settings(), agents=registry())
-    sid = rt.create_session("step once", agent="crash")
-    tool_log = Path(crash_env["CRASH_LOG"])
-    first = start_worker(crash_env, tmp_path / "w1.log")
+    rt, sid, first = start_held_session(crash_env, threaded_peer, tmp_path, "step once")
     try:
-        wait_for(lambda: any(x.startswith("start hold") for x in lines(tool_log)), "tool start")
         threaded_peer.config.latency_ms = 60_000  # the next LLM call will hang in flight
         Path(crash_env["CRASH_RELEASE"]).touch()
         wait_for(lambda: len(threaded_peer.requests) == 2, "second LLM request")
-        first.send_signal(signal.SIGKILL)
-        first.wait(10)
+        kill(first)
     finally:
         first.kill()
     threaded_peer.config.latency_ms = 0
     assert [e.kind for e in rt.journal.events(sid)][-1] == "tool.result"
-    second = start_worker(crash_env, tmp_path / "w2.log")
-    try:
-        wait_for(lambda: rt.session(sid).status == "completed", "session completed")
-    finally:
-        second.send_signal(signal.SIGTERM)
-        assert second.wait(20) == 0
-    assert [x.split()[0] for x in lines(tool_log)] == ["start", "end"]
+    restart_until_completed(crash_env, tmp_path, rt, sid)
+    assert [x.split()[0] for x in lines(Path(crash_env["CRASH_LOG"]))] == ["start", "end"]
     assert turns(threaded_peer) == [0, 1, 1]  # only the interrupted call is asked again
     assert rt.journal.verify(sid).ok
     asyncio.run(rt.aclose())

@@ -140,8 +140,11 @@ def test_last_event_id_resumes_after_that_event() -> None:
             if e == "journal"
         ]
         assert seqs == list(range(6, live.rt.session(sid).last_seq + 1))
-        by_query = [json.loads(d)["seq"] for e, d in
-                    live.stream(f"/api/v1/sessions/{sid}/stream?after=7") if e == "journal"]
+        by_query = [
+            json.loads(d)["seq"]
+            for e, d in live.stream(f"/api/v1/sessions/{sid}/stream?after=7")
+            if e == "journal"
+        ]
         assert by_query == seqs[2:]  # ?after= for a first connect, header absent
         first_ids = []
         for event, data in live.stream("/api/v1/events/stream", "3"):

@@ -83,15 +83,6 @@ def _runtime() -> Runtime:
     return rt
 
 
-def _session_or_die(rt: Runtime, session_id: str) -> Any:
-    from nexus.errors import SessionNotFound
-
-    try:
-        return rt.session(session_id)
-    except SessionNotFound as exc:
-        _die(str(exc), EXIT_NOT_FOUND)
-
-
 @app.command()
 def run(
     goal: Annotated[str, typer.Argument(help="What the agent should achieve.")],
@@ -277,13 +268,11 @@ def export(
     server: ServerOpt = None,
 ) -> None:
     """Export a session and its events as JSON (replayable with `nexus run --replay FILE`)."""
-    from nexus.runtime.kernel import EXPORT_FORMAT, dump_export
+    from nexus.runtime.kernel import dump_export, export_document
 
     src = _source(server)
     row = _read(lambda: src.session(session_id))
-    events = _read(lambda: src.events(session_id))
-    data = {"format": EXPORT_FORMAT, "session": row, "events": [e.to_dict() for e in events]}
-    text = dump_export(data)
+    text = dump_export(export_document(row, _read(lambda: src.events(session_id))))
     if output is None:
         sys.stdout.write(text + "\n")
     else:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import time
+import asyncio
 from collections.abc import Iterator
 from typing import Any, Protocol
 
-from nexus.types import Event, SessionStatus
+from nexus.types import Event
 
 
 class Source(Protocol):
@@ -49,16 +49,19 @@ class LocalSource:
         return events
 
     def follow(self, session_id: str, after_seq: int = 0) -> Iterator[Event]:
-        while True:
-            batch = self.events(session_id, after_seq)
-            yield from batch
-            if batch:
-                after_seq = batch[-1].seq
-                continue
-            if SessionStatus(self.session(session_id)["status"]).finished:
-                yield from self.events(session_id, after_seq)
-                return
-            time.sleep(0.1)
+        # The journal's own (async) follow, driven one event at a time, so the
+        # polling rules live in one place.
+        events = self.rt.journal.follow(session_id, after_seq)
+        loop = asyncio.new_event_loop()
+        try:
+            while True:
+                try:
+                    yield loop.run_until_complete(anext(events))
+                except StopAsyncIteration:
+                    return
+        finally:
+            loop.run_until_complete(events.aclose())
+            loop.close()
 
     def verify(self, session_id: str | None) -> dict[str, Any]:
         if session_id is not None:

@@ -152,17 +152,14 @@ class Dispatcher:
                 with SetEnqueueOptions(priority=priority + 1):
                     handle = await DBOS.enqueue_workflow_async(QUEUE, session_workflow, session_id)
         self._handles[session_id] = handle
-        task = getattr(handle, "task", None) or getattr(handle, "_task", None)
+        task = getattr(handle, "task", None)  # direct starts run as a task on this loop
         if isinstance(task, asyncio.Task):
             self._tasks[session_id] = task
 
     async def wait(self, session_id: str, *, poll_s: float = 0.02) -> SessionStatus:
         """Wait for a session to end; returns its final status."""
         handle = self._handles.get(session_id) or await DBOS.retrieve_workflow_async(session_id)
-        try:
-            value = await handle.get_result(polling_interval_sec=poll_s)
-        except TypeError:  # direct-start handles await their task and take no poll argument
-            value = await handle.get_result()
+        value = await handle.get_result(polling_interval_sec=poll_s)
         self._handles.pop(session_id, None)
         self._tasks.pop(session_id, None)
         return SessionStatus(value)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from nexus.runtime.pipeline import Guard, default_guards
 from nexus.runtime.providers.replay import ReplayProvider
 from nexus.runtime.redact import Redactor
 from nexus.storage.base import SessionQuery, SessionRow, Store, open_store
-from nexus.types import JSON, Provider, SessionStatus
+from nexus.types import JSON, Event, Provider, SessionStatus
 
 EXPORT_FORMAT = "nexus.session/1"
 
@@ -159,12 +160,7 @@ class Runtime:
 
     def export(self, session_id: str) -> JSON:
         """The session and its events as JSON data, replayable with `--replay`."""
-        row = self.session(session_id)
-        return {
-            "format": EXPORT_FORMAT,
-            "session": row.to_dict(),
-            "events": [e.to_dict() for e in self.journal.events(session_id)],
-        }
+        return export_document(self.session(session_id).to_dict(), self.journal.events(session_id))
 
     # -- providers ------------------------------------------------------------------
 
@@ -234,6 +230,11 @@ def session_limits(base: Limits, override: dict[str, Any] | None) -> Limits:
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
         raise ConfigError(f"invalid budget: {problems}") from None
+
+
+def export_document(session: JSON, events: Iterable[Event]) -> JSON:
+    """The export format (`nexus export`, `--replay FILE`) of a session row and its events."""
+    return {"format": EXPORT_FORMAT, "session": session, "events": [e.to_dict() for e in events]}
 
 
 def dump_export(data: JSON) -> str:

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Header, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import StreamingResponse
 
-from nexus.server.broadcast import TERMINAL_KINDS, Subscription, event_json, frame
+from nexus.server.broadcast import TERMINAL_KINDS, Subscription, frame
 from nexus.server.problems import Problem
 from nexus.server.state import ServerState, get_state, require_auth
 from nexus.storage.base import SessionQuery
@@ -112,14 +112,18 @@ async def session_events(
     state: State,
     after_seq: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
-) -> dict[str, Any]:
-    """A session's journal events with `seq > after_seq`, in order."""
+) -> Response:
+    """A session's journal events with `seq > after_seq`, in order:
+    `{"items": [events], "next_after_seq": N}`."""
     state.runtime.session(session_id)
     rows = state.runtime.store.events(session_id, after_seq, limit)
-    import json
-
-    items = [json.loads(event_json(r)) for r in rows]
-    return {"items": items, "next_after_seq": rows[-1].seq if rows else after_seq}
+    # Spliced from the stored JSON (the SSE streams' encoding, cached), not parsed
+    # into dicts only to be serialised again.
+    items = ",".join(state.broadcaster.encode(r) for r in rows)
+    next_after = rows[-1].seq if rows else after_seq
+    return Response(
+        f'{{"items":[{items}],"next_after_seq":{next_after}}}', media_type="application/json"
+    )
 
 
 def _last_event_id(value: str | None) -> int:
