@@ -175,8 +175,7 @@ async def test_a_slow_client_is_dropped_and_told_to_resync(nexus_home: Path) -> 
     import asyncio
 
     from nexus.runtime.journal import Journal
-    from nexus.server.api.sessions import _stream
-    from nexus.server.state import ServerState
+    from nexus.server.sse import chunks
 
     store = SQLiteStore(nexus_home / "n.db")
     journal = Journal(store)
@@ -202,9 +201,8 @@ async def test_a_slow_client_is_dropped_and_told_to_resync(nexus_home: Path) -> 
     await until(lambda: slow.overflowed, "overflow")
     assert not fast.overflowed and fast.buffered == 2
     assert slow.last_id == 3  # seq 2 and 3 were handed over, 4 and 5 refused
-    state = ServerState(runtime=None, auth=None, broadcaster=b)  # type: ignore[arg-type]
-    out = [chunk async for chunk in _stream(state, slow, [], lambda: None)]
-    assert out[-1] == 'id: 3\nevent: resync\ndata: {"after": 3}\n\n'
+    out = [chunk async for chunk in chunks(b, slow, b"", lambda: None)]
+    assert out[-1] == b'id: 3\nevent: resync\ndata: {"after": 3}\n\n'
     assert b.subscribers == 1  # the slow one is gone
     await b.stop()
     store.close()

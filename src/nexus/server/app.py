@@ -53,8 +53,7 @@ def create_app(
     state = ServerState(
         runtime=runtime,
         auth=Auth(tokens, enabled=auth),
-        broadcaster=Broadcaster(runtime.store, buffer=sse_buffer),
-        heartbeat_s=heartbeat_s,
+        broadcaster=Broadcaster(runtime.store, buffer=sse_buffer, heartbeat_s=heartbeat_s),
     )
 
     @asynccontextmanager

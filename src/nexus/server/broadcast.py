@@ -9,6 +9,8 @@ buffer. What keeps the workers fast with many clients (measured in
   becomes one read, one chunk and one socket write per client, not one per event;
 * each batch is encoded once per stream (all sessions, or one session) and the
   same string is handed to every client of that stream;
+* a live session's frames are kept in memory (`Tail`, bounded): a client that
+  connects mid-session catches up from there, not with its own database read;
 * a subscriber whose buffer is full is dropped and told to resync (reconnect with
   `Last-Event-ID`); the workers never wait on a client.
 """
@@ -18,11 +20,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
-from nexus.storage.base import EventRow, Store
-from nexus.types import Event
+from nexus.storage.base import EventRow, SessionRow, Store
+from nexus.types import Event, SessionStatus
 
 TERMINAL_KINDS = frozenset({"session.completed", "session.failed", "session.killed"})
 
@@ -65,8 +67,10 @@ class Subscription:
     buffered: int = 0  # events in `chunks`
     overflowed: bool = False
     closed: bool = False
-    ended: bool = False  # a terminal event of the session went through
+    ended: bool = False  # the session's terminal event is at or before `last_id`
     last_id: int = 0
+    active: bool = False  # given something since the last heartbeat
+    beat: bool = False  # due a heartbeat (set by the broadcaster's reader)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
     def key(self, row: EventRow) -> int:
@@ -95,6 +99,7 @@ class Subscription:
         if chunk is None or fresh is not rows:
             chunk = "".join(frame(self.key(r), event_json(r)) for r in fresh).encode()
         self.chunks.append(chunk)
+        self.active = True
         self.buffered += len(fresh)
         self.last_id = self.key(fresh[-1])
         if self.session_id is not None and fresh[-1].kind in TERMINAL_KINDS:
@@ -114,6 +119,61 @@ class Subscription:
         self.ready.set()
 
 
+@dataclass(eq=False)
+class Tail:
+    """One session's SSE frames (bytes, by seq) from `first_seq` up to what the
+    broadcaster has read: the catch-up of every client that connects later."""
+
+    first_seq: int
+    frames: list[bytes] = field(default_factory=list)
+    size: int = 0  # bytes in `frames`
+    ended: bool = False  # the terminal event is the last frame
+
+    @property
+    def last_seq(self) -> int:
+        """The seq of the newest frame (`first_seq - 1` when empty)."""
+        return self.first_seq + len(self.frames) - 1
+
+    def add(self, rows: list[EventRow], frames: list[bytes]) -> bool:
+        """Append the frames of rows newer than `last_seq`. False (nothing added) if
+        they would leave a gap: the tail no longer continues the journal."""
+        start = next((i for i, r in enumerate(rows) if r.seq > self.last_seq), len(rows))
+        if start == len(rows):
+            return True
+        if rows[start].seq != self.last_seq + 1:
+            return False
+        for row, data in zip(rows[start:], frames[start:], strict=True):
+            self.frames.append(data)
+            self.size += len(data)
+            self.ended = row.kind in TERMINAL_KINDS
+        return True
+
+    def since(self, seq: int) -> bytes:
+        """Frames after `seq` (which is at least `first_seq - 1`)."""
+        return b"".join(self.frames[seq - self.first_seq + 1 :])
+
+    def drop_head(self, size: int) -> int:
+        """Forget the oldest frames until at most `size` bytes remain; returns bytes freed."""
+        freed = 0
+        cut = 0
+        while self.size - freed > size and cut < len(self.frames):
+            freed += len(self.frames[cut])
+            cut += 1
+        del self.frames[:cut]
+        self.first_seq += cut
+        self.size -= freed
+        return freed
+
+
+@dataclass(frozen=True)
+class CatchUp:
+    """What a client connecting to one session's stream is sent first."""
+
+    frames: bytes
+    last_seq: int  # the seq of the last frame, or the client's own start
+    ended: bool  # the session's terminal event is at or before `last_seq`
+
+
 class Broadcaster:
     """Reads the journal once and fans events out to subscriptions."""
 
@@ -124,11 +184,13 @@ class Broadcaster:
         poll_s: float = 0.5,
         buffer: int = 1000,
         coalesce_s: float = 0.05,
+        heartbeat_s: float = 15.0,
     ) -> None:
         self.store = store
         self.poll_s = poll_s
         self.buffer = buffer
         self.coalesce_s = coalesce_s
+        self.heartbeat_s = heartbeat_s
         self._subs: set[Subscription] = set()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -139,6 +201,11 @@ class Broadcaster:
         # full (a miss only costs an encode).
         self._encoded: dict[int, str] = {}
         self.cache_size = 50_000
+        # Live sessions' frames (a tail per session that has had a client), least
+        # recently used first; bounded by `tail_bytes` in all.
+        self._tails: OrderedDict[str, Tail] = OrderedDict()
+        self._tail_size = 0
+        self.tail_bytes = 32 * 1024 * 1024
 
     def encode(self, row: EventRow) -> str:
         """`event_json(row)`, cached by row id."""
@@ -161,6 +228,56 @@ class Broadcaster:
     def notify(self, _event: Event) -> None:
         """Journal listener: new events are there (cheap: sets a flag)."""
         self._wake.set()
+
+    def catch_up(self, session_id: str, after: int) -> CatchUp | None:
+        """A session's frames after seq `after`, from memory; None if they are not
+        all there (then read the journal and `remember` it)."""
+        tail = self._tails.get(session_id)
+        if tail is None or after < tail.first_seq - 1:
+            return None
+        self._tails.move_to_end(session_id)
+        if after >= tail.last_seq:
+            return CatchUp(b"", after, tail.ended)
+        return CatchUp(tail.since(after), tail.last_seq, tail.ended)
+
+    def remember(self, session: SessionRow, after: int, rows: list[EventRow]) -> CatchUp:
+        """Frames for `rows`, the session's journal after seq `after` read just after
+        `session`, kept as its tail so the next client needs no read. The read covers
+        every row of the session the reader has fanned out: later batches continue it."""
+        frames = [frame(r.seq, self.encode(r)).encode() for r in rows]
+        # Finished before the read: its terminal event is in `rows` or before `after`.
+        ended = SessionStatus(session.status).finished or (
+            bool(rows) and rows[-1].kind in TERMINAL_KINDS
+        )
+        caught = CatchUp(b"".join(frames), rows[-1].seq if rows else after, ended)
+        if after > session.last_seq:  # a position past the journal: keep nothing
+            return caught
+        old = self._tails.pop(session.id, None)
+        if old is not None:
+            self._tail_size -= old.size
+        tail = Tail(first_seq=after + 1)
+        if tail.add(rows, frames):
+            tail.ended = ended
+            self._tails[session.id] = tail
+            self._tail_size += tail.size
+            self._trim_tails()
+        return caught
+
+    def _trim_tails(self) -> None:
+        # One session alone may use half the budget; beyond that its oldest frames
+        # go (clients asking for them read the journal). Then whole tails, least
+        # recently used first.
+        for tail in self._tails.values():
+            if tail.size > self.tail_bytes // 2:
+                self._tail_size -= tail.drop_head(self.tail_bytes // 2)
+        while self._tail_size > self.tail_bytes and self._tails:
+            _sid, tail = self._tails.popitem(last=False)
+            self._tail_size -= tail.size
+
+    @property
+    def tails(self) -> int:
+        """How many sessions' frames are held in memory."""
+        return len(self._tails)
 
     def subscribe(self, session_id: str | None, last_id: int) -> Subscription:
         """A new subscription; events up to `last_id` are the caller's backlog."""
@@ -193,11 +310,25 @@ class Broadcaster:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
 
+    def _heartbeat(self) -> None:
+        # One pass for every stream (not a timer per client per wake): a stream
+        # given nothing since the last pass is due a heartbeat.
+        for sub in self._subs:
+            if not sub.active:
+                sub.beat = True
+                sub.ready.set()
+            sub.active = False
+
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_beat = loop.time() + self.heartbeat_s
         while True:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.poll_s):
+                async with asyncio.timeout(min(self.poll_s, self.heartbeat_s)):
                     await self._wake.wait()
+            if loop.time() >= next_beat:
+                self._heartbeat()
+                next_beat = loop.time() + self.heartbeat_s
             if self._wake.is_set() and self.coalesce_s > 0:
                 await asyncio.sleep(self.coalesce_s)  # let the burst land: one batch
             self._wake.clear()
@@ -206,7 +337,7 @@ class Broadcaster:
                 if not rows:
                     break
                 self._last_id = rows[-1].id
-                if self._subs:
+                if self._subs or self._tails:
                     self._fan_out(rows)
                 if len(rows) < 5000:
                     break
@@ -220,17 +351,31 @@ class Broadcaster:
         # (encoding per client was most of the cost of a delivery).
         all_chunk: bytes | None = None
         session_chunks: dict[str, bytes] = {}
+        for session_id, mine in by_session.items():
+            tail = self._tails.get(session_id)
+            if tail is None:
+                continue
+            frames = [frame(r.seq, self.encode(r)).encode() for r in mine]
+            before = tail.size
+            if tail.add(mine, frames):
+                self._tail_size += tail.size - before
+            else:  # cannot happen with one reader in id order; never serve a gap
+                self._tail_size -= before
+                del self._tails[session_id]
+            session_chunks[session_id] = b"".join(frames)
+        if self._tails:
+            self._trim_tails()
         for sub in list(self._subs):
             if sub.session_id is None:
                 if all_chunk is None:
                     all_chunk = self.backlog(rows, by_seq=False).encode()
                 sub.offer(rows, all_chunk)
                 continue
-            mine = by_session.get(sub.session_id)
-            if not mine:
+            ours = by_session.get(sub.session_id)
+            if not ours:
                 continue
             chunk = session_chunks.get(sub.session_id)
             if chunk is None:
-                chunk = self.backlog(mine, by_seq=True).encode()
+                chunk = self.backlog(ours, by_seq=True).encode()
                 session_chunks[sub.session_id] = chunk
-            sub.offer(mine, chunk)
+            sub.offer(ours, chunk)

@@ -20,7 +20,6 @@ class ServerState:
     auth: Auth
     broadcaster: Broadcaster
     dispatcher: Any = None  # nexus.runtime.dispatch.Dispatcher once workers run
-    heartbeat_s: float = 15.0
 
     async def submit(self, session_id: str, priority: int) -> None:
         """Hand a new session to the workers (if this server runs them)."""

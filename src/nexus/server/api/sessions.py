@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.responses import StreamingResponse
 
-from nexus.server.broadcast import TERMINAL_KINDS, Subscription, frame
+from nexus.server import sse
 from nexus.server.problems import Problem
+from nexus.server.sse import EventStream
 from nexus.server.state import ServerState, get_state, require_auth
 from nexus.storage.base import SessionQuery
 from nexus.types import SessionStatus
@@ -142,57 +140,49 @@ def _last_event_id(value: str | None) -> int:
     return parsed
 
 
-_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
-
-@router.get("/sessions/{session_id}/stream", response_class=StreamingResponse)
+@router.get("/sessions/{session_id}/stream", response_class=EventStream, status_code=200)
 async def session_stream(
     session_id: str,
     state: State,
     last_event_id: Annotated[str | None, Header()] = None,
     after: Annotated[int | None, Query(ge=0, description="first connect: start after")] = None,
-) -> StreamingResponse:
+) -> EventStream:
     """Server-Sent Events of one session's journal. Event ids are the journal seq:
     reconnect with `Last-Event-ID` to resume. Ends after the session ends.
 
     `?after=N` sets where a first connection starts (a browser's EventSource
     cannot send `Last-Event-ID` before it has seen an event); the header wins."""
     after = _last_event_id(last_event_id) if last_event_id else (after or 0)
-    session = state.runtime.session(session_id)
-    sub = state.broadcaster.subscribe(session_id, after)
-    backlog = state.runtime.store.events(session_id, after)
-    if backlog:
-        sub.last_id = backlog[-1].seq
-    # Already over: the stream sends what is left and ends, without waiting.
-    sub.ended = SessionStatus(session.status).finished or bool(
-        backlog and backlog[-1].kind in TERMINAL_KINDS
-    )
-    frames = [state.broadcaster.backlog(backlog, by_seq=True)]
+    broadcaster = state.broadcaster
+    # From the broadcaster's memory if it holds this session's frames (many clients
+    # of one live session: one read in all), else from the journal.
+    caught = broadcaster.catch_up(session_id, after)
+    if caught is None:
+        session = state.runtime.session(session_id)
+        caught = broadcaster.remember(session, after, state.runtime.store.events(session_id, after))
+    sub = broadcaster.subscribe(session_id, caught.last_seq)
+    sub.ended = caught.ended  # already over: the stream sends its backlog and ends
 
-    def final_frames() -> list[str] | None:
-        # Once the session has ended, read what is left straight from the journal
-        # (the broadcaster may not have fanned the last events out yet).
+    def final_frames() -> bytes | None:
+        # Quiet for a heartbeat: if the session has ended (in another process, say),
+        # what is left of its journal; None while it runs.
         row = state.runtime.store.session(session_id)
         if row is not None and not SessionStatus(row.status).finished:
             return None
         rest = state.runtime.store.events(session_id, sub.last_id)
         if rest:
             sub.last_id = rest[-1].seq
-        return [state.broadcaster.backlog(rest, by_seq=True)]
+        return broadcaster.backlog(rest, by_seq=True).encode()
 
-    return StreamingResponse(
-        _stream(state, sub, frames, final_frames),
-        media_type="text/event-stream",
-        headers=_SSE_HEADERS,
-    )
+    return EventStream(sub, sse.chunks(broadcaster, sub, caught.frames, final_frames))
 
 
-@router.get("/events/stream", response_class=StreamingResponse)
+@router.get("/events/stream", response_class=EventStream, status_code=200)
 async def all_events_stream(
     state: State,
     last_event_id: Annotated[str | None, Header()] = None,
     after: Annotated[int | None, Query(ge=0, description="first connect: start after")] = None,
-) -> StreamingResponse:
+) -> EventStream:
     """Server-Sent Events of every session. Event ids are the journal's global row
     id; reconnect with `Last-Event-ID` (or first connect with `?after=N`) to resume.
     Without either, starts from now."""
@@ -206,42 +196,5 @@ async def all_events_stream(
     backlog = state.runtime.store.events_after(after, state.broadcaster.buffer) if after else []
     for row in backlog:
         sub.last_id = row.id
-    frames = [state.broadcaster.backlog(backlog, by_seq=False)]
-    return StreamingResponse(
-        _stream(state, sub, frames, lambda: None),
-        media_type="text/event-stream",
-        headers=_SSE_HEADERS,
-    )
-
-
-async def _stream(
-    state: ServerState,
-    sub: Subscription,
-    backlog: list[str],
-    final_frames: Callable[[], list[str] | None],
-) -> AsyncIterator[str | bytes]:
-    try:
-        yield "retry: 1000\n\n" + "".join(backlog)
-        while True:
-            if sub.chunks:
-                yield sub.take()
-            if sub.overflowed:
-                yield frame(sub.last_id, f'{{"after": {sub.last_id}}}', "resync")
-                return
-            if sub.closed:
-                return
-            if sub.ended and (rest := final_frames()) is not None:
-                yield "".join(rest) + frame(sub.last_id, "{}", "end")
-                return
-            sub.ready.clear()
-            try:
-                async with asyncio.timeout(state.heartbeat_s):
-                    await sub.ready.wait()
-            except TimeoutError:
-                # Quiet for a while: the session may have ended in another process.
-                if sub.session_id is not None and (rest := final_frames()) is not None:
-                    yield "".join(rest) + frame(sub.last_id, "{}", "end")
-                    return
-                yield ": ping\n\n"
-    finally:
-        state.broadcaster.unsubscribe(sub)
+    frames = state.broadcaster.backlog(backlog, by_seq=False).encode()
+    return EventStream(sub, sse.chunks(state.broadcaster, sub, frames, lambda: None))
