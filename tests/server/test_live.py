@@ -156,6 +156,19 @@ def test_last_event_id_resumes_after_that_event() -> None:
 
 
 @pytest.mark.slow
+def test_a_stream_resumed_at_the_end_of_a_finished_session_ends_at_once() -> None:
+    """Last-Event-ID = the last seq of a finished session: `end` and nothing else,
+    whether the server reads the journal (first client) or answers from memory
+    (second). With a 600 s heartbeat, waiting for one would time the client out."""
+    with LiveServer(heartbeat_s=600) as live:
+        sid = live.post_session(goal="demo", replay=DEMO)["id"]
+        wait_for(lambda: live.rt.session(sid).status == "completed", "completion")
+        last = str(live.rt.session(sid).last_seq)
+        for _ in range(2):
+            assert list(live.stream(f"/api/v1/sessions/{sid}/stream", last)) == [("end", "{}")]
+
+
+@pytest.mark.slow
 def test_idle_streams_send_heartbeats() -> None:
     """An idle all-sessions stream sends `: ping` comments at the heartbeat interval."""
     with LiveServer(heartbeat_s=0.1) as live:

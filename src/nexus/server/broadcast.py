@@ -18,6 +18,7 @@ buffer. What keeps the workers fast with many clients (measured in
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import json
 from collections import OrderedDict, deque
@@ -54,6 +55,24 @@ def frame(event_id: int, data: str, event: str = "journal") -> str:
 
 
 @dataclass(eq=False)
+class Batch:
+    """New rows of one stream (one session, or all) and their SSE frames, encoded
+    once for every client of the stream."""
+
+    rows: list[EventRow]
+    frames: list[bytes]
+    _joined: bytes | None = None
+
+    def since(self, start: int) -> bytes:
+        """The frames from `rows[start]` on, as one byte string."""
+        if start:
+            return b"".join(self.frames[start:])
+        if self._joined is None:
+            self._joined = b"".join(self.frames)
+        return self._joined
+
+
+@dataclass(eq=False)
 class Subscription:
     """One client's view: a bounded buffer of encoded chunks.
 
@@ -77,32 +96,31 @@ class Subscription:
         """The id this stream uses for `row`."""
         return row.seq if self.session_id is not None else row.id
 
-    def offer(self, rows: list[EventRow], chunk: bytes | None = None) -> None:
-        """Queue rows (in order); `chunk` is their shared encoding, if every row is
-        new to this subscriber. On overflow stop and mark for resync."""
+    def offer(self, batch: Batch) -> None:
+        """Queue the batch's rows newer than `last_id`. On overflow stop and mark
+        for resync."""
+        rows = batch.rows
         if self.overflowed or self.closed or not rows:
             return
-        fresh = (
-            rows
+        start = (
+            0
             if self.key(rows[0]) > self.last_id
-            else [r for r in rows if self.key(r) > self.last_id]
+            else bisect.bisect_right(rows, self.last_id, key=self.key)
         )
-        if not fresh:
+        if start == len(rows):
             return
         # A client that has not taken what it was given and would go past the limit
         # is too slow. (A single batch is always accepted: memory stays bounded by
         # `limit` plus one read of the reader.)
-        if self.buffered and self.buffered + len(fresh) > self.limit:
+        if self.buffered and self.buffered + len(rows) - start > self.limit:
             self.overflowed = True
             self.ready.set()
             return
-        if chunk is None or fresh is not rows:
-            chunk = "".join(frame(self.key(r), event_json(r)) for r in fresh).encode()
-        self.chunks.append(chunk)
+        self.chunks.append(batch.since(start))
         self.active = True
-        self.buffered += len(fresh)
-        self.last_id = self.key(fresh[-1])
-        if self.session_id is not None and fresh[-1].kind in TERMINAL_KINDS:
+        self.buffered += len(rows) - start
+        self.last_id = self.key(rows[-1])
+        if self.session_id is not None and rows[-1].kind in TERMINAL_KINDS:
             self.ended = True
         self.ready.set()
 
@@ -244,7 +262,7 @@ class Broadcaster:
         """Frames for `rows`, the session's journal after seq `after` read just after
         `session`, kept as its tail so the next client needs no read. The read covers
         every row of the session the reader has fanned out: later batches continue it."""
-        frames = [frame(r.seq, self.encode(r)).encode() for r in rows]
+        frames = self._frames(rows, by_seq=True)
         # Finished before the read: its terminal event is in `rows` or before `after`.
         ended = SessionStatus(session.status).finished or (
             bool(rows) and rows[-1].kind in TERMINAL_KINDS
@@ -278,6 +296,11 @@ class Broadcaster:
     def tails(self) -> int:
         """How many sessions' frames are held in memory."""
         return len(self._tails)
+
+    @property
+    def held_bytes(self) -> int:
+        """The bytes of those frames (at most `tail_bytes`)."""
+        return self._tail_size
 
     def subscribe(self, session_id: str | None, last_id: int) -> Subscription:
         """A new subscription; events up to `last_id` are the caller's backlog."""
@@ -343,39 +366,35 @@ class Broadcaster:
                     break
                 await asyncio.sleep(0)  # let workers run between big batches
 
+    def _frames(self, rows: list[EventRow], *, by_seq: bool) -> list[bytes]:
+        return [frame(r.seq if by_seq else r.id, self.encode(r)).encode() for r in rows]
+
     def _fan_out(self, rows: list[EventRow]) -> None:
         by_session: dict[str, list[EventRow]] = {}
         for row in rows:
             by_session.setdefault(row.session_id, []).append(row)
-        # Encoded to bytes once per stream: every client of it gets the same object
-        # (encoding per client was most of the cost of a delivery).
-        all_chunk: bytes | None = None
-        session_chunks: dict[str, bytes] = {}
-        for session_id, mine in by_session.items():
+        # Encoded once per stream (all sessions, or one session): its clients get
+        # the same bytes (encoding per client was most of the cost of a delivery).
+        batches: dict[str | None, Batch] = {}
+        for session_id, ours in by_session.items():
             tail = self._tails.get(session_id)
             if tail is None:
                 continue
-            frames = [frame(r.seq, self.encode(r)).encode() for r in mine]
+            batch = batches[session_id] = Batch(ours, self._frames(ours, by_seq=True))
             before = tail.size
-            if tail.add(mine, frames):
+            if tail.add(ours, batch.frames):
                 self._tail_size += tail.size - before
             else:  # cannot happen with one reader in id order; never serve a gap
                 self._tail_size -= before
                 del self._tails[session_id]
-            session_chunks[session_id] = b"".join(frames)
         if self._tails:
             self._trim_tails()
         for sub in list(self._subs):
-            if sub.session_id is None:
-                if all_chunk is None:
-                    all_chunk = self.backlog(rows, by_seq=False).encode()
-                sub.offer(rows, all_chunk)
-                continue
-            ours = by_session.get(sub.session_id)
-            if not ours:
-                continue
-            chunk = session_chunks.get(sub.session_id)
-            if chunk is None:
-                chunk = self.backlog(ours, by_seq=True).encode()
-                session_chunks[sub.session_id] = chunk
-            sub.offer(ours, chunk)
+            key = sub.session_id
+            found = batches.get(key)
+            if found is None:
+                mine = rows if key is None else by_session.get(key)
+                if not mine:
+                    continue
+                found = batches[key] = Batch(mine, self._frames(mine, by_seq=key is not None))
+            sub.offer(found)

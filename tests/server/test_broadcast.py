@@ -1,0 +1,122 @@
+"""The broadcaster's memory of live sessions: clients that join a running session
+catch up from it byte for byte as from the journal, miss nothing and get nothing
+twice, and what it holds stays within its bound."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from nexus.runtime.journal import Journal
+from nexus.server.broadcast import Broadcaster, CatchUp
+from nexus.storage.sqlite import SQLiteStore
+
+CREATED = {"goal": "g", "agent": "a", "priority": 0, "labels": {}}
+
+
+async def until(predicate: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 10
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.005)
+
+
+@pytest.fixture
+async def parts(nexus_home: Path) -> AsyncIterator[tuple[SQLiteStore, Journal, Broadcaster]]:
+    store = SQLiteStore(nexus_home / "n.db")
+    journal = Journal(store)
+    # Woken only by `notify` (no journal listener, a long poll): the tests decide
+    # when the reader reads, so they can put a client ahead of it.
+    broadcaster = Broadcaster(store, poll_s=60, coalesce_s=0)
+    await broadcaster.start()
+    yield store, journal, broadcaster
+    await broadcaster.stop()
+    store.close()
+
+
+def journal_frames(b: Broadcaster, store: SQLiteStore, session_id: str, after: int) -> bytes:
+    """What a client starting after seq `after` must be sent, read from the journal."""
+    return b.backlog(store.events(session_id, after), by_seq=True).encode()
+
+
+def notes(journal: Journal, session_id: str, n: int) -> None:
+    for i in range(n):
+        journal.append(session_id, "note", {"i": i, "text": "x" * 100})
+
+
+async def test_clients_joining_a_live_session_catch_up_from_memory_as_from_the_journal(
+    parts: tuple[SQLiteStore, Journal, Broadcaster],
+) -> None:
+    """The first client's journal read becomes the session's tail; the reader
+    extends it; later clients at any position get exactly the journal's frames
+    without a read of their own."""
+    store, journal, b = parts
+    journal.append("s1", "session.created", CREATED)
+    notes(journal, "s1", 3)  # seq 1..4
+    assert b.catch_up("s1", 0) is None  # nothing held yet: the caller reads
+    first = b.remember(store.session("s1"), 0, store.events("s1", 0))  # type: ignore[arg-type]
+    assert first == CatchUp(journal_frames(b, store, "s1", 0), 4, ended=False)
+    notes(journal, "s1", 4)  # seq 5..8
+    b.notify(None)  # type: ignore[arg-type]
+    await until(lambda: b.catch_up("s1", 0) != first, "the reader to extend the tail")
+    for after in range(8):
+        assert b.catch_up("s1", after) == CatchUp(
+            journal_frames(b, store, "s1", after), 8, ended=False
+        ), after
+    assert b.catch_up("s1", 8) == CatchUp(b"", 8, ended=False)
+    journal.append("s1", "session.completed", {"answer": "ok"}, reason="completed")
+    b.notify(None)  # type: ignore[arg-type]
+    await until(lambda: b.catch_up("s1", 9) == CatchUp(b"", 9, ended=True), "the end")
+    assert b.catch_up("s1", 3) == CatchUp(journal_frames(b, store, "s1", 3), 9, ended=True)
+
+
+async def test_a_client_ahead_of_the_reader_gets_each_event_once(
+    parts: tuple[SQLiteStore, Journal, Broadcaster],
+) -> None:
+    """A client whose catch-up read went past the reader's position is handed only
+    the events after it from the next batch, in order: no duplicate, no gap."""
+    store, journal, b = parts
+    journal.append("s1", "session.created", CREATED)
+    notes(journal, "s1", 5)  # seq 1..6, not yet read by the reader
+    caught = b.remember(store.session("s1"), 0, store.events("s1", 0))  # type: ignore[arg-type]
+    sub = b.subscribe("s1", caught.last_seq)
+    other = b.subscribe("s1", 0)  # one from the very start, for contrast
+    notes(journal, "s1", 3)  # seq 7..9
+    b.notify(None)  # type: ignore[arg-type]
+    await until(lambda: sub.last_id == 9 and other.last_id == 9, "the batch")
+    assert caught.frames + sub.take() == journal_frames(b, store, "s1", 0)
+    assert other.take() == journal_frames(b, store, "s1", 0)
+
+
+async def test_the_tails_stay_within_their_memory_bound(
+    parts: tuple[SQLiteStore, Journal, Broadcaster],
+) -> None:
+    """Past `tail_bytes`, the least recently used session's frames go; one session
+    alone keeps at most half the bound, its oldest frames going first. A client
+    that wants what is gone reads the journal (catch_up says None)."""
+    store, journal, b = parts
+    for sid in ("s1", "s2", "s3"):
+        journal.append(sid, "session.created", CREATED)
+        notes(journal, sid, 9)  # about 3 KB of frames each
+    size = {sid: len(journal_frames(b, store, sid, 0)) for sid in ("s1", "s2", "s3")}
+    b.tail_bytes = int(size["s1"] * 2.5)
+    for sid in ("s1", "s2"):
+        b.remember(store.session(sid), 0, store.events(sid, 0))  # type: ignore[arg-type]
+    assert b.tails == 2 and b.held_bytes == size["s1"] + size["s2"]
+    assert b.catch_up("s1", 0) is not None  # s1 is now the most recently used
+    b.remember(store.session("s3"), 0, store.events("s3", 0))  # type: ignore[arg-type]
+    assert b.tails == 2 and b.held_bytes == size["s1"] + size["s3"]  # s2 went
+    assert b.catch_up("s2", 0) is None
+    assert b.catch_up("s1", 0) == CatchUp(journal_frames(b, store, "s1", 0), 10, ended=False)
+
+    notes(journal, "s1", 20)  # s1 grows past half the bound: its head goes
+    b.notify(None)  # type: ignore[arg-type]
+    await until(lambda: b.catch_up("s1", 0) is None, "the head to be dropped")
+    assert b.held_bytes <= b.tail_bytes
+    kept = next(after for after in range(31) if b.catch_up("s1", after) is not None)
+    assert b.catch_up("s1", kept) == CatchUp(journal_frames(b, store, "s1", kept), 30, ended=False)
+    assert len(journal_frames(b, store, "s1", kept)) <= b.tail_bytes // 2
