@@ -5,6 +5,7 @@ twice, and what it holds stays within its bound."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -12,10 +13,40 @@ from pathlib import Path
 import pytest
 
 from nexus.runtime.journal import Journal
-from nexus.server.broadcast import Broadcaster, CatchUp
+from nexus.server.broadcast import Broadcaster, CatchUp, event_json
+from nexus.storage.base import EventRow
 from nexus.storage.sqlite import SQLiteStore
 
 CREATED = {"goal": "g", "agent": "a", "priority": 0, "labels": {}}
+
+
+@pytest.mark.parametrize(
+    ("session_id", "kind", "ts", "cost"),
+    [
+        ("s_4294c76aae637bce", "tool.call", 1795625678.4931893, 0.0),
+        ('we"ird\\', "ünïcode", 1.0, 1e-7),
+        ("line\nbreak", "k\t", 0.1, 123.456),
+    ],
+)
+def test_event_json_is_the_event_as_json(
+    session_id: str, kind: str, ts: float, cost: float
+) -> None:
+    """The hand-formatted event text parses to the event, with its stored payload,
+    whatever characters its strings hold."""
+    row = EventRow(7, session_id, 3, ts, kind, '{"a":[1,"x"]}', 1, 2, cost, 0.5, "p", "ab12")
+    assert json.loads(event_json(row)) == {
+        "id": 7,
+        "session_id": session_id,
+        "seq": 3,
+        "ts": ts,
+        "kind": kind,
+        "tokens_in": 1,
+        "tokens_out": 2,
+        "cost_usd": cost,
+        "latency_ms": 0.5,
+        "hash": "ab12",
+        "payload": {"a": [1, "x"]},
+    }
 
 
 async def until(predicate: Callable[[], bool], what: str) -> None:

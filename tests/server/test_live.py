@@ -169,6 +169,31 @@ def test_a_stream_resumed_at_the_end_of_a_finished_session_ends_at_once() -> Non
 
 
 @pytest.mark.slow
+def test_a_client_far_behind_catches_up_in_buffer_sized_parts() -> None:
+    """The all-sessions stream resumed from long ago sends one buffer's worth, then
+    `resync`; resuming each time from there, the client gets every event once, in
+    order (the rest used to be skipped silently)."""
+    with LiveServer(sse_buffer=5) as live:
+        sid = live.post_session(goal="demo", replay=DEMO)["id"]
+        wait_for(lambda: live.rt.session(sid).status == "completed", "completion")
+        total = live.rt.store.latest_event_id()
+        ids: list[int] = []
+        resyncs, last = 0, "0"
+        while len(ids) < total:
+            for event, data in live.stream("/api/v1/events/stream", last):
+                if event == "journal":
+                    ids.append(json.loads(data)["id"])
+                    if len(ids) == total:
+                        break
+                elif event == "resync":
+                    resyncs += 1
+                    last = str(json.loads(data)["after"])
+                    break
+        assert ids == list(range(1, total + 1))
+        assert resyncs == (total - 1) // 5
+
+
+@pytest.mark.slow
 def test_idle_streams_send_heartbeats() -> None:
     """An idle all-sessions stream sends `: ping` comments at the heartbeat interval."""
     with LiveServer(heartbeat_s=0.1) as live:

@@ -31,22 +31,22 @@ TERMINAL_KINDS = frozenset({"session.completed", "session.failed", "session.kill
 
 
 def event_json(row: EventRow) -> str:
-    """An event as JSON text, splicing the stored payload text in (no re-parse)."""
-    head = json.dumps(
-        {
-            "id": row.id,
-            "session_id": row.session_id,
-            "seq": row.seq,
-            "ts": row.ts,
-            "kind": row.kind,
-            "tokens_in": row.tokens_in,
-            "tokens_out": row.tokens_out,
-            "cost_usd": row.cost_usd,
-            "latency_ms": row.latency_ms,
-            "hash": row.hash,
-        }
+    """An event as JSON text, splicing the stored payload text in (no re-parse).
+
+    Formatted directly (this runs for every event of every watched session):
+    the ids, kind and hash are plain ASCII; ints and finite floats print as JSON."""
+    return (
+        f'{{"id":{row.id},"session_id":{_string(row.session_id)},"seq":{row.seq},'
+        f'"ts":{row.ts!r},"kind":{_string(row.kind)},"tokens_in":{row.tokens_in},'
+        f'"tokens_out":{row.tokens_out},"cost_usd":{row.cost_usd!r},'
+        f'"latency_ms":{row.latency_ms!r},"hash":"{row.hash}","payload":{row.payload}}}'
     )
-    return f'{head[:-1]},"payload":{row.payload}}}'
+
+
+def _string(text: str) -> str:
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return f'"{text}"'
+    return json.dumps(text)
 
 
 def frame(event_id: int, data: str, event: str = "journal") -> str:
@@ -356,12 +356,15 @@ class Broadcaster:
                 await asyncio.sleep(self.coalesce_s)  # let the burst land: one batch
             self._wake.clear()
             while True:
+                if not self._subs and not self._tails:
+                    # Nobody to tell: skip ahead without reading the rows.
+                    self._last_id = self.store.latest_event_id()
+                    break
                 rows = self.store.events_after(self._last_id, 5000)
                 if not rows:
                     break
                 self._last_id = rows[-1].id
-                if self._subs or self._tails:
-                    self._fan_out(rows)
+                self._fan_out(rows)
                 if len(rows) < 5000:
                     break
                 await asyncio.sleep(0)  # let workers run between big batches

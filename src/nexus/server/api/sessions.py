@@ -193,8 +193,12 @@ async def all_events_stream(
         # lag it by a coalescing interval).
         after = state.runtime.store.latest_event_id()
     sub = state.broadcaster.subscribe(None, after)
-    backlog = state.runtime.store.events_after(after, state.broadcaster.buffer) if after else []
-    for row in backlog:
-        sub.last_id = row.id
+    limit = state.broadcaster.buffer
+    backlog = state.runtime.store.events_after(after, limit)
+    if backlog:
+        sub.last_id = backlog[-1].id
+    # A buffer's worth behind or more: send that much, then `resync` so the client
+    # comes back for the next part (the reader is already past it).
+    sub.overflowed = len(backlog) == limit
     frames = state.broadcaster.backlog(backlog, by_seq=False).encode()
     return EventStream(sub, sse.chunks(state.broadcaster, sub, frames, lambda: None))
