@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import zlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
 from nexus.runtime.journal import Journal
+from nexus.server import deflate
 from nexus.server.broadcast import Broadcaster, CatchUp, event_json
 from nexus.storage.base import EventRow
 from nexus.storage.sqlite import SQLiteStore
@@ -74,53 +76,84 @@ def journal_frames(b: Broadcaster, store: SQLiteStore, session_id: str, after: i
     return b.backlog(store.events(session_id, after), by_seq=True).encode()
 
 
+def seen(caught: CatchUp | None) -> tuple[bytes, int, bool] | None:
+    """A catch-up as a client sees it: its frames, where it leaves off, ended."""
+    if caught is None:
+        return None
+    stream = deflate.Stream()
+    deflated = stream.start() + b"".join(stream.add(p.block()) for p in caught.pieces)
+    # A deflating client is sent the same frames (the checksum is checked too).
+    assert zlib.decompress(deflated + stream.finish()) == caught.raw
+    return caught.raw, caught.last_seq, caught.ended
+
+
 def notes(journal: Journal, session_id: str, n: int) -> None:
     for i in range(n):
         journal.append(session_id, "note", {"i": i, "text": "x" * 100})
+
+
+async def read(b: Broadcaster, store: SQLiteStore, session_id: str) -> None:
+    """Wake the reader and wait until the session's tail holds its last event."""
+    last = store.session(session_id).last_seq  # type: ignore[union-attr]
+
+    def held() -> bool:
+        caught = b.catch_up(session_id, last - 1)
+        return caught is not None and caught.last_seq == last
+
+    b.notify(None)  # type: ignore[arg-type]
+    await until(held, "the reader")
 
 
 async def test_clients_joining_a_live_session_catch_up_from_memory_as_from_the_journal(
     parts: tuple[SQLiteStore, Journal, Broadcaster],
 ) -> None:
     """The first client's journal read becomes the session's tail; the reader
-    extends it; later clients at any position get exactly the journal's frames
-    without a read of their own."""
+    extends it batch by batch; later clients at any position get exactly the
+    journal's frames, plain or deflated, without a read of their own."""
     store, journal, b = parts
     journal.append("s1", "session.created", CREATED)
     notes(journal, "s1", 3)  # seq 1..4
     assert b.catch_up("s1", 0) is None  # nothing held yet: the caller reads
     first = b.remember(store.session("s1"), 0, store.events("s1", 0))  # type: ignore[arg-type]
-    assert first == CatchUp(journal_frames(b, store, "s1", 0), 4, ended=False)
+    assert seen(first) == (journal_frames(b, store, "s1", 0), 4, False)
     notes(journal, "s1", 4)  # seq 5..8
-    b.notify(None)  # type: ignore[arg-type]
-    await until(lambda: b.catch_up("s1", 0) != first, "the reader to extend the tail")
-    for after in range(8):
-        assert b.catch_up("s1", after) == CatchUp(
-            journal_frames(b, store, "s1", after), 8, ended=False
+    await read(b, store, "s1")
+    notes(journal, "s1", 2)  # seq 9..10
+    await read(b, store, "s1")
+    for after in range(10):
+        assert seen(b.catch_up("s1", after)) == (
+            journal_frames(b, store, "s1", after),
+            10,
+            False,
         ), after
-    assert b.catch_up("s1", 8) == CatchUp(b"", 8, ended=False)
+    assert seen(b.catch_up("s1", 10)) == (b"", 10, False)
     journal.append("s1", "session.completed", {"answer": "ok"}, reason="completed")
-    b.notify(None)  # type: ignore[arg-type]
-    await until(lambda: b.catch_up("s1", 9) == CatchUp(b"", 9, ended=True), "the end")
-    assert b.catch_up("s1", 3) == CatchUp(journal_frames(b, store, "s1", 3), 9, ended=True)
+    await read(b, store, "s1")
+    assert seen(b.catch_up("s1", 11)) == (b"", 11, True)
+    assert seen(b.catch_up("s1", 3)) == (journal_frames(b, store, "s1", 3), 11, True)
 
 
 async def test_a_client_ahead_of_the_reader_gets_each_event_once(
     parts: tuple[SQLiteStore, Journal, Broadcaster],
 ) -> None:
     """A client whose catch-up read went past the reader's position is handed only
-    the events after it from the next batch, in order: no duplicate, no gap."""
+    the events after it from the next batch, in order: no duplicate, no gap; the
+    same for a deflating client."""
     store, journal, b = parts
     journal.append("s1", "session.created", CREATED)
     notes(journal, "s1", 5)  # seq 1..6, not yet read by the reader
     caught = b.remember(store.session("s1"), 0, store.events("s1", 0))  # type: ignore[arg-type]
     sub = b.subscribe("s1", caught.last_seq)
+    zipped = b.subscribe("s1", caught.last_seq, deflated=True)
+    zipped.begin(caught.pieces)  # as the route does, before any batch
     other = b.subscribe("s1", 0)  # one from the very start, for contrast
     notes(journal, "s1", 3)  # seq 7..9
-    b.notify(None)  # type: ignore[arg-type]
-    await until(lambda: sub.last_id == 9 and other.last_id == 9, "the batch")
-    assert caught.frames + sub.take() == journal_frames(b, store, "s1", 0)
-    assert other.take() == journal_frames(b, store, "s1", 0)
+    await read(b, store, "s1")
+    whole = journal_frames(b, store, "s1", 0)
+    assert (sub.last_id, zipped.last_id, other.last_id) == (9, 9, 9)
+    assert caught.raw + sub.take() == whole
+    assert other.take() == whole
+    assert zlib.decompress(zipped.take() + zipped.finish()) == b"retry: 1000\n\n" + whole
 
 
 async def test_the_tails_stay_within_their_memory_bound(
@@ -142,12 +175,13 @@ async def test_the_tails_stay_within_their_memory_bound(
     b.remember(store.session("s3"), 0, store.events("s3", 0))  # type: ignore[arg-type]
     assert b.tails == 2 and b.held_bytes == size["s1"] + size["s3"]  # s2 went
     assert b.catch_up("s2", 0) is None
-    assert b.catch_up("s1", 0) == CatchUp(journal_frames(b, store, "s1", 0), 10, ended=False)
+    assert seen(b.catch_up("s1", 0)) == (journal_frames(b, store, "s1", 0), 10, False)
 
-    notes(journal, "s1", 20)  # s1 grows past half the bound: its head goes
-    b.notify(None)  # type: ignore[arg-type]
-    await until(lambda: b.catch_up("s1", 0) is None, "the head to be dropped")
+    for _ in range(2):  # s1 grows past half the bound: its oldest pieces go
+        notes(journal, "s1", 10)
+        await read(b, store, "s1")
+    assert b.catch_up("s1", 0) is None
     assert b.held_bytes <= b.tail_bytes
-    kept = next(after for after in range(31) if b.catch_up("s1", after) is not None)
-    assert b.catch_up("s1", kept) == CatchUp(journal_frames(b, store, "s1", kept), 30, ended=False)
-    assert len(journal_frames(b, store, "s1", kept)) <= b.tail_bytes // 2
+    assert b.catch_up("s1", 19) is None  # the second piece went too
+    assert seen(b.catch_up("s1", 20)) == (journal_frames(b, store, "s1", 20), 30, False)
+    assert len(journal_frames(b, store, "s1", 20)) <= b.tail_bytes // 2

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -194,6 +195,33 @@ def test_a_client_far_behind_catches_up_in_buffer_sized_parts() -> None:
 
 
 @pytest.mark.slow
+def test_a_deflating_client_gets_a_complete_zlib_stream_of_the_same_frames() -> None:
+    """With `Accept-Encoding: deflate` the stream is deflated (shared blocks, live
+    and caught up): its bytes are one zlib stream, checksum and end included, of
+    exactly what a plain client is sent."""
+    with LiveServer() as live:
+        sid = live.post_session(goal="demo", replay=DEMO, replay_pace_s=0.05)["id"]
+        path = f"{live.url}/api/v1/sessions/{sid}/stream"
+
+        def body(encoding: str) -> tuple[str | None, bytes]:
+            headers = {**live.headers, "Accept-Encoding": encoding}
+            with httpx.stream("GET", path, headers=headers, timeout=30) as resp:
+                assert resp.status_code == 200
+                return resp.headers.get("content-encoding"), b"".join(resp.iter_raw())
+
+        zipped = body("gzip, deflate")  # opened while the session runs
+        plain = body("identity")  # after the end: from the broadcaster's memory
+        assert zipped[0] == "deflate" and plain[0] is None
+        assert zlib.decompress(zipped[1]) == plain[1]
+        assert plain[1].startswith(b"retry: 1000\n\n")
+        assert plain[1].endswith(b"event: end\ndata: {}\n\n")
+        seqs = [int(line[4:]) for line in plain[1].split(b"\n") if line.startswith(b"id: ")]
+        last_seq = live.rt.session(sid).last_seq
+        assert seqs == [*range(1, last_seq + 1), last_seq]  # every event, then `end`
+        assert len(zipped[1]) * 2 < len(plain[1])
+
+
+@pytest.mark.slow
 def test_idle_streams_send_heartbeats() -> None:
     """An idle all-sessions stream sends `: ping` comments at the heartbeat interval."""
     with LiveServer(heartbeat_s=0.1) as live:
@@ -239,7 +267,7 @@ async def test_a_slow_client_is_dropped_and_told_to_resync(nexus_home: Path) -> 
     await until(lambda: slow.overflowed, "overflow")
     assert not fast.overflowed and fast.buffered == 2
     assert slow.last_id == 3  # seq 2 and 3 were handed over, 4 and 5 refused
-    out = [chunk async for chunk in chunks(b, slow, b"", lambda: None)]
+    out = [chunk async for chunk in chunks(b, slow, lambda: None)]
     assert out[-1] == b'id: 3\nevent: resync\ndata: {"after": 3}\n\n'
     assert b.subscribers == 1  # the slow one is gone
     await b.stop()

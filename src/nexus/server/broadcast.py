@@ -24,6 +24,7 @@ import json
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
+from nexus.server import deflate
 from nexus.storage.base import EventRow, SessionRow, Store
 from nexus.types import Event, SessionStatus
 
@@ -55,21 +56,63 @@ def frame(event_id: int, data: str, event: str = "journal") -> str:
 
 
 @dataclass(eq=False)
+class Piece:
+    """Consecutive frames as sent: their bytes, where each frame starts, and their
+    deflate block, made on first need and then shared by every deflating client."""
+
+    raw: bytes
+    starts: list[int]  # the offset of each frame in `raw`
+    _block: deflate.Block | None = None
+
+    @classmethod
+    def of(cls, frames: list[bytes]) -> Piece:
+        """One piece of these frames."""
+        starts, at = [], 0
+        for data in frames:
+            starts.append(at)
+            at += len(data)
+        return cls(b"".join(frames), starts)
+
+    @property
+    def count(self) -> int:
+        """How many frames."""
+        return len(self.starts)
+
+    def block(self) -> deflate.Block:
+        """The frames as a self-contained deflate block."""
+        if self._block is None:
+            self._block = deflate.compress(self.raw)
+        return self._block
+
+    def after(self, index: int) -> Piece:
+        """The frames from number `index` on."""
+        if index <= 0:
+            return self
+        at = self.starts[index]
+        return Piece(self.raw[at:], [s - at for s in self.starts[index:]])
+
+
+def single(data: bytes) -> Piece:
+    """A piece of one frame (or comment) made on the spot."""
+    return Piece(data, [0])
+
+
+@dataclass(eq=False)
 class Batch:
     """New rows of one stream (one session, or all) and their SSE frames, encoded
     once for every client of the stream."""
 
     rows: list[EventRow]
     frames: list[bytes]
-    _joined: bytes | None = None
+    _whole: Piece | None = None
 
-    def since(self, start: int) -> bytes:
-        """The frames from `rows[start]` on, as one byte string."""
+    def piece(self, start: int) -> Piece:
+        """The frames from `rows[start]` on."""
         if start:
-            return b"".join(self.frames[start:])
-        if self._joined is None:
-            self._joined = b"".join(self.frames)
-        return self._joined
+            return Piece.of(self.frames[start:])
+        if self._whole is None:
+            self._whole = Piece.of(self.frames)
+        return self._whole
 
 
 @dataclass(eq=False)
@@ -82,6 +125,7 @@ class Subscription:
 
     session_id: str | None
     limit: int
+    stream: deflate.Stream | None = None  # set if the client takes deflate
     chunks: deque[bytes] = field(default_factory=deque)
     buffered: int = 0  # events in `chunks`
     overflowed: bool = False
@@ -116,7 +160,7 @@ class Subscription:
             self.overflowed = True
             self.ready.set()
             return
-        self.chunks.append(batch.since(start))
+        self.chunks.append(self.encode(batch.piece(start)))
         self.active = True
         self.buffered += len(rows) - start
         self.last_id = self.key(rows[-1])
@@ -124,8 +168,25 @@ class Subscription:
             self.ended = True
         self.ready.set()
 
+    def encode(self, piece: Piece) -> bytes:
+        """The piece as this client is sent it: deflated, or as it is. In order."""
+        return piece.raw if self.stream is None else self.stream.add(piece.block())
+
+    def begin(self, backlog: list[Piece]) -> None:
+        """Queue the stream's start: the reconnect delay and the client's catch-up.
+        Called as soon as it subscribes, before any batch: deflating, the order
+        of encoding is the order of the bytes."""
+        start = b"" if self.stream is None else self.stream.start()
+        self.chunks.appendleft(
+            start + b"".join(self.encode(p) for p in [single(b"retry: 1000\n\n"), *backlog])
+        )
+
+    def finish(self) -> bytes:
+        """What completes the stream (the deflate end and checksum, if deflating)."""
+        return b"" if self.stream is None else self.stream.finish()
+
     def take(self) -> bytes:
-        """Everything buffered, as one byte string (UTF-8, ready for the socket)."""
+        """Everything buffered, as one byte string (ready for the socket)."""
         text = b"".join(self.chunks)
         self.chunks.clear()
         self.buffered = 0
@@ -139,46 +200,51 @@ class Subscription:
 
 @dataclass(eq=False)
 class Tail:
-    """One session's SSE frames (bytes, by seq) from `first_seq` up to what the
-    broadcaster has read: the catch-up of every client that connects later."""
+    """One session's SSE frames from `first_seq` up to what the broadcaster has
+    read, in pieces as they were read: the catch-up of every client that connects
+    later."""
 
     first_seq: int
-    frames: list[bytes] = field(default_factory=list)
-    size: int = 0  # bytes in `frames`
+    pieces: list[tuple[int, Piece]] = field(default_factory=list)  # (first seq, piece)
+    size: int = 0  # bytes of frames held
     ended: bool = False  # the terminal event is the last frame
 
-    @property
-    def last_seq(self) -> int:
-        """The seq of the newest frame (`first_seq - 1` when empty)."""
-        return self.first_seq + len(self.frames) - 1
+    def __post_init__(self) -> None:
+        self.last_seq = self.first_seq - 1  # the newest frame's seq
 
-    def add(self, rows: list[EventRow], frames: list[bytes]) -> bool:
-        """Append the frames of rows newer than `last_seq`. False (nothing added) if
-        they would leave a gap: the tail no longer continues the journal."""
+    def add(self, batch: Batch) -> bool:
+        """Append the frames of the batch's rows newer than `last_seq`. False
+        (nothing added) if they would leave a gap: the tail no longer continues
+        the journal."""
+        rows = batch.rows
         start = next((i for i, r in enumerate(rows) if r.seq > self.last_seq), len(rows))
         if start == len(rows):
             return True
         if rows[start].seq != self.last_seq + 1:
             return False
-        for row, data in zip(rows[start:], frames[start:], strict=True):
-            self.frames.append(data)
-            self.size += len(data)
-            self.ended = row.kind in TERMINAL_KINDS
+        piece = batch.piece(start)
+        self.pieces.append((rows[start].seq, piece))
+        self.size += len(piece.raw)
+        self.last_seq = rows[-1].seq
+        self.ended = rows[-1].kind in TERMINAL_KINDS
         return True
 
-    def since(self, seq: int) -> bytes:
-        """Frames after `seq` (which is at least `first_seq - 1`)."""
-        return b"".join(self.frames[seq - self.first_seq + 1 :])
+    def since(self, seq: int) -> list[Piece]:
+        """The frames after `seq` (at least `first_seq - 1`): whole pieces where
+        they can be (their deflate blocks are shared), a cut of the first one."""
+        out = []
+        for first, piece in self.pieces:
+            if first + piece.count - 1 > seq:
+                out.append(piece.after(seq + 1 - first))
+        return out
 
     def drop_head(self, size: int) -> int:
-        """Forget the oldest frames until at most `size` bytes remain; returns bytes freed."""
+        """Forget the oldest pieces until at most `size` bytes remain; returns the
+        bytes freed."""
         freed = 0
-        cut = 0
-        while self.size - freed > size and cut < len(self.frames):
-            freed += len(self.frames[cut])
-            cut += 1
-        del self.frames[:cut]
-        self.first_seq += cut
+        while self.pieces and self.size - freed > size:
+            freed += len(self.pieces.pop(0)[1].raw)
+        self.first_seq = self.pieces[0][0] if self.pieces else self.last_seq + 1
         self.size -= freed
         return freed
 
@@ -187,9 +253,14 @@ class Tail:
 class CatchUp:
     """What a client connecting to one session's stream is sent first."""
 
-    frames: bytes
+    pieces: list[Piece]
     last_seq: int  # the seq of the last frame, or the client's own start
     ended: bool  # the session's terminal event is at or before `last_seq`
+
+    @property
+    def raw(self) -> bytes:
+        """The frames, as they are."""
+        return b"".join(p.raw for p in self.pieces)
 
 
 class Broadcaster:
@@ -255,26 +326,27 @@ class Broadcaster:
             return None
         self._tails.move_to_end(session_id)
         if after >= tail.last_seq:
-            return CatchUp(b"", after, tail.ended)
+            return CatchUp([], after, tail.ended)
         return CatchUp(tail.since(after), tail.last_seq, tail.ended)
 
     def remember(self, session: SessionRow, after: int, rows: list[EventRow]) -> CatchUp:
         """Frames for `rows`, the session's journal after seq `after` read just after
         `session`, kept as its tail so the next client needs no read. The read covers
         every row of the session the reader has fanned out: later batches continue it."""
-        frames = self._frames(rows, by_seq=True)
+        batch = Batch(rows, self._frames(rows, by_seq=True))
         # Finished before the read: its terminal event is in `rows` or before `after`.
         ended = SessionStatus(session.status).finished or (
             bool(rows) and rows[-1].kind in TERMINAL_KINDS
         )
-        caught = CatchUp(b"".join(frames), rows[-1].seq if rows else after, ended)
+        pieces = [batch.piece(0)] if rows else []
+        caught = CatchUp(pieces, rows[-1].seq if rows else after, ended)
         if after > session.last_seq:  # a position past the journal: keep nothing
             return caught
         old = self._tails.pop(session.id, None)
         if old is not None:
             self._tail_size -= old.size
         tail = Tail(first_seq=after + 1)
-        if tail.add(rows, frames):
+        if tail.add(batch):
             tail.ended = ended
             self._tails[session.id] = tail
             self._tail_size += tail.size
@@ -302,9 +374,17 @@ class Broadcaster:
         """The bytes of those frames (at most `tail_bytes`)."""
         return self._tail_size
 
-    def subscribe(self, session_id: str | None, last_id: int) -> Subscription:
-        """A new subscription; events up to `last_id` are the caller's backlog."""
-        sub = Subscription(session_id=session_id, limit=self.buffer, last_id=last_id)
+    def subscribe(
+        self, session_id: str | None, last_id: int, *, deflated: bool = False
+    ) -> Subscription:
+        """A new subscription; events up to `last_id` are the caller's backlog.
+        `deflated`: the client is sent a deflate stream."""
+        sub = Subscription(
+            session_id=session_id,
+            limit=self.buffer,
+            last_id=last_id,
+            stream=deflate.Stream() if deflated else None,
+        )
         if self._closing:
             sub.close()
         self._subs.add(sub)
@@ -385,7 +465,7 @@ class Broadcaster:
                 continue
             batch = batches[session_id] = Batch(ours, self._frames(ours, by_seq=True))
             before = tail.size
-            if tail.add(ours, batch.frames):
+            if tail.add(batch):
                 self._tail_size += tail.size - before
             else:  # cannot happen with one reader in id order; never serve a gap
                 self._tail_size -= before

@@ -9,51 +9,55 @@ than the rest of setting up a stream.)
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from nexus.server.broadcast import Broadcaster, Subscription, frame
+from nexus.server.broadcast import Broadcaster, Subscription, frame, single
 
-HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Vary": "Accept-Encoding"}
 
 
 async def chunks(
     broadcaster: Broadcaster,
     sub: Subscription,
-    backlog: bytes,
     final_frames: Callable[[], bytes | None],
 ) -> AsyncGenerator[bytes, None]:
-    """What one client is sent: `backlog`, then each batch the broadcaster hands
-    `sub`, heartbeats while idle; `resync` if it fell behind, `end` after its
-    session's terminal event.
+    """What one client is sent: its start (`sub.begin`), then each batch the
+    broadcaster hands `sub`, heartbeats while idle; `resync` if it fell behind, `end` after its
+    session's terminal event. Deflated if `sub` says so.
 
     `final_frames()` is asked when a one-session stream has been quiet for a
     heartbeat: what is left of the session's journal if it has ended (in another
     process, say), or None while it runs."""
+
+    def last(data: bytes) -> bytes:
+        return sub.encode(single(data)) + sub.finish()
+
     try:
-        yield b"retry: 1000\n\n" + backlog
         while True:
             if sub.chunks:
                 yield sub.take()
             if sub.overflowed:
-                yield frame(sub.last_id, f'{{"after": {sub.last_id}}}', "resync").encode()
+                yield last(frame(sub.last_id, f'{{"after": {sub.last_id}}}', "resync").encode())
                 return
             if sub.closed:
+                if end := sub.finish():
+                    yield end
                 return
             if sub.ended:
-                yield frame(sub.last_id, "{}", "end").encode()
+                yield last(frame(sub.last_id, "{}", "end").encode())
                 return
             sub.ready.clear()
             await sub.ready.wait()
             if sub.beat:
                 sub.beat = False
                 if sub.session_id is not None and (rest := final_frames()) is not None:
-                    yield rest + frame(sub.last_id, "{}", "end").encode()
+                    yield last(rest + frame(sub.last_id, "{}", "end").encode())
                     return
                 if not sub.chunks:
-                    yield b": ping\n\n"
+                    yield sub.encode(single(b": ping\n\n"))
     finally:
         broadcaster.unsubscribe(sub)
 
@@ -63,16 +67,14 @@ class EventStream(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(
-        self,
-        sub: Subscription,
-        body: AsyncGenerator[bytes, None],
-        headers: Mapping[str, str] = HEADERS,
-    ) -> None:
+    def __init__(self, sub: Subscription, body: AsyncGenerator[bytes, None]) -> None:
         self.sub = sub
         self.body_iterator = body
         self.status_code = 200
         self.background = None
+        headers = dict(HEADERS)
+        if sub.stream is not None:
+            headers["Content-Encoding"] = "deflate"
         self.init_headers(headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

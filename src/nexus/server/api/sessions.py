@@ -8,6 +8,8 @@ from fastapi import APIRouter, Depends, Header, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from nexus.server import sse
+from nexus.server.broadcast import single
+from nexus.server.deflate import accepts_deflate
 from nexus.server.problems import Problem
 from nexus.server.sse import EventStream
 from nexus.server.state import ServerState, get_state, require_auth
@@ -146,6 +148,7 @@ async def session_stream(
     state: State,
     last_event_id: Annotated[str | None, Header()] = None,
     after: Annotated[int | None, Query(ge=0, description="first connect: start after")] = None,
+    accept_encoding: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> EventStream:
     """Server-Sent Events of one session's journal. Event ids are the journal seq:
     reconnect with `Last-Event-ID` to resume. Ends after the session ends.
@@ -160,7 +163,10 @@ async def session_stream(
     if caught is None:
         session = state.runtime.session(session_id)
         caught = broadcaster.remember(session, after, state.runtime.store.events(session_id, after))
-    sub = broadcaster.subscribe(session_id, caught.last_seq)
+    sub = broadcaster.subscribe(
+        session_id, caught.last_seq, deflated=accepts_deflate(accept_encoding)
+    )
+    sub.begin(caught.pieces)
     sub.ended = caught.ended  # already over: the stream sends its backlog and ends
 
     def final_frames() -> bytes | None:
@@ -174,7 +180,7 @@ async def session_stream(
             sub.last_id = rest[-1].seq
         return broadcaster.backlog(rest, by_seq=True).encode()
 
-    return EventStream(sub, sse.chunks(broadcaster, sub, caught.frames, final_frames))
+    return EventStream(sub, sse.chunks(broadcaster, sub, final_frames))
 
 
 @router.get("/events/stream", response_class=EventStream, status_code=200)
@@ -182,6 +188,7 @@ async def all_events_stream(
     state: State,
     last_event_id: Annotated[str | None, Header()] = None,
     after: Annotated[int | None, Query(ge=0, description="first connect: start after")] = None,
+    accept_encoding: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> EventStream:
     """Server-Sent Events of every session. Event ids are the journal's global row
     id; reconnect with `Last-Event-ID` (or first connect with `?after=N`) to resume.
@@ -192,7 +199,7 @@ async def all_events_stream(
         # From the journal's newest event (the broadcaster's read position may
         # lag it by a coalescing interval).
         after = state.runtime.store.latest_event_id()
-    sub = state.broadcaster.subscribe(None, after)
+    sub = state.broadcaster.subscribe(None, after, deflated=accepts_deflate(accept_encoding))
     limit = state.broadcaster.buffer
     backlog = state.runtime.store.events_after(after, limit)
     if backlog:
@@ -200,5 +207,5 @@ async def all_events_stream(
     # A buffer's worth behind or more: send that much, then `resync` so the client
     # comes back for the next part (the reader is already past it).
     sub.overflowed = len(backlog) == limit
-    frames = state.broadcaster.backlog(backlog, by_seq=False).encode()
-    return EventStream(sub, sse.chunks(state.broadcaster, sub, frames, lambda: None))
+    sub.begin([single(state.broadcaster.backlog(backlog, by_seq=False).encode())])
+    return EventStream(sub, sse.chunks(state.broadcaster, sub, lambda: None))
