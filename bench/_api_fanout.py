@@ -59,6 +59,7 @@ class FanoutBench:
         clients: int,
         poll_s: float,
         timeout_s: float,
+        accept_encoding: str = "gzip, deflate",
     ) -> None:
         self.http = http
         self.server = server
@@ -70,6 +71,7 @@ class FanoutBench:
         self.clients = clients
         self.poll_s = poll_s
         self.timeout_s = timeout_s
+        self.accept_encoding = accept_encoding
         self.last_row_id = 0  # journal row id of the newest event of any session run here
 
     async def _post(self) -> str:
@@ -118,7 +120,16 @@ class FanoutBench:
         if mode == "session":
             stream = f"{self.url}/api/v1/sessions/{session_id}/stream"
             tasks = [
-                asyncio.create_task(listen(self.http, stream, self.token, lis, crowd))
+                asyncio.create_task(
+                    listen(
+                        self.http,
+                        stream,
+                        self.token,
+                        lis,
+                        crowd,
+                        accept_encoding=self.accept_encoding,
+                    )
+                )
                 for lis in crowd.listeners
             ]
         try:
@@ -152,7 +163,11 @@ class FanoutBench:
         crowd = Crowd(self.clients, after_id=self.last_row_id)
         stream = f"{self.url}/api/v1/events/stream"
         tasks = [
-            asyncio.create_task(listen(self.http, stream, self.token, lis, crowd))
+            asyncio.create_task(
+                listen(
+                    self.http, stream, self.token, lis, crowd, accept_encoding=self.accept_encoding
+                )
+            )
             for lis in crowd.listeners
         ]
         out = []

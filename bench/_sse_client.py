@@ -74,13 +74,24 @@ def _id_before(part: bytes, marker_at: int) -> int:
 
 
 async def listen(
-    http: aiohttp.ClientSession, url: str, token: str, lis: Listener, crowd: Crowd
+    http: aiohttp.ClientSession,
+    url: str,
+    token: str,
+    lis: Listener,
+    crowd: Crowd,
+    *,
+    accept_encoding: str = "gzip, deflate",
 ) -> None:
     """Read an SSE stream until `end` (or cancellation), counting journal frames without
-    parsing their JSON; after a `resync`, reconnect with `Last-Event-ID`."""
+    parsing their JSON; after a `resync`, reconnect with `Last-Event-ID`.
+    `accept_encoding` as a browser's (the server then deflates) or `identity`."""
     first = True
     while True:
-        headers = {"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "Accept": "text/event-stream",
+            "Accept-Encoding": accept_encoding,
+        }
         if lis.last_id:
             headers["Last-Event-ID"] = str(lis.last_id)
         try:

@@ -240,7 +240,8 @@ def report(result: dict[str, Any]) -> str:
     lines.append(
         f"\nSSE fan-out: replayed sessions of {p['turns']} list_files turns "
         f"({fan['none']['events_per_session']:.0f} events), {p['clients']} clients, "
-        f"{p['rounds']} rounds x {p['sessions_per_round']} sessions per mode, modes rotating"
+        f"{p['rounds']} rounds x {p['sessions_per_round']} sessions per mode, modes rotating, "
+        f"clients {'plain (identity)' if p.get('plain') else 'deflated (as browsers)'}"
     )
     rows = []
     for mode, e in fan.items():
@@ -364,6 +365,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 clients=args.clients,
                 poll_s=args.poll_s,
                 timeout_s=args.timeout_s,
+                accept_encoding="identity" if args.plain else "gzip, deflate",
             )
             print("SSE fan-out: warm-up ...", flush=True)
             for mode in MODES:
@@ -411,6 +413,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=4, help="rounds of the three modes")
     p.add_argument("--sessions-per-round", type=int, default=3)
     p.add_argument("--sse-buffer", type=int, default=1000, help="the server's per-client buffer")
+    p.add_argument(
+        "--plain",
+        action="store_true",
+        help="SSE clients ask for identity, not deflate (browsers ask for deflate)",
+    )
     p.add_argument("--poll-s", type=float, default=0.02, help="session status poll interval")
     p.add_argument("--timeout-s", type=float, default=120.0, help="bound on any one wait")
     p.add_argument(
