@@ -97,6 +97,9 @@ def single(data: bytes) -> Piece:
     return Piece(data, [0])
 
 
+RETRY = single(b"retry: 1000\n\n")  # every stream's start: browsers reconnect after 1 s
+
+
 @dataclass(eq=False)
 class Batch:
     """New rows of one stream (one session, or all) and their SSE frames, encoded
@@ -177,9 +180,7 @@ class Subscription:
         Called as soon as it subscribes, before any batch: deflating, the order
         of encoding is the order of the bytes."""
         start = b"" if self.stream is None else self.stream.start()
-        self.chunks.appendleft(
-            start + b"".join(self.encode(p) for p in [single(b"retry: 1000\n\n"), *backlog])
-        )
+        self.chunks.appendleft(start + b"".join(self.encode(p) for p in [RETRY, *backlog]))
 
     def finish(self) -> bytes:
         """What completes the stream (the deflate end and checksum, if deflating)."""

@@ -16,6 +16,7 @@ from starlette.types import Receive, Scope, Send
 
 from nexus.server.broadcast import Broadcaster, Subscription, frame, single
 
+PING = single(b": ping\n\n")  # its deflate block is made once, for every stream
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Vary": "Accept-Encoding"}
 
 
@@ -57,7 +58,7 @@ async def chunks(
                     yield last(rest + frame(sub.last_id, "{}", "end").encode())
                     return
                 if not sub.chunks:
-                    yield sub.encode(single(b": ping\n\n"))
+                    yield sub.encode(PING)
     finally:
         broadcaster.unsubscribe(sub)
 
