@@ -292,7 +292,8 @@ class Broadcaster:
         self._encoded: dict[int, str] = {}
         self.cache_size = 50_000
         # Live sessions' frames (a tail per session that has had a client), least
-        # recently used first; bounded by `tail_bytes` in all.
+        # recently used first; bounded by `tail_bytes` of frames in all (their
+        # deflate blocks, made on first need, add at most a third of that).
         self._tails: OrderedDict[str, Tail] = OrderedDict()
         self._tail_size = 0
         self.tail_bytes = 32 * 1024 * 1024
