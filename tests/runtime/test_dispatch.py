@@ -4,6 +4,7 @@ per worker id, and crashed workers' sessions resume from the journal."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import subprocess
@@ -65,6 +66,31 @@ async def test_queue_runs_sessions_by_priority_zero_first() -> None:
         for sid in ids.values():
             assert await d.wait(sid) is SessionStatus.COMPLETED
     assert order == ["p0-a", "p0-b", "p2", "p5"]
+    await rt.aclose()
+
+
+async def test_one_slot_runs_one_session_at_a_time_however_it_started(
+    threaded_peer: ThreadedPeerServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`concurrency` bounds sessions started directly and those DBOS dequeues alike:
+    with one slot, no two sessions' runs overlap (DBOS counts only its queue's own,
+    so a direct start and a dequeued session used to run side by side)."""
+    threaded_peer.config.latency_ms = 80
+    monkeypatch.setenv(
+        "NEXUS_PROVIDERS",
+        f'[{{"name": "peer", "base_url": "{threaded_peer.url}", "model": "m"}}]',
+    )
+    rt = Runtime(load_settings(concurrency=1, queue_poll_s=0.02))
+    async with Dispatcher(rt) as d:
+        ids = [rt.create_session(f"goal {i}") for i in range(3)]
+        for sid in ids:
+            await d.submit(sid)  # the first starts at once, the others queue
+        for sid in ids:
+            assert await d.wait(sid) is SessionStatus.COMPLETED
+    spans = sorted((rt.journal.events(sid)[1].ts, rt.session(sid).updated_at) for sid in ids)
+    assert [e.kind for e in rt.journal.events(ids[0])][:2] == ["session.created", "session.started"]
+    for (_start, end), (next_start, _end) in itertools.pairwise(spans):
+        assert end <= next_start, spans
     await rt.aclose()
 
 

@@ -15,7 +15,10 @@ Known DBOS traps handled here (measured on DBOS 3.4):
 * DBOS priorities run lowest first and reject 0 when set; NEXUS priority `p`
   (0 = highest) is DBOS priority `p + 1`.
 * A session is started at once when this worker has capacity (queue polling
-  would add up to a polling interval of delay); otherwise it is queued.
+  would add up to a polling interval of delay); otherwise it is queued. DBOS
+  counts only the queue's own workflows against its concurrency, so sessions
+  started directly and those it dequeues also share this worker's slots (a
+  semaphore): without it, up to twice `concurrency` sessions ran at once.
 * `launch()` is called inside the running loop so every workflow runs on it.
 """
 
@@ -47,6 +50,7 @@ log = logging.getLogger("nexus.dispatch")
 logging.getLogger("dbos").addHandler(logging.NullHandler())
 
 _runtime: Runtime | None = None
+_slots: asyncio.Semaphore | None = None  # this worker's sessions in flight
 _synchronous = "NORMAL"
 
 
@@ -62,9 +66,10 @@ def _tune_sqlite(dbapi_conn: Any, _record: Any) -> None:
 async def session_workflow(session_id: str) -> str:
     """Run one session to its end. Re-run from the top on recovery: the journal
     makes that a replay, not a repeat."""
-    if _runtime is None:  # pragma: no cover - DBOS only runs workflows after start()
+    if _runtime is None or _slots is None:  # pragma: no cover - only after start()
         raise RuntimeError("no NEXUS runtime is attached to this DBOS process")
-    status = await _runtime.run(session_id)
+    async with _slots:  # still `queued` in the journal until a slot is free
+        status = await _runtime.run(session_id)
     return status.value
 
 
@@ -108,10 +113,11 @@ class Dispatcher:
 
     async def start(self) -> None:
         """Launch DBOS on this loop; unfinished sessions of this worker resume."""
-        global _runtime, _synchronous
+        global _runtime, _slots, _synchronous
         s = self.runtime.settings
         self._lock_executor(s.home, s.worker_id)
         _runtime = self.runtime
+        _slots = asyncio.Semaphore(self.concurrency)
         _synchronous = "FULL" if s.durability == "full" else "NORMAL"
         s.home.mkdir(parents=True, exist_ok=True)
         url = s.dbos_url
@@ -144,9 +150,9 @@ class Dispatcher:
         else queued by priority (0 = highest)."""
         if priority < 0:
             raise ConfigError("priority must be >= 0 (0 is the highest)")
-        busy = sum(1 for t in self._tasks.values() if not t.done())
+        free = _slots is not None and not _slots.locked()
         with SetWorkflowID(session_id):
-            if direct and busy < self.concurrency:
+            if direct and free:
                 handle = await DBOS.start_workflow_async(session_workflow, session_id)
             else:
                 with SetEnqueueOptions(priority=priority + 1):
@@ -167,7 +173,7 @@ class Dispatcher:
     async def stop(self) -> None:
         """Stop this worker. Sessions in flight stay PENDING in DBOS and resume,
         from their journal, at the next start of this worker id."""
-        global _runtime
+        global _runtime, _slots
         running = [t for t in self._tasks.values() if not t.done()]
         for task in running:
             task.cancel()
@@ -176,6 +182,7 @@ class Dispatcher:
         # DBOS leaves its shut-down thread pool as the loop's default executor.
         asyncio.get_running_loop().set_default_executor(concurrent.futures.ThreadPoolExecutor())
         _runtime = None
+        _slots = None
         self._tasks.clear()
         self._handles.clear()
         if self._lock_file is not None:
