@@ -1,9 +1,17 @@
 """SSE fan-out: replayed sessions run one at a time, with and without listeners.
 
-Modes: `none` (nobody listens: the baseline), `all` (listeners on
-/api/v1/events/stream, connected before the round starts) and `session` (listeners
-on the session's own stream, connecting right after the POST). A session's worker
-time is its journal's `updated_at - created_at`, on the server's clock.
+The server runs one session at a time. Each measured session is queued behind a
+short "hold" session (one replayed answer, paced `hold_s`), so that listeners can
+connect to its stream before it starts, as to any queued session. Modes:
+
+    none     nobody listens: the baseline
+    all      listeners on /api/v1/events/stream, connected before the round starts
+    session  listeners on the session's own stream, connected while it is queued
+    join     listeners on the session's own stream, connecting once it runs (so
+             inside its worker time: 100 connections and catch-ups at once)
+
+A session's worker time is from its `session.started` event to its
+`session.completed` (its row's `updated_at`), on the server's clock.
 """
 
 from __future__ import annotations
@@ -22,7 +30,8 @@ import aiohttp
 from bench._api_server import ServerProcess
 from bench._sse_client import Crowd, listen
 
-MODES = ("none", "all", "session")
+MODES = ("none", "all", "session", "join")
+LISTENING = ("session", "join")  # modes with listeners on the session's stream
 FINISHED = frozenset({"completed", "failed", "killed"})
 
 
@@ -35,10 +44,11 @@ class SessionRun:
     session_id: str
     status: str
     events: int
-    worker_s: float
-    server_cpu_s: float
+    worker_s: float  # session.started -> session.completed
+    started_at: float
+    server_cpu_s: float  # the whole run: the hold session, waits and polls too
     client_cpu_s: float
-    deliver_s: float = float("nan")  # POST -> the last listener has every event
+    deliver_s: float = float("nan")  # session.started -> the last listener has every event
     lag_ms: float = float("nan")  # session.completed commit -> the last listener has it
     complete_clients: int = 0
     resyncs: int = 0
@@ -55,6 +65,8 @@ class FanoutBench:
         token: str,
         *,
         recording: Path,
+        hold: Path,
+        hold_s: float,
         expected_events: int,
         clients: int,
         poll_s: float,
@@ -67,6 +79,8 @@ class FanoutBench:
         self.token = token
         self.auth = {"Authorization": f"Bearer {token}"}
         self.recording = recording
+        self.hold = hold
+        self.hold_s = hold_s
         self.expected_events = expected_events
         self.clients = clients
         self.poll_s = poll_s
@@ -74,10 +88,11 @@ class FanoutBench:
         self.accept_encoding = accept_encoding
         self.last_row_id = 0  # journal row id of the newest event of any session run here
 
-    async def _post(self) -> str:
+    async def _post(self, recording: Path, pace_s: float = 0.0) -> str:
         body = {
             "goal": "list the workspace, again and again",
-            "replay": str(self.recording),
+            "replay": str(recording),
+            "replay_pace_s": pace_s,
             "budget": {"max_steps": 100_000},
             "labels": {"bench": "api-fanout"},
         }
@@ -88,6 +103,33 @@ class FanoutBench:
             if resp.status != 201:
                 raise RuntimeError(f"POST /api/v1/sessions: HTTP {resp.status}: {data}")
         return str(data["id"])
+
+    async def _queue(self) -> str:
+        """A hold session, then the measured one, queued behind it; its id."""
+        await self._post(self.hold, self.hold_s)
+        return await self._post(self.recording)
+
+    async def _event(self, session_id: str, seq: int) -> dict[str, Any]:
+        async with self.http.get(
+            f"{self.url}/api/v1/sessions/{session_id}/events?after_seq={seq - 1}&limit=1",
+            headers=self.auth,
+        ) as resp:
+            items: list[dict[str, Any]] = (await resp.json())["items"]
+        if not items:
+            raise RuntimeError(f"session {session_id} has no event {seq}")
+        return items[0]
+
+    async def _running(self, session_id: str) -> None:
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            async with self.http.get(
+                f"{self.url}/api/v1/sessions/{session_id}", headers=self.auth
+            ) as resp:
+                if (await resp.json())["status"] != "queued":
+                    return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"session {session_id} still queued after {self.timeout_s} s")
+            await asyncio.sleep(self.poll_s / 4)
 
     async def _finished(self, session_id: str) -> dict[str, Any]:
         deadline = time.monotonic() + self.timeout_s
@@ -113,11 +155,12 @@ class FanoutBench:
 
     async def _one(self, mode: str, rnd: int) -> SessionRun:
         cpu0, ccpu0 = self.server.cpu_s(), time.process_time()
-        t0 = time.time()
-        session_id = await self._post()
-        crowd = Crowd(self.clients if mode == "session" else 0)
+        session_id = await self._queue()
+        crowd = Crowd(self.clients if mode in LISTENING else 0)
         tasks = []
-        if mode == "session":
+        if mode == "join":
+            await self._running(session_id)
+        if mode in LISTENING:
             stream = f"{self.url}/api/v1/sessions/{session_id}/stream"
             tasks = [
                 asyncio.create_task(
@@ -133,6 +176,9 @@ class FanoutBench:
                 for lis in crowd.listeners
             ]
         try:
+            if mode == "session":
+                with contextlib.suppress(TimeoutError):  # late clients are reported
+                    await asyncio.wait_for(crowd.all_connected.wait(), self.timeout_s)
             row = await self._finished(session_id)
             if tasks:
                 _done, pending = await asyncio.wait(tasks, timeout=self.timeout_s)
@@ -142,9 +188,13 @@ class FanoutBench:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        run = self._record(mode, rnd, row, cpu0, ccpu0)
+        run = await self._record(mode, rnd, row, cpu0, ccpu0)
+        if mode in LISTENING:
+            self._deliveries(run, crowd, row, run.started_at)
         if mode == "session":
-            self._deliveries(run, crowd, row, t0)
+            late = [lis for lis in crowd.listeners if lis.connected_at > run.started_at]
+            if late:
+                run.errors.append(f"{len(late)} clients connected after the session started")
         await self._note_last_row(row)
         return run
 
@@ -173,19 +223,20 @@ class FanoutBench:
         out = []
         try:
             await asyncio.wait_for(crowd.all_connected.wait(), self.timeout_s)
-            total = 0
+            start_id = self.last_row_id
             for _ in range(sessions):
                 cpu0, ccpu0 = self.server.cpu_s(), time.process_time()
-                t0 = time.time()
-                session_id = await self._post()
+                session_id = await self._queue()
                 row = await self._finished(session_id)
-                total += int(row["last_seq"])
+                # Every event since the crowd connected, the hold sessions' too (one
+                # session runs at a time: the measured one's last event is the newest).
+                await self._note_last_row(row)
+                total = self.last_row_id - start_id
                 crowd.expect(total)
                 with contextlib.suppress(TimeoutError):  # short clients are reported
                     await asyncio.wait_for(crowd.all_done.wait(), self.timeout_s)
-                run = self._record("all", rnd, row, cpu0, ccpu0)
-                self._deliveries(run, crowd, row, t0, target=total)
-                await self._note_last_row(row)
+                run = await self._record("all", rnd, row, cpu0, ccpu0)
+                self._deliveries(run, crowd, row, run.started_at, target=total)
                 out.append(run)
         finally:
             for t in tasks:
@@ -193,18 +244,23 @@ class FanoutBench:
             await asyncio.gather(*tasks, return_exceptions=True)
         return out
 
-    def _record(
+    async def _record(
         self, mode: str, rnd: int, row: dict[str, Any], cpu0: float, ccpu0: float
     ) -> SessionRun:
+        server_cpu_s, client_cpu_s = self.server.cpu_s() - cpu0, time.process_time() - ccpu0
+        started = await self._event(row["id"], 2)
+        if started["kind"] != "session.started":
+            raise RuntimeError(f"session {row['id']}: event 2 is {started['kind']}")
         run = SessionRun(
             mode=mode,
             round=rnd,
             session_id=row["id"],
             status=row["status"],
             events=int(row["last_seq"]),
-            worker_s=float(row["updated_at"]) - float(row["created_at"]),
-            server_cpu_s=self.server.cpu_s() - cpu0,
-            client_cpu_s=time.process_time() - ccpu0,
+            worker_s=float(row["updated_at"]) - float(started["ts"]),
+            started_at=float(started["ts"]),
+            server_cpu_s=server_cpu_s,
+            client_cpu_s=client_cpu_s,
         )
         if run.status != "completed" or run.events != self.expected_events:
             run.errors.append(

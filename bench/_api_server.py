@@ -37,12 +37,14 @@ class ServerProcess:
         home: Path,
         *,
         sse_buffer: int,
+        concurrency: int | None = None,
         module: str = "bench._api_server",
         start_timeout_s: float = 60.0,
     ) -> None:
         self.home = home
         self.module = module
         self.sse_buffer = sse_buffer
+        self.concurrency = concurrency
         self.start_timeout_s = start_timeout_s
         self.url = ""
         self._proc: subprocess.Popen[str] | None = None
@@ -52,6 +54,8 @@ class ServerProcess:
     def __enter__(self) -> ServerProcess:
         cmd = [sys.executable, "-m", self.module, "--home", str(self.home)]
         cmd += ["--sse-buffer", str(self.sse_buffer)]
+        if self.concurrency is not None:
+            cmd += ["--concurrency", str(self.concurrency)]
         env = {k: v for k, v in os.environ.items() if not k.startswith("NEXUS_")}
         env["NEXUS_HOME"] = str(self.home)
         try:
@@ -119,9 +123,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-auth", action="store_true")
     p.add_argument("--sse-buffer", type=int, default=1000)
     p.add_argument("--heartbeat-s", type=float, default=15.0)
+    p.add_argument("--concurrency", type=int, help="sessions in flight (default: settings)")
     args = p.parse_args(argv)
 
-    runtime = Runtime(load_settings(home=args.home))
+    overrides = {} if args.concurrency is None else {"concurrency": args.concurrency}
+    runtime = Runtime(load_settings(home=args.home, **overrides))
     app = create_app(
         runtime,
         auth=not args.no_auth,

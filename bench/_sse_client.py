@@ -26,6 +26,7 @@ class Listener:
     last_id: int = 0
     last_at: float = 0.0  # wall clock of the last journal frame
     done_at: float = 0.0  # wall clock when it had every event it waits for
+    connected_at: float = 0.0  # wall clock of its first response
     resyncs: int = 0
     reconnects: int = 0
     out_of_order: int = 0
@@ -100,6 +101,7 @@ async def listen(
                     lis.error = f"HTTP {resp.status}"
                     return
                 if first:
+                    lis.connected_at = time.time()
                     crowd.on_connect()
                     first = False
                 buf = b"\n"
