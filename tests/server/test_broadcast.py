@@ -185,3 +185,19 @@ async def test_the_tails_stay_within_their_memory_bound(
     assert b.catch_up("s1", 19) is None  # the second piece went too
     assert seen(b.catch_up("s1", 20)) == (journal_frames(b, store, "s1", 20), 30, False)
     assert len(journal_frames(b, store, "s1", 20)) <= b.tail_bytes // 2
+
+
+async def test_the_coalescing_wait_grows_with_the_clients(nexus_home: Path) -> None:
+    """A wake waits `coalesce_s` with few clients and longer with many (each
+    client is one socket write per batch), never past `max_coalesce_s`; 0 turns
+    coalescing off."""
+    store = SQLiteStore(nexus_home / "n.db")
+    b = Broadcaster(store, coalesce_s=0.05, max_coalesce_s=0.25, writes_per_s=500)
+    waits = {}
+    for clients in (0, 1, 25, 100, 1000):
+        while b.subscribers < clients:
+            b.subscribe(None, 0)
+        waits[clients] = b.coalesce_wait
+    assert waits == {0: 0.05, 1: 0.05, 25: 0.05, 100: 0.2, 1000: 0.25}
+    assert Broadcaster(store, coalesce_s=0).coalesce_wait == 0.0
+    store.close()
