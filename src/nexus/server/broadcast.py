@@ -9,8 +9,8 @@ buffer. What keeps the workers fast with many clients (measured in
   one read, one chunk and one socket write per client, not one per event; the
   wait grows with the number of clients (`coalesce_s` up to `max_coalesce_s`),
   keeping the socket writes near `writes_per_s`: a write costs the workers time
-  whatever its size (the benchmark's 100 clients cost them about 25% at 0.05 s,
-  about 5% at 0.2 s);
+  whatever its size (with 100 clients, `python -m bench.api` measured the
+  workers 9-26% slower at a fixed 0.05 s, and within 5% with this wait);
 * each batch is encoded once per stream (all sessions, or one session) and the
   same string is handed to every client of that stream;
 * a live session's frames are kept in memory (`Tail`, bounded): a client that
