@@ -73,7 +73,7 @@ async def parts(nexus_home: Path) -> AsyncIterator[tuple[SQLiteStore, Journal, B
 
 def journal_frames(b: Broadcaster, store: SQLiteStore, session_id: str, after: int) -> bytes:
     """What a client starting after seq `after` must be sent, read from the journal."""
-    return b.backlog(store.events(session_id, after), by_seq=True).encode()
+    return b.backlog(store.events(session_id, after), by_seq=True)
 
 
 def seen(caught: CatchUp | None) -> tuple[bytes, int, bool] | None:

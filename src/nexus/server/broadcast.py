@@ -315,9 +315,14 @@ class Broadcaster:
             text = self._encoded[row.id] = event_json(row)
         return text
 
-    def backlog(self, rows: list[EventRow], *, by_seq: bool) -> str:
-        """Frames for rows read from the journal (a client's catch-up)."""
-        return "".join(frame(r.seq if by_seq else r.id, self.encode(r)) for r in rows)
+    def frames(self, rows: list[EventRow], *, by_seq: bool) -> list[bytes]:
+        """Each row's SSE frame; its id is the seq (one session's stream) or the
+        row id (all sessions)."""
+        return [frame(r.seq if by_seq else r.id, self.encode(r)).encode() for r in rows]
+
+    def backlog(self, rows: list[EventRow], *, by_seq: bool) -> bytes:
+        """The frames of rows read from the journal, as one byte string."""
+        return b"".join(self.frames(rows, by_seq=by_seq))
 
     async def start(self) -> None:
         """Begin after the newest existing event."""
@@ -343,7 +348,7 @@ class Broadcaster:
         """Frames for `rows`, the session's journal after seq `after` read just after
         `session`, kept as its tail so the next client needs no read. The read covers
         every row of the session the reader has fanned out: later batches continue it."""
-        batch = Batch(rows, self._frames(rows, by_seq=True))
+        batch = Batch(rows, self.frames(rows, by_seq=True))
         # Finished before the read: its terminal event is in `rows` or before `after`.
         ended = SessionStatus(session.status).finished or (
             bool(rows) and rows[-1].kind in TERMINAL_KINDS
@@ -360,14 +365,14 @@ class Broadcaster:
             tail.ended = ended
             self._tails[session.id] = tail
             self._tail_size += tail.size
-            self._trim_tails()
+            self._trim_tails([tail])
         return caught
 
-    def _trim_tails(self) -> None:
+    def _trim_tails(self, grown: list[Tail]) -> None:
         # One session alone may use half the budget; beyond that its oldest frames
         # go (clients asking for them read the journal). Then whole tails, least
         # recently used first.
-        for tail in self._tails.values():
+        for tail in grown:
             if tail.size > self.tail_bytes // 2:
                 self._tail_size -= tail.drop_head(self.tail_bytes // 2)
         while self._tail_size > self.tail_bytes and self._tails:
@@ -468,9 +473,6 @@ class Broadcaster:
                     break
                 await asyncio.sleep(0)  # let workers run between big batches
 
-    def _frames(self, rows: list[EventRow], *, by_seq: bool) -> list[bytes]:
-        return [frame(r.seq if by_seq else r.id, self.encode(r)).encode() for r in rows]
-
     def _fan_out(self, rows: list[EventRow]) -> None:
         by_session: dict[str, list[EventRow]] = {}
         for row in rows:
@@ -478,19 +480,22 @@ class Broadcaster:
         # Encoded once per stream (all sessions, or one session): its clients get
         # the same bytes (encoding per client was most of the cost of a delivery).
         batches: dict[str | None, Batch] = {}
+        grown = []
         for session_id, ours in by_session.items():
             tail = self._tails.get(session_id)
             if tail is None:
                 continue
-            batch = batches[session_id] = Batch(ours, self._frames(ours, by_seq=True))
+            batch = batches[session_id] = Batch(ours, self.frames(ours, by_seq=True))
             before = tail.size
             if tail.add(batch):
                 self._tail_size += tail.size - before
+                self._tails.move_to_end(session_id)  # a live session stays
+                grown.append(tail)
             else:  # cannot happen with one reader in id order; never serve a gap
                 self._tail_size -= before
                 del self._tails[session_id]
-        if self._tails:
-            self._trim_tails()
+        if grown:
+            self._trim_tails(grown)
         for sub in list(self._subs):
             key = sub.session_id
             found = batches.get(key)
@@ -498,5 +503,5 @@ class Broadcaster:
                 mine = rows if key is None else by_session.get(key)
                 if not mine:
                     continue
-                found = batches[key] = Batch(mine, self._frames(mine, by_seq=key is not None))
+                found = batches[key] = Batch(mine, self.frames(mine, by_seq=key is not None))
             sub.offer(found)

@@ -178,7 +178,7 @@ async def session_stream(
         rest = state.runtime.store.events(session_id, sub.last_id)
         if rest:
             sub.last_id = rest[-1].seq
-        return broadcaster.backlog(rest, by_seq=True).encode()
+        return broadcaster.backlog(rest, by_seq=True)
 
     return EventStream(sub, sse.chunks(broadcaster, sub, final_frames))
 
@@ -207,5 +207,5 @@ async def all_events_stream(
     # A buffer's worth behind or more: send that much, then `resync` so the client
     # comes back for the next part (the reader is already past it).
     sub.overflowed = len(backlog) == limit
-    sub.begin([single(state.broadcaster.backlog(backlog, by_seq=False).encode())])
+    sub.begin([single(state.broadcaster.backlog(backlog, by_seq=False))])
     return EventStream(sub, sse.chunks(state.broadcaster, sub, lambda: None))
