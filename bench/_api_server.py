@@ -22,7 +22,7 @@ from pathlib import Path
 import aiohttp
 import uvicorn
 
-from bench._common import start_url_process, terminate
+from bench._common import process_cpu_s, start_url_process, terminate
 from nexus.config import load_settings
 from nexus.runtime.kernel import Runtime
 from nexus.server.app import create_app
@@ -76,9 +76,8 @@ class ServerProcess:
         return self._proc.pid
 
     def cpu_s(self) -> float:
-        """User plus system CPU seconds the server has used, all threads (`/proc`)."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User plus system CPU seconds the server has used, all threads."""
+        return process_cpu_s(self.pid)
 
     def stderr(self) -> str:
         """What the server wrote to stderr (its last 2,000 characters)."""

@@ -48,6 +48,17 @@ def start_url_process(
     return proc, line
 
 
+def process_cpu_s(pid: int) -> float:
+    """User plus system CPU seconds a process has used, all its threads (Linux
+    `/proc`); NaN once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    # Fields 14 and 15 of stat(5) (utime, stime); [0] here is field 3.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def terminate(proc: subprocess.Popen[Any], *, grace_s: float) -> None:
     """SIGTERM, then SIGKILL if the process has not exited after `grace_s`."""
     proc.terminate()
@@ -93,13 +104,8 @@ class PeerProcess:
         return self._proc.pid
 
     def cpu_s(self) -> float:
-        """User plus system CPU seconds the peer has used so far (Linux `/proc`)."""
-        try:
-            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return float("nan")
-        # Fields 14 and 15 of stat(5) (utime, stime); [0] here is field 3.
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User plus system CPU seconds the peer has used so far."""
+        return process_cpu_s(self.pid)
 
     def close(self) -> None:
         """Terminate the peer (SIGTERM, then SIGKILL after 5 s)."""
