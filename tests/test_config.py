@@ -26,7 +26,8 @@ def defaults(home: Path) -> dict[str, object]:
         "worker_id": "local",
         "dbos_url": None,
         "app_version": "nexus-1",
-        "http_allow_hosts": [],
+        "toolkits": {},
+        "max_tool_result_bytes": 262144,
         "log_level": "warning",
     }
 
@@ -51,7 +52,7 @@ def test_environment_variables_set_settings(
     monkeypatch.setenv("NEXUS_DURABILITY", "full")
     monkeypatch.setenv("NEXUS_CONCURRENCY", "7")
     monkeypatch.setenv("NEXUS_QUEUE_POLL_S", "0.5")
-    monkeypatch.setenv("NEXUS_HTTP_ALLOW_HOSTS", '["api.example.org"]')
+    monkeypatch.setenv("NEXUS_TOOLKITS__HTTP__ALLOW_HOSTS", '["api.example.org"]')
     monkeypatch.setenv("NEXUS_LOG_LEVEL", "debug")
     monkeypatch.setenv("NEXUS_WORKER_ID", "w-2")
     assert public_view(load_settings()) == {
@@ -59,7 +60,7 @@ def test_environment_variables_set_settings(
         "durability": "full",
         "concurrency": 7,
         "queue_poll_s": 0.5,
-        "http_allow_hosts": ["api.example.org"],
+        "toolkits": {"http": {"allow_hosts": '["api.example.org"]'}},
         "log_level": "debug",
         "worker_id": "w-2",
     }
@@ -133,7 +134,9 @@ def test_public_view_masks_api_keys(monkeypatch: pytest.MonkeyPatch) -> None:
 TOML = """\
 durability = "full"
 concurrency = 3
-http_allow_hosts = ["a.example"]
+
+[toolkits.http]
+allow_hosts = ["a.example"]
 
 [[providers]]
 name = "from-toml"
@@ -147,10 +150,10 @@ def test_nexus_toml_in_the_home_is_read(nexus_home: Path) -> None:
     nexus_home.mkdir(parents=True)
     (nexus_home / "nexus.toml").write_text(TOML, encoding="utf-8")
     settings = load_settings()
-    assert (settings.durability, settings.concurrency, settings.http_allow_hosts) == (
+    assert (settings.durability, settings.concurrency, settings.toolkits) == (
         "full",
         3,
-        ["a.example"],
+        {"http": {"allow_hosts": ["a.example"]}},
     )
     assert settings.providers == [
         ProviderSettings(name="from-toml", base_url="http://127.0.0.1:1234/v1", model="tm")
@@ -178,10 +181,10 @@ def test_precedence_is_overrides_then_env_then_toml(
     monkeypatch.setenv("NEXUS_DURABILITY", "normal")
     monkeypatch.setenv("NEXUS_CONCURRENCY", "9")
     settings = load_settings(concurrency=11)
-    assert (settings.durability, settings.concurrency, settings.http_allow_hosts) == (
+    assert (settings.durability, settings.concurrency, settings.toolkits) == (
         "normal",
         11,
-        ["a.example"],
+        {"http": {"allow_hosts": ["a.example"]}},
     )
 
 
@@ -286,3 +289,17 @@ def test_nexus_config_pointing_nowhere_is_refused(
     with pytest.raises(ConfigError) as info:
         load_settings()
     assert str(info.value) == f"NEXUS_CONFIG: no such file: {missing}"
+
+
+def test_a_home_given_as_an_override_reads_its_own_toml(
+    nexus_home: Path, tmp_path: Path
+) -> None:
+    """`load_settings(home=X)` reads X's nexus.toml, not the default home's
+    (NEXUS_HOME points elsewhere here)."""
+    nexus_home.mkdir(parents=True)
+    (nexus_home / "nexus.toml").write_text('worker_id = "from-env-home"\n', encoding="utf-8")
+    other = tmp_path / "other-home"
+    other.mkdir()
+    (other / "nexus.toml").write_text('worker_id = "from-other"\n', encoding="utf-8")
+    settings = load_settings(home=other)
+    assert (settings.home, settings.worker_id) == (other, "from-other")

@@ -82,7 +82,19 @@ class Settings(BaseSettings):
         ),
     )
     app_version: str = Field(default="nexus-1", min_length=1)
-    http_allow_hosts: list[str] = Field(default_factory=list)
+    toolkits: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description=(
+            "Settings sections of toolkits, by name: `[toolkits.http]` in nexus.toml, "
+            "NEXUS_TOOLKITS__HTTP__ALLOW_HOSTS='[\"a.example\"]'; each toolkit validates its own."
+        ),
+    )
+    max_tool_result_bytes: int = Field(
+        default=256 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        description="A tool result larger than this (as JSON) goes back to the model as an error.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "warning"
 
     @field_validator("home", mode="after")
@@ -129,7 +141,8 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        toml = _toml_path()
+        given = getattr(init_settings, "init_kwargs", {}).get("home")
+        toml = _toml_path(None if given is None else Path(given))
         if toml is not None:
             try:
                 sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
@@ -138,14 +151,18 @@ class Settings(BaseSettings):
         return tuple(sources)
 
 
-def _toml_path() -> Path | None:
+def _toml_path(home: Path | None = None) -> Path | None:
+    """The TOML file to read: NEXUS_CONFIG, else `nexus.toml` in the home given to
+    `load_settings(home=...)`, else in NEXUS_HOME, else in the default home."""
     explicit = os.environ.get("NEXUS_CONFIG")
     if explicit:
         path = Path(explicit).expanduser()
         if not path.is_file():
             raise ConfigError(f"NEXUS_CONFIG: no such file: {path}")
         return path
-    home = Path(os.environ.get("NEXUS_HOME") or DEFAULT_HOME).expanduser()
+    if home is None:
+        home = Path(os.environ.get("NEXUS_HOME") or DEFAULT_HOME)
+    home = home.expanduser()
     candidate = home / "nexus.toml"
     return candidate if candidate.is_file() else None
 

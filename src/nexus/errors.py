@@ -33,6 +33,10 @@ class JournalError(NexusError):
     """An append would break the journal (a conflicting sequence number)."""
 
 
+class SecretNotFound(ConfigError):
+    """A tool asked for a secret that is not declared by it, or not set."""
+
+
 class SessionNotFound(NexusError):
     """No session with this id exists."""
 
@@ -79,3 +83,12 @@ class ProviderResponseError(ProviderError):
 
 class NoProviderConfigured(ProviderError):
     """No provider is configured and none answers at the default address."""
+
+
+class ToolCallRefused(RecoverableError):
+    """The kernel refused a tool call without running it (a duplicate call id, more
+    calls in one turn than the agent allows): the model is told why and may retry."""
+
+
+class ToolResultTooLarge(RecoverableError):
+    """A tool returned more than `max_tool_result_bytes`: the model should ask for less."""

@@ -1,14 +1,27 @@
 """The kernel's vocabulary: the few types every NEXUS component speaks.
 
+`Event` (a journal row; its kinds and payloads are in `nexus.events`), the step
+that passes through the pipeline (`Step`, `Outcome`, `Next`), and the contracts a
+component implements to plug into a session: `Guard` (decides about steps),
+`Projection` (state folded from the journal), `SessionHook` (sees a session start,
+resume and end), with `RunContext` as what they are handed.
+
 Kept dependency-free (dataclasses only) so that importing it is cheap.
 """
 
 from __future__ import annotations
 
 import enum
+import time
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from nexus.runtime.agents import Limits
+    from nexus.runtime.journal import Journal
+    from nexus.runtime.tools import ToolBox, ToolContext
 
 JSON = dict[str, Any]
 
@@ -141,15 +154,18 @@ class Provider(Protocol):
         ...
 
 
-StepKind = Literal["llm", "tool"]
+StepKind = str
+"""`"llm"` or `"tool"` in the kernel; later features add kinds (`"undo"`, `"approval"`)
+by registering a `StepType` with the pipeline."""
 
 
 @dataclass(slots=True)
 class Step:
     """One unit of work passing through the pipeline: an LLM call or a tool call.
 
-    `number` counts the session's steps from 1 and is stable across replays, which
-    makes `idempotency_key` stable too.
+    `number` counts the session's steps from 1 and is stable across resumes, which
+    makes `idempotency_key` stable too. `attempt` counts the tries of this step: a
+    step interrupted by a crash is tried again with the next attempt number.
     """
 
     kind: StepKind
@@ -158,7 +174,15 @@ class Step:
     request: ChatRequest | None = None
     call: ToolCall | None = None
     idempotency_key: str = ""
+    attempt: int = 1
+    retry_reason: str | None = None
+    refusal: str | None = None  # set by the loop: the call is refused, not run
     meta: JSON = field(default_factory=dict)
+
+    @property
+    def retry(self) -> bool:
+        """True when an earlier attempt of this step started and never finished."""
+        return self.attempt > 1
 
     def tool_call(self) -> ToolCall:
         """The call of a tool step."""
@@ -182,6 +206,7 @@ class Outcome:
     error: str | None = None
     error_type: str | None = None
     latency_ms: float = 0.0
+    refused_by: str | None = None  # a guard that answered with an error instead of running
 
     def chat_response(self, step: int) -> ChatResponse:
         """The response of an LLM step; a guard that answered an LLM step without
@@ -195,3 +220,165 @@ class Outcome:
 
 
 Next = Callable[[Step], Awaitable[Outcome]]
+
+
+# -- the contracts of a running session ---------------------------------------------
+
+S = TypeVar("S")
+
+
+class Projection(ABC, Generic[S]):
+    """State rebuilt from a session's journal: `apply` folds one event into it.
+
+    The same fold runs when a session resumes (over its whole journal) and while it
+    runs (over each event as it is appended), so after a crash a projection holds
+    exactly what it held before. A guard that keeps state is also a `Projection`;
+    other components register theirs with the runtime. `name` keys the state in
+    `RunContext.state`; keep it unique.
+    """
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def initial(self) -> S:
+        """The state before the session's first event."""
+
+    @abstractmethod
+    def apply(self, state: S, event: Event) -> S:
+        """The state after `event` (mutate and return `state`, or return a new one)."""
+
+
+class SessionHook:
+    """Sees a session's life without the loop knowing it: a root span opens and
+    closes, leases are granted and revoked. Override what you need; each runs on
+    the session's task, and an exception from a hook fails the session."""
+
+    async def session_started(self, run: RunContext) -> None:
+        """The session runs for the first time."""
+
+    async def session_resumed(self, run: RunContext) -> None:
+        """The session runs again after its worker stopped (crash, shutdown)."""
+
+    async def session_ended(self, run: RunContext, status: SessionStatus) -> None:
+        """The session finished: completed, failed or killed."""
+
+
+@dataclass(slots=True)
+class Counters:
+    """What a session has spent, folded from its journal (the limits' projection)."""
+
+    steps: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+    started_at: float | None = None
+
+
+@dataclass(eq=False)
+class RunContext:
+    """What the guards, projections and hooks of one running session share.
+
+    `record` is the only way the session's events are written: it appends to the
+    journal and folds the event through every projection, so live state and
+    resumed state come from the same code.
+    """
+
+    session_id: str
+    agent_name: str
+    journal: Journal
+    provider: Provider
+    toolbox: ToolBox
+    limits: Limits
+    tool_context: Callable[[Step], ToolContext]
+    projections: list[Projection[Any]] = field(default_factory=list)
+    state: dict[str, Any] = field(default_factory=dict)
+    max_tool_result_bytes: int = 256 * 1024
+
+    def fold(self, event: Event) -> None:
+        """Apply one event to every projection's state."""
+        state = self.state
+        for p in self.projections:
+            state[p.name] = p.apply(state[p.name], event)
+
+    def view(self, projection: type[Projection[S]] | Projection[S]) -> S:
+        """The current state of a projection (by class or instance)."""
+        value: S = self.state[projection.name]
+        return value
+
+    async def record(
+        self,
+        kind: str,
+        payload: JSON,
+        *,
+        tokens_in: int = 0,
+        tokens_out: int = 0,
+        cost_usd: float = 0.0,
+        latency_ms: float = 0.0,
+        reason: str | None = None,
+    ) -> Event:
+        """Journal one event of this session and fold it; returns it as stored."""
+        event = await self.journal.append_async(
+            self.session_id,
+            kind,
+            payload,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            cost_usd=cost_usd,
+            latency_ms=latency_ms,
+            reason=reason,
+        )
+        self.fold(event)
+        return event
+
+    @property
+    def counters(self) -> Counters:
+        """Steps, tokens and cost so far."""
+        value: Counters = self.state["counters"]
+        return value
+
+    @property
+    def steps(self) -> int:
+        """Steps finished so far."""
+        return self.counters.steps
+
+    @property
+    def tokens_in(self) -> int:
+        """Prompt tokens so far."""
+        return self.counters.tokens_in
+
+    @property
+    def tokens_out(self) -> int:
+        """Completion tokens so far."""
+        return self.counters.tokens_out
+
+    @property
+    def cost_usd(self) -> float:
+        """Cost so far."""
+        return self.counters.cost_usd
+
+    @property
+    def started_at(self) -> float:
+        """When the session first started (now, if it has not yet)."""
+        started = self.counters.started_at
+        return time.time() if started is None else started
+
+    @property
+    def elapsed_s(self) -> float:
+        """Wall time since the session first started."""
+        return time.time() - self.started_at
+
+
+class Guard(ABC):
+    """One deciding link of the pipeline. Subclass, set `stage`, implement `handle`.
+
+    Guards run in `stage` order, outer first, inside the recorder: whatever a guard
+    does (refuse with an error, answer with an `Outcome` of its own, or let the step
+    proceed) is journaled as the step's outcome. A guard that keeps state also
+    subclasses `Projection`; one that sees the session's life, `SessionHook`.
+    """
+
+    stage: ClassVar[int] = 1000
+
+    @abstractmethod
+    async def handle(self, step: Step, run: RunContext, call_next: Next) -> Outcome:
+        """Process `step`; call `await call_next(step)` to let it proceed."""

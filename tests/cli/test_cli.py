@@ -59,7 +59,7 @@ def test_console_script_runs_the_demo_with_a_live_timeline(nexus_home: Path) -> 
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("session s_")
     assert sum("tool result write_file" in x for x in lines) == 2
-    assert "completed report.md is written" in lines[-1]
+    assert "→ report.md is written" in lines[-2] and "completed" in lines[-1]
 
 
 def test_run_without_any_provider_fails_in_one_line() -> None:
@@ -86,7 +86,8 @@ def test_run_against_an_http_provider(
     ]
     result = nexus("run", "write a.md")
     assert result.exit_code == 0, result.output
-    assert "tool write_file" in result.stdout and "completed wrote a.md" in result.stdout
+    assert "tool write_file" in result.stdout and "→ wrote a.md" in result.stdout
+    assert "completed" in result.stdout.splitlines()[-1]
     assert len(threaded_peer.requests) == 2
 
 

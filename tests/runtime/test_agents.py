@@ -68,7 +68,14 @@ def test_minimal_agent_file_gets_defaults(tmp_path: Path) -> None:
         "description": "",
         "model": None,
         "toolkits": [],
-        "limits": {"max_steps": 50, "max_tokens": None, "max_wall_s": None, "max_cost_usd": None},
+        "limits": {
+                "max_steps": 50,
+                "max_tokens": None,
+                "max_wall_s": None,
+                "max_cost_usd": None,
+                "max_tokens_per_call": 4096,
+                "max_tool_calls_per_turn": 16,
+            },
         "source": str(tmp_path / "m.toml"),
     }
 
@@ -97,7 +104,7 @@ def test_minimal_agent_file_gets_defaults(tmp_path: Path) -> None:
         ),
         (
             'name = "x"\nsystem_prompt = "p"\ntoolkits = ["workspace", "teleport"]\n',
-            "agent x: unknown toolkit 'teleport' (built-in: http, workspace)",
+            "agent x: unknown toolkit 'teleport' (known: http, workspace)",
         ),
     ],
     ids=[
@@ -162,7 +169,14 @@ def test_registry_without_a_folder_has_the_builtins(tmp_path: Path) -> None:
         "description": "General assistant with a workspace folder and loopback HTTP fetch.",
         "model": None,
         "toolkits": ["workspace", "http"],
-        "limits": {"max_steps": 50, "max_tokens": None, "max_wall_s": None, "max_cost_usd": None},
+        "limits": {
+                "max_steps": 50,
+                "max_tokens": None,
+                "max_wall_s": None,
+                "max_cost_usd": None,
+                "max_tokens_per_call": 4096,
+                "max_tool_calls_per_turn": 16,
+            },
         "source": "builtin",
     }
     assert registry.get("assistant").system_prompt == DEFAULT_PROMPT
@@ -209,7 +223,7 @@ def test_python_agents_register_and_take_toolkit_objects() -> None:
         "description": "",
         "model": None,
         "toolkits": ["pings", "http"],
-        "limits": {"max_steps": None, "max_tokens": None, "max_wall_s": None, "max_cost_usd": None},
+        "limits": {**Limits().model_dump(), "max_steps": None},
         "source": "python",
     }
 

@@ -13,11 +13,11 @@ import pytest
 from nexus.config import load_settings
 from nexus.runtime.agents import Agent, AgentRegistry, Limits
 from nexus.runtime.kernel import Runtime
-from nexus.runtime.pipeline import DETECT, KILL, Guard, RunContext
+from nexus.runtime.pipeline import KILL
 from nexus.runtime.providers import ReplayProvider, ScriptedProvider
 from nexus.runtime.providers.openai import OpenAIProvider
 from nexus.runtime.tools import ToolContext, Toolkit, tool
-from nexus.types import Next, Outcome, SessionStatus, Step
+from nexus.types import Event, Guard, Next, Outcome, Projection, RunContext, SessionStatus, Step
 from tests.peers.openai_server import PeerServer
 
 
@@ -104,11 +104,13 @@ async def test_several_tool_calls_in_one_turn_then_final_answer_completes() -> N
     assert kinds(rt, sid) == [
         "session.created",
         "session.started",
+        "llm.request",
         "llm.response",
         "tool.call",
         "tool.result",
         "tool.call",
         "tool.result",
+        "llm.request",
         "llm.response",
         "session.completed",
     ]
@@ -123,7 +125,8 @@ async def test_several_tool_calls_in_one_turn_then_final_answer_completes() -> N
         10,
         "completed",
     )
-    assert rt.journal.events(sid)[-1].payload == {"answer": "both echoed", "steps": 4}
+    # The answer is stored once, in its llm.response; the end names that step.
+    assert rt.journal.events(sid)[-1].payload == {"steps": 4, "answer_step": 4}
     await rt.aclose()
 
 
@@ -222,7 +225,13 @@ async def test_provider_unreachable_fails_session_and_keeps_journal() -> None:
     assert reason.startswith(
         "ProviderUnavailable: dead at http://127.0.0.1:9/v1 unreachable after 2"
     )
-    assert kinds(rt, sid) == ["session.created", "session.started", "session.failed"]
+    assert kinds(rt, sid) == [
+        "session.created",
+        "session.started",
+        "llm.request",
+        "llm.failed",
+        "session.failed",
+    ]
     await prov.aclose()
     await rt.aclose()
 
@@ -239,7 +248,7 @@ async def test_malformed_provider_response_fails_session(peer: PeerServer, mode:
     # First turn is fine; break the peer before the second.
 
     class BreakPeer(Guard):
-        stage = DETECT
+        stage = KILL
 
         async def handle(self, step: Step, run: RunContext, call_next: Next) -> Outcome:
             if step.kind == "tool":
@@ -249,12 +258,16 @@ async def test_malformed_provider_response_fails_session(peer: PeerServer, mode:
     rt.guards.append(BreakPeer())
     assert await rt.run(sid) is SessionStatus.FAILED
     assert "ProviderResponseError: malformed response from peer" in (rt.session(sid).reason or "")
-    assert kinds(rt, sid)[:5] == [
+    assert kinds(rt, sid) == [
         "session.created",
         "session.started",
+        "llm.request",
         "llm.response",
         "tool.call",
         "tool.result",
+        "llm.request",
+        "llm.failed",
+        "session.failed",
     ]
     await prov.aclose()
     await rt.aclose()
@@ -277,8 +290,9 @@ async def test_peer_sending_bad_tool_calls_is_recovered(peer: PeerServer, mode: 
 
 
 async def test_a_guard_added_from_outside_plugs_in_at_its_stage() -> None:
-    """A guard defined outside the kernel runs at its stage: before the limits guard,
-    and (as a detector) after the recorder has journaled the step."""
+    """A guard defined outside the kernel runs at its stage (before the limits guard),
+    inside the recorder: its answer is journaled as the step's outcome, and a
+    projection registered beside it sees every event as it is journaled."""
     seen: list[tuple[str, str, int]] = []
 
     class Deny(Guard):
@@ -287,17 +301,19 @@ async def test_a_guard_added_from_outside_plugs_in_at_its_stage() -> None:
         async def handle(self, step: Step, run: RunContext, call_next: Next) -> Outcome:
             seen.append(("deny", step.kind, step.number))
             if step.call is not None and step.call.name == "explode":
-                return Outcome(error="denied by policy", error_type="Denied")
+                return Outcome(error="denied by policy", error_type="Denied", refused_by="Deny")
             return await call_next(step)
 
-    class Detector(Guard):
-        stage = DETECT
+    class Watch(Projection[int]):
+        name = "watch"
 
-        async def handle(self, step: Step, run: RunContext, call_next: Next) -> Outcome:
-            outcome = await call_next(step)
-            last = run.journal.events(run.session_id)[-1]
-            seen.append(("detect", last.kind, step.number))
-            return outcome
+        def initial(self) -> int:
+            return 0
+
+        def apply(self, state: int, event: Event) -> int:
+            if event.kind in ("llm.response", "tool.result"):
+                seen.append(("watch", event.kind, event.payload["step"]))
+            return state + 1
 
     prov = ScriptedProvider(
         [
@@ -305,10 +321,9 @@ async def test_a_guard_added_from_outside_plugs_in_at_its_stage() -> None:
             {"content": "ok"},
         ]
     )
-    rt = make_runtime(prov, guards=[Detector(), Deny()])
+    rt = make_runtime(prov, guards=[Deny()])
+    rt.projections.append(Watch())
     assert [type(g).__name__ for g in sorted(rt.guards, key=lambda g: g.stage)] == [
-        "Detector",
-        "JournalRecorder",
         "Deny",
         "LimitsGuard",
     ]
@@ -316,19 +331,20 @@ async def test_a_guard_added_from_outside_plugs_in_at_its_stage() -> None:
     assert await rt.run(sid) is SessionStatus.COMPLETED
     assert seen == [
         ("deny", "llm", 1),
-        ("detect", "llm.response", 1),
+        ("watch", "llm.response", 1),
         ("deny", "tool", 2),
-        ("detect", "tool.result", 2),
+        ("watch", "tool.result", 2),
         ("deny", "tool", 3),
-        ("detect", "tool.result", 3),
+        ("watch", "tool.result", 3),
         ("deny", "llm", 4),
-        ("detect", "llm.response", 4),
+        ("watch", "llm.response", 4),
     ]
     # The refusal is journaled like any result, so a resume never re-decides it.
     denied = [e.payload for e in rt.journal.events(sid) if e.payload.get("step") == 2]
     assert denied == [
         {
             "step": 2,
+            "attempt": 1,
             "call_id": "call_0_0",
             "name": "explode",
             "arguments": '{"reason": "x"}',
@@ -336,10 +352,12 @@ async def test_a_guard_added_from_outside_plugs_in_at_its_stage() -> None:
         },
         {
             "step": 2,
+            "attempt": 1,
             "call_id": "call_0_0",
             "name": "explode",
             "error": "denied by policy",
             "error_type": "Denied",
+            "by": "Deny",
         },
     ]
     await rt.aclose()
@@ -385,7 +403,8 @@ async def test_resume_after_crash_never_repeats_a_completed_step() -> None:
 
 async def test_tool_call_started_but_not_finished_is_retried_with_the_same_key() -> None:
     """A crash inside a tool: on resume the call runs again with the same
-    idempotency key and `retry=True`, and is journaled as one call."""
+    idempotency key and `retry=True`, and the journal shows both attempts (what
+    really happened to the world), with why the second was made."""
     prov = ScriptedProvider([{"tool_calls": [call("fragile", text="t")]}, {"content": "done"}])
     rt = make_runtime(prov)
     sid = rt.create_session("crash in a tool", agent="t")
@@ -397,7 +416,14 @@ async def test_tool_call_started_but_not_finished_is_retried_with_the_same_key()
     (first_key, first_retry), (second_key, second_retry) = [(c[1], c[2]) for c in CALLS]
     assert (first_key == second_key, first_retry, second_retry) == (True, False, True)
     k = kinds(rt2, sid)
-    assert (k.count("tool.call"), k.count("tool.result"), k.count("llm.response")) == (1, 1, 2)
+    assert (k.count("tool.call"), k.count("tool.result"), k.count("llm.response")) == (2, 1, 2)
+    calls = [e.payload for e in rt2.journal.events(sid) if e.kind == "tool.call"]
+    assert [(c["step"], c["attempt"], c.get("retry_reason")) for c in calls] == [
+        (2, 1, None),
+        (2, 2, "attempt 1 was interrupted: the worker stopped before it finished"),
+    ]
+    result = next(e.payload for e in rt2.journal.events(sid) if e.kind == "tool.result")
+    assert (result["step"], result["attempt"], result["result"]) == (2, 2, "fragile: t")
     await rt.aclose()
     await rt2.aclose()
 
@@ -521,5 +547,19 @@ async def test_a_guard_answering_an_llm_step_without_a_response_fails_the_sessio
     assert rt.session(sid).reason == (
         "TerminalError: LLM step 1 produced no response: model calls are switched off"
     )
-    assert kinds(rt, sid) == ["session.created", "session.started", "session.failed"]
+    assert kinds(rt, sid) == [
+        "session.created",
+        "session.started",
+        "llm.request",
+        "llm.failed",
+        "session.failed",
+    ]
+    failed = rt.journal.events(sid)[3].payload
+    assert failed == {
+        "step": 1,
+        "attempt": 1,
+        "error": "LLM step 1 produced no response: model calls are switched off",
+        "error_type": "TerminalError",
+        "by": "kernel",
+    }
     await rt.aclose()

@@ -410,7 +410,8 @@ async def test_http_get_refuses_other_hosts_before_connecting(
     with pytest.raises(ToolExecutionError) as info:
         await call(http_get, context(ws), url="http://example.com/")
     assert str(info.value) == (
-        "host 'example.com' is not allowed: only loopback and NEXUS_HTTP_ALLOW_HOSTS may be fetched"
+        "host 'example.com' is not allowed: only loopback and the hosts in "
+        "NEXUS_TOOLKITS__HTTP__ALLOW_HOSTS may be fetched"
     )
     assert lookups == []
 

@@ -57,8 +57,15 @@ def event_line(e: Event) -> Text:
                 f"[bold cyan]tool result[/] {escape(p['name'])} [dim]{e.latency_ms:.0f} ms[/] "
                 f"{escape(_short(p.get('result')))}"
             )
+    elif k == "llm.request":
+        shown = "retry " if p.get("attempt", 1) > 1 else ""
+        body = (
+            f"[magenta]llm request[/] {shown}step {p.get('step')} "
+            f"[dim]{len(p.get('messages') or ())} new messages, {p.get('tools', 0)} tools[/]"
+        )
     elif k == "session.completed":
-        body = f"[bold green]completed[/] {escape(_short(p.get('answer', ''), 300))}"
+        # The answer is the content of the llm.response just before: stored once.
+        body = f"[bold green]completed[/] [dim]{p.get('steps', 0)} steps[/]"
     elif k == "session.failed":
         body = f"[bold red]failed[/] {escape(_short(p.get('reason', ''), 300))}"
     elif k == "session.created":

@@ -24,7 +24,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from nexus.errors import ConfigError
-from nexus.runtime.toolkits import BUILTIN
+from nexus.runtime.toolkits import ToolkitRegistry
 from nexus.runtime.tools import ToolBox, Toolkit
 from nexus.types import JSON
 
@@ -38,6 +38,15 @@ class Limits(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1)
     max_wall_s: float | None = Field(default=None, gt=0)
     max_cost_usd: float | None = Field(default=None, ge=0)
+    max_tokens_per_call: int = Field(
+        default=4096,
+        ge=1,
+        le=1_000_000,
+        description="max_tokens sent with every LLM call (a provider's model setting wins)",
+    )
+    max_tool_calls_per_turn: int = Field(
+        default=16, ge=1, le=1000, description="calls of one response past this are refused"
+    )
 
 
 class _AgentFile(BaseModel):
@@ -69,20 +78,24 @@ class Agent:
     description: str = ""
     source: str = "python"
 
-    def toolbox(self) -> ToolBox:
-        """The tools of this agent, resolving built-in toolkit names."""
+    def toolbox(self, registry: ToolkitRegistry | None = None) -> ToolBox:
+        """The tools of this agent, resolving toolkit names in `registry` (default:
+        the built-ins and installed entry points)."""
+        registry = registry or ToolkitRegistry()
         kits: list[Toolkit] = []
         for kit in self.toolkits:
             if isinstance(kit, Toolkit):
                 kits.append(kit)
-            elif kit in BUILTIN:
-                kits.append(BUILTIN[kit]())
-            else:
-                raise ConfigError(
-                    f"agent {self.name}: unknown toolkit {kit!r} "
-                    f"(built-in: {', '.join(sorted(BUILTIN))})"
-                )
+                continue
+            try:
+                kits.append(registry.get(kit))
+            except ConfigError as exc:
+                raise ConfigError(f"agent {self.name}: {exc}") from None
         return ToolBox(kits)
+
+    def toolkit_names(self) -> list[str]:
+        """The names of its toolkits."""
+        return [k if isinstance(k, str) else k.name for k in self.toolkits]
 
     def to_dict(self) -> JSON:
         """As plain data (for listings)."""
@@ -90,14 +103,15 @@ class Agent:
             "name": self.name,
             "description": self.description,
             "model": self.model,
-            "toolkits": [k if isinstance(k, str) else k.name for k in self.toolkits],
+            "toolkits": self.toolkit_names(),
             "limits": self.limits.model_dump(),
             "source": self.source,
         }
 
 
-def load_agent_file(path: Path) -> Agent:
-    """Read one TOML agent definition; raises `ConfigError` naming the file."""
+def load_agent_file(path: Path, toolkits: ToolkitRegistry | None = None) -> Agent:
+    """Read one TOML agent definition; raises `ConfigError` naming the file (and any
+    toolkit it names that `toolkits` does not know)."""
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
         spec = _AgentFile.model_validate(raw)
@@ -118,7 +132,7 @@ def load_agent_file(path: Path) -> Agent:
         source=str(path),
     )
     try:
-        agent.toolbox()  # fail now on unknown toolkits, not when a session starts
+        agent.toolbox(toolkits)  # fail now on unknown toolkits, not when a session starts
     except ConfigError as exc:
         raise ConfigError(f"agent file {path}: {exc}") from None
     return agent
@@ -141,12 +155,13 @@ class AgentRegistry:
         self._agents: dict[str, Agent] = {a.name: a for a in agents}
 
     @classmethod
-    def load(cls, folder: Path) -> AgentRegistry:
-        """Built-ins plus every `*.toml` in `folder` (a file may override a built-in)."""
+    def load(cls, folder: Path, toolkits: ToolkitRegistry | None = None) -> AgentRegistry:
+        """Built-ins plus every `*.toml` in `folder` (a file may override a built-in);
+        toolkit names resolve in `toolkits`."""
         registry = cls()
         if folder.is_dir():
             for path in sorted(folder.glob("*.toml")):
-                registry.add(load_agent_file(path))
+                registry.add(load_agent_file(path, toolkits))
         return registry
 
     def add(self, agent: Agent) -> None:

@@ -15,23 +15,10 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from nexus.events import STATUS_BY_KIND, STEP_OUTCOME_KINDS
 from nexus.runtime.redact import Redactor
 from nexus.storage.base import EventRow, SessionChange, Store
 from nexus.types import JSON, Event, SessionStatus
-
-# Which event kinds move a session to which status: the session index is a
-# projection of the journal, never written on its own.
-STATUS_BY_KIND = {
-    "session.created": SessionStatus.QUEUED,
-    "session.started": SessionStatus.RUNNING,
-    "session.resumed": SessionStatus.RUNNING,
-    "session.paused": SessionStatus.PAUSED,
-    "session.completed": SessionStatus.COMPLETED,
-    "session.failed": SessionStatus.FAILED,
-    "session.killed": SessionStatus.KILLED,
-}
-STEP_KINDS = frozenset({"llm.response", "tool.result"})
-
 
 # One encoder, built once: json.dumps would rebuild it on every call (hot path).
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -246,7 +233,7 @@ class Journal:
             create=_creation(clean) if kind == "session.created" else None,
             status=None if status is None else status.value,
             reason=None if reason is None else self.redactor.text(reason),
-            steps=1 if kind in STEP_KINDS else 0,
+            steps=1 if kind in STEP_OUTCOME_KINDS else 0,
         )
         # Chain the next event of this session onto this one before it commits
         # (group commit); a failed commit drops the cached head.

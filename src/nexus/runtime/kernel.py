@@ -15,18 +15,35 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from nexus import events as ev
 from nexus.config import Settings, load_settings
-from nexus.errors import ConfigError, NoProviderConfigured, SessionNotFound
-from nexus.runtime.agents import AgentRegistry, Limits
+from nexus.errors import ConfigError, NexusError, NoProviderConfigured, SessionNotFound
+from nexus.runtime.agents import Agent, AgentRegistry, Limits
+from nexus.runtime.fold import Conversation, CounterFold
 from nexus.runtime.journal import Journal
+from nexus.runtime.labels import check_labels
 from nexus.runtime.loop import run_session
-from nexus.runtime.pipeline import Guard, default_guards
+from nexus.runtime.pipeline import Pipeline, default_guards
 from nexus.runtime.providers.replay import ReplayProvider
 from nexus.runtime.redact import Redactor
+from nexus.runtime.toolkits import ToolkitRegistry
+from nexus.runtime.tools import EnvSecrets, ToolBox, ToolContext
 from nexus.storage.base import SessionQuery, SessionRow, Store, open_store
-from nexus.types import JSON, Event, Provider, SessionStatus
+from nexus.types import (
+    JSON,
+    Event,
+    Guard,
+    Projection,
+    Provider,
+    RunContext,
+    SessionHook,
+    SessionStatus,
+    Step,
+)
 
 EXPORT_FORMAT = "nexus.session/1"
+MAX_GOAL = 100_000
+MAX_PRIORITY = 1000
 
 
 def new_session_id() -> str:
@@ -42,8 +59,14 @@ class Runtime:
         store: storage (default: SQLite under `settings.home`).
         agents: agent registry (default: built-ins plus `NEXUS_HOME/agents/*.toml`).
         provider: a provider for every session that does not replay (default: the
-            first configured provider, else Ollama if it answers).
-        guards: extra guards, merged with the kernel's by stage.
+            configured providers, else Ollama if it answers).
+        guards: extra guards, merged with the kernel's by stage. A guard that is
+            also a `Projection` or a `SessionHook` is registered as one too.
+        hooks: components that see each session start, resume and end.
+        projections: state folded from each session's journal, for components
+            that are not guards.
+        toolkits: the toolkit registry (default: built-ins and entry points, with
+            `settings.toolkits` as their settings).
     """
 
     def __init__(
@@ -54,6 +77,9 @@ class Runtime:
         agents: AgentRegistry | None = None,
         provider: Provider | None = None,
         guards: list[Guard] | None = None,
+        hooks: list[SessionHook] | None = None,
+        projections: list[Projection[Any]] | None = None,
+        toolkits: ToolkitRegistry | None = None,
     ) -> None:
         self.settings = settings or load_settings()
         self.store = store or open_store(self.settings.db_path, self.settings.durability)
@@ -62,8 +88,17 @@ class Runtime:
             if p.api_key is not None and len(p.api_key.get_secret_value()) >= 4:
                 self.redactor.register(p.api_key.get_secret_value())
         self.journal = Journal(self.store, self.redactor)
-        self.agents = agents or AgentRegistry.load(self.settings.agents_dir)
+        self.toolkits = toolkits or ToolkitRegistry(self.settings.toolkits)
+        self.agents = agents or AgentRegistry.load(self.settings.agents_dir, self.toolkits)
         self.guards: list[Guard] = [*default_guards(), *(guards or [])]
+        self.hooks: list[SessionHook] = [
+            *(g for g in self.guards if isinstance(g, SessionHook)),
+            *(hooks or []),
+        ]
+        self.projections: list[Projection[Any]] = [
+            *(g for g in self.guards if isinstance(g, Projection)),
+            *(projections or []),
+        ]
         self._provider = provider
         self._owned: list[Any] = []
 
@@ -88,15 +123,30 @@ class Runtime:
     ) -> str:
         """Journal a new `queued` session and return its id (it does not run yet).
 
-        `limits` overrides the agent's limits for this session (keys of `Limits`);
-        `replay_pace_s` waits that long before each replayed answer (demos).
+        Every input is checked before anything is written (`ConfigError` naming
+        the bad one), and the agent is recorded as resolved now (prompt, model,
+        tools, limits): a resumed session runs with that record, not with the
+        agent's definition of the day. `limits` overrides the agent's limits for
+        this session (keys of `Limits`); `replay_pace_s` waits that long before
+        each replayed answer (demos).
         """
-        if not goal.strip():
+        if not isinstance(goal, str) or not goal.strip():
             raise ConfigError("a session needs a non-empty goal")
+        if len(goal) > MAX_GOAL:
+            raise ConfigError(f"the goal is {len(goal)} characters, over {MAX_GOAL}")
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise ConfigError("priority must be an integer")
+        if not 0 <= priority <= MAX_PRIORITY:
+            raise ConfigError(f"priority must be from 0 (the highest) to {MAX_PRIORITY}")
+        if model is not None and not (0 < len(model) <= 200):
+            raise ConfigError("model must be 1-200 characters")
+        if not 0 <= replay_pace_s <= 60:
+            raise ConfigError("replay_pace_s must be from 0 to 60 seconds")
+        clean_labels = check_labels(labels)
         name = agent or self.settings.default_agent
         chosen = self.agents.get(name)  # unknown agent: fail before anything is written
-        if limits:
-            session_limits(chosen.limits, limits)  # invalid budget: fail now
+        session = session_limits(chosen.limits, limits)  # invalid budget: fail now
+        toolbox = chosen.toolbox(self.toolkits)
         if replay is not None:
             self._replay_provider(replay)  # bad replay source: fail now, clearly
         session_id = new_session_id()
@@ -104,7 +154,8 @@ class Runtime:
             "goal": goal,
             "agent": name,
             "priority": priority,
-            "labels": labels or {},
+            "labels": clean_labels,
+            "spec": agent_spec(chosen, model=model, limits=session, toolbox=toolbox),
         }
         if replay is not None:
             payload["replay"] = replay
@@ -114,34 +165,102 @@ class Runtime:
             payload["model"] = model
         if limits:
             payload["limits"] = limits
-        self.journal.append(session_id, "session.created", payload)
+        self.journal.append(session_id, ev.SESSION_CREATED, payload)
         return session_id
 
     async def run(self, session_id: str) -> SessionStatus:
-        """Run or resume a session in this task until it ends."""
+        """Run or resume a session in this task until it ends.
+
+        A session that cannot run at all (its agent or toolkit is gone, no LLM
+        provider, a bad replay source) ends `failed` with the reason journaled."""
         row = self.session(session_id)
         if SessionStatus(row.status).finished:
             return SessionStatus(row.status)
-        created = self.journal.events(session_id)[0].payload
-        agent = self.agents.get(created["agent"])
-        replay = created.get("replay")
+        events = self.journal.events(session_id)
+        created = events[0].payload
+        try:
+            run, spec = await self._prepare(session_id, created)
+        except NexusError as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            await self.journal.append_async(
+                session_id, ev.SESSION_FAILED, {"reason": reason, "steps": 0}, reason=reason
+            )
+            self.journal.forget(session_id)
+            return SessionStatus.FAILED
+        return await run_session(
+            run,
+            Pipeline(self.guards, run),
+            events,
+            model=spec["model"],
+            tools=spec["tools"],
+            hooks=self.hooks,
+        )
+
+    async def _prepare(self, session_id: str, created: JSON) -> tuple[RunContext, ev.AgentSpec]:
+        spec: ev.AgentSpec | None = created.get("spec")
+        agent: Agent | None = None
+        if spec is None:  # a session created before the agent was recorded
+            agent = self.agents.get(created["agent"])
+            limits = session_limits(agent.limits, created.get("limits"))
+            spec = agent_spec(agent, model=created.get("model"), limits=limits)
+        toolbox = self._toolbox(created["agent"], spec, agent)
+        limits = Limits.model_validate(spec["limits"])
         provider: Provider
+        replay = created.get("replay")
         if replay:
             replayer = self._replay_provider(replay)
             replayer.pace_s = float(created.get("replay_pace_s", 0.0))
             provider = replayer
         else:
             provider = await self.provider()
-        return await run_session(
-            session_id,
+        kit_settings = {kit.name: await self.toolkits.open(kit) for kit in toolbox.toolkits()}
+        workspace = self.workspace(session_id)
+        workspace.mkdir(parents=True, exist_ok=True)
+
+        def tool_context(step: Step) -> ToolContext:
+            name = step.tool_call().name
+            kit = toolbox.toolkit_of(name)
+            tool = toolbox.get(name)
+            return ToolContext(
+                session_id=session_id,
+                step=step.number,
+                idempotency_key=step.idempotency_key,
+                workspace=workspace,
+                retry=step.retry,
+                attempt=step.attempt,
+                settings=None if kit is None else kit_settings.get(kit.name),
+                secrets=EnvSecrets(() if tool is None else tool.secrets, redactor=self.redactor),
+            )
+
+        run = RunContext(
+            session_id=session_id,
+            agent_name=spec["name"],
             journal=self.journal,
-            agent=agent,
             provider=provider,
-            guards=self.guards,
-            workspace=self.workspace(session_id),
-            allow_hosts=tuple(self.settings.http_allow_hosts),
-            limits=session_limits(agent.limits, created.get("limits")),
+            toolbox=toolbox,
+            limits=limits,
+            tool_context=tool_context,
+            projections=[
+                Conversation(
+                    system_prompt=spec["system_prompt"],
+                    max_calls_per_turn=limits.max_tool_calls_per_turn,
+                ),
+                CounterFold(),
+                *self.projections,
+            ],
+            max_tool_result_bytes=self.settings.max_tool_result_bytes,
         )
+        return run, spec
+
+    def _toolbox(self, name: str, spec: ev.AgentSpec, agent: Agent | None) -> ToolBox:
+        """The agent's tools today; if the agent is gone, its recorded toolkits."""
+        if agent is None:
+            try:
+                agent = self.agents.get(name)
+            except ConfigError:
+                kits = [self.toolkits.get(k) for k in spec["toolkits"]]
+                return ToolBox(kits)
+        return agent.toolbox(self.toolkits)
 
     def session(self, session_id: str) -> SessionRow:
         """The session's index row; raises `SessionNotFound`."""
@@ -213,8 +332,9 @@ class Runtime:
         self._provider = None
 
     async def aclose(self) -> None:
-        """Close owned providers and the store."""
+        """Close owned providers, opened toolkits and the store."""
         await self.aclose_providers()
+        await self.toolkits.aclose()
         self.store.close()
 
 
@@ -230,6 +350,21 @@ def session_limits(base: Limits, override: dict[str, Any] | None) -> Limits:
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
         raise ConfigError(f"invalid budget: {problems}") from None
+
+
+def agent_spec(
+    agent: Agent, *, model: str | None, limits: Limits, toolbox: ToolBox | None = None
+) -> ev.AgentSpec:
+    """The record of `agent` as a session will run it."""
+    box = toolbox or agent.toolbox()
+    return {
+        "name": agent.name,
+        "system_prompt": agent.system_prompt,
+        "model": model or agent.model,
+        "toolkits": agent.toolkit_names(),
+        "tools": box.specs,
+        "limits": limits.model_dump(),
+    }
 
 
 def export_document(session: JSON, events: Iterable[Event]) -> JSON:

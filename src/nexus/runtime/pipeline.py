@@ -1,184 +1,157 @@
-"""The step pipeline: ordered guards around every LLM call and tool call.
+"""The step pipeline: a fixed recording layer around the deciding guards, around
+the step's executor.
 
-A guard is middleware: `handle(step, run, call_next)` may refuse the step (raise
-a terminal error, or answer with an `Outcome` of its own), change it, time it, or
-look at its outcome. Guards are sorted by `stage`, outer first, so a guard added
-later (kill switch, budgets, approvals, degraded mode, breakers) lands at its
-place in DESIGN.md's order without touching the others:
+    record intent → guards by stage (KILL 100 → BUDGET 200 → APPROVAL 300
+      → DEGRADED 400 → BREAKER 500 → …) → execute → record outcome
 
-    DETECT(50) → RECORD(90) → KILL(100) → BUDGET(200) → APPROVAL(300)
-      → DEGRADED(400) → BREAKER(500) → execute (timeout, retry)
+Recording is not a guard. The recorder journals each step's intent before any
+guard sees it (`llm.request`, `tool.call`: a crash mid-step is visible on resume)
+and its outcome after, whatever happened in between: the executor's result, an
+answer a guard gave instead, a guard's refusal, or the provider's failure. So a
+resumed session never re-decides a step, the audit shows what the agent
+attempted, and no session ends with a started step that has no outcome row. A
+cancelled step (the worker stops) is left open on purpose: it is tried again on
+resume, as its next attempt.
 
-The recorder sits outside the deciding guards, not next to `execute` as in
-DESIGN.md's first sketch: a step that a guard refuses or answers itself is then
-journaled like any other, so a resumed session never re-decides it, and the
-audit log shows what the agent attempted. Detectors sit outermost so they see
-each outcome after it is journaled.
+Each kind of step is a `StepType` in a table (`llm`, `tool`; later `undo`,
+`approval`): what it records before and after, and how it executes. A new kind of
+step is a new entry, not an edit of the pipeline.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
+from nexus import events as ev
 from nexus.errors import (
     LimitExceeded,
+    NexusError,
     RecoverableError,
+    TerminalError,
+    ToolCallRefused,
     ToolExecutionError,
+    ToolResultTooLarge,
     ToolTimeoutError,
     UnknownToolError,
 )
-from nexus.runtime.journal import Journal, canonical
-from nexus.runtime.tools import ToolBox, ToolContext
-from nexus.types import JSON, Next, Outcome, Provider, Step
+from nexus.runtime.journal import canonical
+from nexus.types import JSON, Guard, Next, Outcome, RunContext, Step
 
-DETECT, RECORD, KILL, BUDGET, APPROVAL, DEGRADED, BREAKER = 50, 90, 100, 200, 300, 400, 500
+KILL, BUDGET, APPROVAL, DEGRADED, BREAKER = 100, 200, 300, 400, 500
+
+Record = tuple[str, JSON, dict[str, Any]]
+"""An event to journal: kind, payload, and `Journal.append` keywords (tokens, cost…)."""
 
 
-@dataclass
-class RunContext:
-    """What the guards of one running session share: who, what, and how far along.
+@dataclass(frozen=True, slots=True)
+class StepType:
+    """One kind of step: how it runs and what the recorder journals for it.
 
-    The counters are rebuilt from the journal when a session resumes.
+    Attributes:
+        kind: the `Step.kind` it serves.
+        execute: the innermost link: does the work.
+        intent: the event committed before any guard sees the step.
+        outcome: the event committed after, from the step's `Outcome`.
+        failure: the event committed when a guard refuses the step or execution
+            raises; `by` names the guard (or `"execute"`).
+        recover: what a `RecoverableError` from a guard becomes: an `Outcome` to
+            record and return (tool steps), or None to treat it as terminal.
     """
 
-    session_id: str
-    agent_name: str
-    journal: Journal
-    provider: Provider
-    toolbox: ToolBox
-    limits: Any  # nexus.runtime.agents.Limits
-    tool_context: Callable[[Step], ToolContext]
-    started_at: float = field(default_factory=time.time)
-    steps: int = 0
-    tokens_in: int = 0
-    tokens_out: int = 0
-    cost_usd: float = 0.0
-    state: JSON = field(default_factory=dict)  # per-guard scratch space, keyed by guard
-
-    @property
-    def elapsed_s(self) -> float:
-        """Wall time since the session first started."""
-        return time.time() - self.started_at
+    kind: str
+    execute: Callable[[Step, RunContext], Awaitable[Outcome]]
+    intent: Callable[[Step, RunContext], Record]
+    outcome: Callable[[Step, Outcome], Record]
+    failure: Callable[[Step, BaseException, str], Record]
+    recover: Callable[[Step, RecoverableError], Outcome | None]
 
 
-class Guard(ABC):
-    """One link of the pipeline. Subclass, set `stage`, implement `handle`."""
-
-    stage: ClassVar[int] = 1000
-
-    @abstractmethod
-    async def handle(self, step: Step, run: RunContext, call_next: Next) -> Outcome:
-        """Process `step`; call `await call_next(step)` to let it proceed."""
+# -- the LLM step -------------------------------------------------------------------
 
 
-class LimitsGuard(Guard):
-    """Refuses a step once the agent's step, token, wall-time or cost limit is spent,
-    and bounds a running step by the wall time left."""
-
-    stage = BUDGET
-
-    async def handle(self, step: Step, run: RunContext, call_next: Next) -> Outcome:
-        lim = run.limits
-        if lim.max_steps is not None and run.steps >= lim.max_steps and not step.meta.get("retry"):
-            raise LimitExceeded(f"step limit reached: {run.steps} of max_steps={lim.max_steps}")
-        tokens = run.tokens_in + run.tokens_out
-        if lim.max_tokens is not None and tokens >= lim.max_tokens:
-            raise LimitExceeded(f"token limit reached: {tokens} of max_tokens={lim.max_tokens}")
-        if lim.max_cost_usd is not None and run.cost_usd >= lim.max_cost_usd:
-            raise LimitExceeded(
-                f"cost limit reached: ${run.cost_usd:.4f} of max_cost_usd=${lim.max_cost_usd}"
-            )
-        if lim.max_wall_s is None:
-            return await call_next(step)
-        left = lim.max_wall_s - run.elapsed_s
-        if left <= 0:
-            raise LimitExceeded(f"wall-time limit reached: max_wall_s={lim.max_wall_s}")
-        try:
-            async with asyncio.timeout(left):
-                return await call_next(step)
-        except TimeoutError:
-            raise LimitExceeded(
-                f"wall-time limit reached during step {step.number}: max_wall_s={lim.max_wall_s}"
-            ) from None
-
-
-class JournalRecorder(Guard):
-    """Commits each step to the journal: `tool.call` before a tool runs (so a crash
-    mid-call is visible on resume), `tool.result` / `llm.response` after."""
-
-    stage = RECORD
-
-    async def handle(self, step: Step, run: RunContext, call_next: Next) -> Outcome:
-        j = run.journal
-        if step.kind == "tool":
-            call = step.tool_call()
-            if not step.meta.get("retry"):
-                await j.append_async(
-                    run.session_id,
-                    "tool.call",
-                    {
-                        "step": step.number,
-                        "call_id": call.id,
-                        "name": call.name,
-                        "arguments": call.arguments,
-                        "idempotency_key": step.idempotency_key,
-                    },
-                )
-            outcome = await call_next(step)
-            payload: JSON = {"step": step.number, "call_id": call.id, "name": call.name}
-            if outcome.error is not None:
-                payload["error"] = outcome.error
-                payload["error_type"] = outcome.error_type
-            else:
-                payload["result"] = outcome.result
-            await j.append_async(
-                run.session_id, "tool.result", payload, latency_ms=outcome.latency_ms
-            )
-            run.steps += 1
-            return outcome
-        outcome = await call_next(step)
-        resp = outcome.chat_response(step.number)
-        await j.append_async(
-            run.session_id,
-            "llm.response",
-            {
-                "step": step.number,
-                "message": resp.message(),
-                "model": resp.model,
-                "provider": resp.provider,
-                "finish_reason": resp.finish_reason,
-            },
-            tokens_in=resp.usage.tokens_in,
-            tokens_out=resp.usage.tokens_out,
-            cost_usd=resp.cost_usd,
-            latency_ms=outcome.latency_ms,
-        )
-        run.steps += 1
-        run.tokens_in += resp.usage.tokens_in
-        run.tokens_out += resp.usage.tokens_out
-        run.cost_usd += resp.cost_usd
-        return outcome
-
-
-async def execute(step: Step, run: RunContext) -> Outcome:
-    """The innermost link: call the provider, or run the tool under its timeout.
-
-    Tool failures become recoverable outcomes (returned to the model); provider
-    failures raise (terminal).
-    """
+async def _execute_llm(step: Step, run: RunContext) -> Outcome:
     t0 = time.perf_counter()
-    if step.kind == "llm":
-        response = await run.provider.complete(step.chat_request())
-        return Outcome(response=response, latency_ms=(time.perf_counter() - t0) * 1000)
+    response = await run.provider.complete(step.chat_request())
+    return Outcome(response=response, latency_ms=(time.perf_counter() - t0) * 1000)
+
+
+def _llm_intent(step: Step, run: RunContext) -> Record:
+    request = step.chat_request()
+    payload: JSON = {
+        "step": step.number,
+        "attempt": step.attempt,
+        "model": request.model,
+        "params": {"max_tokens": request.max_tokens} if request.max_tokens else {},
+        "messages": step.meta.get("new_messages", request.messages),
+        "tools": len(request.tools),
+    }
+    if step.retry_reason:
+        payload["retry_reason"] = step.retry_reason
+    return ev.LLM_REQUEST, payload, {}
+
+
+def _llm_outcome(step: Step, outcome: Outcome) -> Record:
+    resp = outcome.chat_response(step.number)
+    payload: JSON = {
+        "step": step.number,
+        "message": resp.message(),
+        "model": resp.model,
+        "provider": resp.provider,
+        "finish_reason": resp.finish_reason,
+    }
+    attempts = getattr(resp, "attempts", 1)
+    if attempts != 1:
+        payload["attempts"] = attempts
+        payload["failures"] = list(getattr(resp, "failures", ()))
+    tokens_in, tokens_out = resp.usage.tokens_in, resp.usage.tokens_out
+    problem = getattr(resp.usage, "problem", None)
+    if problem is None and (tokens_in < 0 or tokens_out < 0):
+        problem = f"negative token counts ({tokens_in} in, {tokens_out} out)"
+    if problem is not None:
+        # Impossible usage is treated as missing, and said so: never added to totals.
+        payload["usage_problem"] = problem
+        tokens_in = tokens_out = 0
+    metrics = {
+        "tokens_in": tokens_in,
+        "tokens_out": tokens_out,
+        "cost_usd": 0.0 if problem is not None else resp.cost_usd,
+        "latency_ms": outcome.latency_ms,
+    }
+    return ev.LLM_RESPONSE, payload, metrics
+
+
+def _llm_failure(step: Step, exc: BaseException, by: str) -> Record:
+    payload: JSON = {
+        "step": step.number,
+        "attempt": step.attempt,
+        "error": str(exc),
+        "error_type": type(exc).__name__,
+        "by": by,
+    }
+    return ev.LLM_FAILED, payload, {}
+
+
+# -- the tool step ------------------------------------------------------------------
+
+
+async def _execute_tool(step: Step, run: RunContext) -> Outcome:
+    """Run the tool under its timeout. Tool failures become recoverable outcomes
+    (returned to the model)."""
+    t0 = time.perf_counter()
     call = step.tool_call()
     try:
         result = await _run_tool(step, run)
-        _ = canonical(result)  # results are journaled: they must be JSON
+        size = len(canonical(result).encode())  # results are journaled: they must be JSON
+        if size > run.max_tool_result_bytes:
+            raise ToolResultTooLarge(
+                f"{call.name} returned {size} bytes, over the limit of "
+                f"{run.max_tool_result_bytes} (NEXUS_MAX_TOOL_RESULT_BYTES): ask for less, "
+                "for example a part of the file or a narrower query"
+            )
     except RecoverableError as exc:
         return _failed(exc, t0)
     except (TypeError, ValueError) as exc:
@@ -210,31 +183,183 @@ def _failed(exc: RecoverableError, t0: float) -> Outcome:
     )
 
 
-class Pipeline:
-    """Guards sorted by stage around `execute`; build once per session."""
+def _tool_intent(step: Step, run: RunContext) -> Record:
+    call = step.tool_call()
+    payload: JSON = {
+        "step": step.number,
+        "attempt": step.attempt,
+        "call_id": call.id,
+        "name": call.name,
+        "arguments": call.arguments,
+        "idempotency_key": step.idempotency_key,
+    }
+    if step.retry_reason:
+        payload["retry_reason"] = step.retry_reason
+    return ev.TOOL_CALL, payload, {}
 
-    def __init__(self, guards: Iterable[Guard], run: RunContext) -> None:
+
+def _tool_head(step: Step) -> JSON:
+    call = step.tool_call()
+    return {"step": step.number, "attempt": step.attempt, "call_id": call.id, "name": call.name}
+
+
+def _tool_outcome(step: Step, outcome: Outcome) -> Record:
+    payload = _tool_head(step)
+    if outcome.error is not None:
+        payload["error"] = outcome.error
+        payload["error_type"] = outcome.error_type
+        if outcome.refused_by is not None:
+            payload["by"] = outcome.refused_by
+    else:
+        payload["result"] = outcome.result
+    return ev.TOOL_RESULT, payload, {"latency_ms": outcome.latency_ms}
+
+
+def _tool_failure(step: Step, exc: BaseException, by: str) -> Record:
+    payload = _tool_head(step)
+    payload.update(error=f"refused: {exc}", error_type=type(exc).__name__, by=by)
+    return ev.TOOL_RESULT, payload, {}
+
+
+def _tool_recover(step: Step, exc: RecoverableError) -> Outcome:
+    return Outcome(error=str(exc), error_type=type(exc).__name__, refused_by=_by(exc))
+
+
+LLM = StepType("llm", _execute_llm, _llm_intent, _llm_outcome, _llm_failure, lambda s, e: None)
+TOOL = StepType("tool", _execute_tool, _tool_intent, _tool_outcome, _tool_failure, _tool_recover)
+STEP_TYPES: Mapping[str, StepType] = {t.kind: t for t in (LLM, TOOL)}
+
+
+# -- the kernel's guard -------------------------------------------------------------
+
+
+class LimitsGuard(Guard):
+    """Refuses a step once the agent's step, token, wall-time or cost limit is spent,
+    and bounds a running step by the wall time left."""
+
+    stage = BUDGET
+
+    async def handle(self, step: Step, run: RunContext, call_next: Next) -> Outcome:
+        lim = run.limits
+        if lim.max_steps is not None and run.steps >= lim.max_steps and not step.retry:
+            raise LimitExceeded(f"step limit reached: {run.steps} of max_steps={lim.max_steps}")
+        tokens = run.tokens_in + run.tokens_out
+        if lim.max_tokens is not None and tokens >= lim.max_tokens:
+            raise LimitExceeded(f"token limit reached: {tokens} of max_tokens={lim.max_tokens}")
+        if lim.max_cost_usd is not None and run.cost_usd >= lim.max_cost_usd:
+            raise LimitExceeded(
+                f"cost limit reached: ${run.cost_usd:.4f} of max_cost_usd=${lim.max_cost_usd}"
+            )
+        if lim.max_wall_s is None:
+            return await call_next(step)
+        left = lim.max_wall_s - run.elapsed_s
+        if left <= 0:
+            raise LimitExceeded(f"wall-time limit reached: max_wall_s={lim.max_wall_s}")
+        try:
+            async with asyncio.timeout(left):
+                return await call_next(step)
+        except TimeoutError:
+            raise LimitExceeded(
+                f"wall-time limit reached during step {step.number}: max_wall_s={lim.max_wall_s}"
+            ) from None
+
+
+def default_guards() -> list[Guard]:
+    """The kernel's own guards."""
+    return [LimitsGuard()]
+
+
+# -- the pipeline -------------------------------------------------------------------
+
+
+def _by(exc: BaseException) -> str:
+    return getattr(exc, "nexus_refused_by", None) or "execute"
+
+
+class Pipeline:
+    """The recorder around guards sorted by stage around the executors; one per session.
+
+    Args:
+        guards: the deciding guards (any order; sorted by `stage`).
+        run: the session's context.
+        step_types: the executors by step kind (default: `llm` and `tool`).
+    """
+
+    def __init__(
+        self,
+        guards: Iterable[Guard],
+        run: RunContext,
+        step_types: Mapping[str, StepType] = STEP_TYPES,
+    ) -> None:
         self.guards = sorted(guards, key=lambda g: g.stage)
         self.run = run
+        self.step_types = dict(step_types)
         chain: Next = self._execute
         for guard in reversed(self.guards):
             chain = _link(guard, run, chain)
         self._chain = chain
 
     async def _execute(self, step: Step) -> Outcome:
-        return await execute(step, self.run)
+        try:
+            return await self._type(step).execute(step, self.run)
+        except NexusError as exc:
+            _tag(exc, "execute")
+            raise
 
-    def __call__(self, step: Step) -> Awaitable[Outcome]:
-        return self._chain(step)
+    def _type(self, step: Step) -> StepType:
+        try:
+            return self.step_types[step.kind]
+        except KeyError:
+            raise TerminalError(f"no executor for steps of kind {step.kind!r}") from None
+
+    async def __call__(self, step: Step) -> Outcome:
+        """Record the step's intent, run it through the guards, record its outcome."""
+        st = self._type(step)
+        run = self.run
+        await _commit(run, st.intent(step, run))
+        try:
+            if step.refusal is not None:
+                outcome = Outcome(
+                    error=step.refusal, error_type=ToolCallRefused.__name__, refused_by="kernel"
+                )
+            else:
+                outcome = await self._chain(step)
+        except RecoverableError as exc:
+            recovered = st.recover(step, exc)
+            if recovered is None:
+                await _commit(run, st.failure(step, exc, _by(exc)))
+                raise TerminalError(f"{type(exc).__name__}: {exc}") from exc
+            outcome = recovered
+        except Exception as exc:  # terminal refusals, provider failures, kernel bugs
+            await _commit(run, st.failure(step, exc, _by(exc)))
+            raise
+        try:
+            record = st.outcome(step, outcome)
+        except TerminalError as exc:  # a guard answered an LLM step without a response
+            await _commit(run, st.failure(step, exc, "kernel"))
+            raise
+        await _commit(run, record)
+        return outcome
+
+
+async def _commit(run: RunContext, record: Record) -> None:
+    kind, payload, metrics = record
+    await run.record(kind, payload, **metrics)
+
+
+def _tag(exc: BaseException, by: str) -> None:
+    if getattr(exc, "nexus_refused_by", None) is None:
+        exc.nexus_refused_by = by  # type: ignore[attr-defined]
 
 
 def _link(guard: Guard, run: RunContext, call_next: Next) -> Next:
+    name = type(guard).__name__
+
     async def link(step: Step) -> Outcome:
-        return await guard.handle(step, run, call_next)
+        try:
+            return await guard.handle(step, run, call_next)
+        except NexusError as exc:
+            _tag(exc, name)  # the innermost tag wins: who refused, not who passed it on
+            raise
 
     return link
-
-
-def default_guards() -> list[Guard]:
-    """The kernel's own guards."""
-    return [LimitsGuard(), JournalRecorder()]

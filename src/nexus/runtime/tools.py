@@ -16,18 +16,66 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import os
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints, overload
+from typing import Any, Protocol, get_type_hints, overload
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
-from nexus.errors import ConfigError, ToolArgumentsError
+from nexus.errors import ConfigError, SecretNotFound, ToolArgumentsError
+from nexus.runtime.redact import Redactor
 from nexus.types import JSON, Effect
 
 _NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+
+
+class Secrets(Protocol):
+    """Credentials for tools, by name. Environment-backed today (`EnvSecrets`); the
+    vault will sit behind the same accessor."""
+
+    def get(self, name: str) -> str:
+        """The secret's value; `SecretNotFound` if it is not available to this tool."""
+        ...
+
+
+class EnvSecrets:
+    """Secrets from `NEXUS_SECRET_<NAME>` environment variables, limited to the names
+    a tool declares (`@tool(secrets=[...])`). Every value handed out is registered
+    with the redactor first, so it cannot reach the journal or the logs.
+
+    Args:
+        allowed: the names this tool may read.
+        redactor: masks the values from then on (None: nothing registered).
+        environ: the environment to read (default: `os.environ`).
+    """
+
+    def __init__(
+        self,
+        allowed: Iterable[str] = (),
+        *,
+        redactor: Redactor | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.allowed = frozenset(allowed)
+        self.redactor = redactor
+        self.environ = os.environ if environ is None else environ
+
+    def get(self, name: str) -> str:
+        if name not in self.allowed:
+            raise SecretNotFound(
+                f"secret {name!r} is not declared by this tool (declared: "
+                f"{', '.join(sorted(self.allowed)) or 'none'}); add it to @tool(secrets=[...])"
+            )
+        var = "NEXUS_SECRET_" + re.sub(r"[^A-Za-z0-9]", "_", name).upper()
+        value = self.environ.get(var)
+        if not value:
+            raise SecretNotFound(f"secret {name!r} is not set: export {var}")
+        if self.redactor is not None and len(value) >= 4:
+            self.redactor.register(value)
+        return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +85,9 @@ class ToolContext:
     `idempotency_key` is derived from (session, step): a retried or replayed call
     carries the same key, so a tool talking to an outside system can dedupe.
     `retry` is True when the journal shows this call started before but never
-    finished (the worker crashed mid-call).
+    finished (the worker crashed mid-call); `attempt` counts the tries.
+    `settings` is the tool's toolkit's settings section (validated by the
+    toolkit's `settings_model`), `secrets` its credentials accessor.
     """
 
     session_id: str
@@ -45,7 +95,9 @@ class ToolContext:
     idempotency_key: str
     workspace: Path
     retry: bool = False
-    allow_hosts: tuple[str, ...] = ()
+    attempt: int = 1
+    settings: Any = None
+    secrets: Secrets = field(default_factory=EnvSecrets)
 
 
 class _NotGiven:
@@ -64,7 +116,7 @@ class Tool:
     description: str
     fn: Callable[..., Any]
     effect: Effect
-    args_model: type[BaseModel]
+    args_model: type[BaseModel] | None  # None: validated against `_schema` (JSON Schema)
     undo: Callable[..., Any] | None = None
     why_no_undo: str | None = None
     timeout_s: float = 30.0
@@ -97,6 +149,8 @@ class Tool:
             raise ToolArgumentsError(
                 f"arguments for {self.name} must be a JSON object, not {type(data).__name__}"
             )
+        if self.args_model is None:
+            return self._check_schema(data)
         try:
             return self.args_model.model_validate(data).model_dump()
         except ValidationError as exc:
@@ -105,6 +159,69 @@ class Tool:
                 for e in exc.errors()
             )
             raise ToolArgumentsError(f"invalid arguments for {self.name}: {problems}") from None
+
+    def _check_schema(self, data: JSON) -> JSON:
+        from jsonschema import Draft202012Validator
+
+        errors = sorted(
+            Draft202012Validator(self._schema).iter_errors(data), key=lambda e: list(e.path)
+        )
+        if errors:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e.path) or '(root)'}: {e.message}" for e in errors[:5]
+            )
+            raise ToolArgumentsError(f"invalid arguments for {self.name}: {problems}")
+        return data
+
+    @classmethod
+    def from_schema(
+        cls,
+        *,
+        name: str,
+        description: str,
+        parameters: JSON,
+        fn: Callable[..., Any],
+        effect: Effect | str = Effect.READ,
+        undo: Callable[..., Any] | None = None,
+        why_no_undo: str | None = None,
+        timeout_s: float = 30.0,
+        idempotent: bool | None = None,
+        secrets: Iterable[str] = (),
+        takes_ctx: bool = True,
+    ) -> Tool:
+        """A tool described by a JSON Schema instead of type hints (WASM plugins and
+        MCP servers come with one). `fn(ctx, **arguments)` (or `fn(**arguments)` with
+        `takes_ctx=False`) receives the arguments as validated JSON. Raises
+        `ConfigError` if the name, the schema or the effect rules are wrong."""
+        from jsonschema import Draft202012Validator
+        from jsonschema.exceptions import SchemaError
+
+        if not _NAME.fullmatch(name):
+            raise ConfigError(f"tool name {name!r} must match {_NAME.pattern}")
+        if not isinstance(parameters, dict) or parameters.get("type", "object") != "object":
+            raise ConfigError(f"tool {name}: parameters must be a JSON Schema of type object")
+        try:
+            Draft202012Validator.check_schema(parameters)
+        except SchemaError as exc:
+            raise ConfigError(f"tool {name}: invalid JSON Schema: {exc.message}") from None
+        eff = Effect(effect)
+        _check_effect(name, eff, undo, why_no_undo)
+        if timeout_s <= 0:
+            raise ConfigError(f"tool {name}: timeout_s must be > 0")
+        return cls(
+            name=name,
+            description=description or name,
+            fn=fn,
+            effect=eff,
+            args_model=None,
+            undo=undo,
+            why_no_undo=why_no_undo,
+            timeout_s=timeout_s,
+            idempotent=eff is Effect.READ if idempotent is None else idempotent,
+            secrets=tuple(secrets),
+            takes_ctx=takes_ctx,
+            _schema={"type": "object", **parameters},
+        )
 
     async def invoke(self, ctx: ToolContext, args: JSON) -> Any:
         """Run the tool (sync tools in a worker thread, so a timeout can fire)."""
@@ -198,16 +315,7 @@ def make_tool(
         raise ConfigError(f"tool name {tool_name!r} must match {_NAME.pattern}")
     if timeout_s <= 0:
         raise ConfigError(f"tool {tool_name}: timeout_s must be > 0")
-    if effect is Effect.WRITE:
-        if undo is NOT_GIVEN:
-            raise ConfigError(
-                f"write tool {tool_name} must declare undo=..., or undo=None with "
-                "why_no_undo='...' stating why it cannot be reversed"
-            )
-        if undo is None and not (why_no_undo or "").strip():
-            raise ConfigError(f"write tool {tool_name} has undo=None but no why_no_undo reason")
-    elif undo not in (None, NOT_GIVEN):
-        raise ConfigError(f"tool {tool_name}: only write tools declare an undo")
+    _check_effect(tool_name, effect, undo, why_no_undo)
     takes_ctx, model = _args_model(fn, tool_name)
     description, _ = _doc(fn)
     return Tool(
@@ -224,6 +332,21 @@ def make_tool(
         takes_ctx=takes_ctx,
         _schema=_clean_schema(model.model_json_schema()),
     )
+
+
+def _check_effect(
+    tool_name: str, effect: Effect, undo: Callable[..., Any] | None, why_no_undo: str | None
+) -> None:
+    if effect is Effect.WRITE:
+        if undo is NOT_GIVEN:
+            raise ConfigError(
+                f"write tool {tool_name} must declare undo=..., or undo=None with "
+                "why_no_undo='...' stating why it cannot be reversed"
+            )
+        if undo is None and not (why_no_undo or "").strip():
+            raise ConfigError(f"write tool {tool_name} has undo=None but no why_no_undo reason")
+    elif undo not in (None, NOT_GIVEN):
+        raise ConfigError(f"tool {tool_name}: only write tools declare an undo")
 
 
 def _args_model(fn: Callable[..., Any], tool_name: str) -> tuple[bool, type[BaseModel]]:
@@ -289,11 +412,35 @@ def _clean_schema(schema: JSON) -> JSON:
 
 
 class Toolkit:
-    """A named group of tools an agent can be given."""
+    """A named group of tools an agent can be given.
 
-    def __init__(self, name: str, tools: Iterable[Tool], *, description: str = "") -> None:
+    Args:
+        name: how agents name it (`toolkits = ["http"]`).
+        tools: its tools.
+        description: one line for listings.
+        settings_model: a pydantic model of its settings section
+            (`[toolkits.NAME]` in nexus.toml, `NEXUS_TOOLKITS__NAME__KEY`); the
+            validated object reaches its tools as `ToolContext.settings`.
+        on_open: `async (settings) -> None`, run once per worker before the first
+            call (open a connection pool, log in).
+        on_close: `async () -> None`, run at the worker's shutdown.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        tools: Iterable[Tool],
+        *,
+        description: str = "",
+        settings_model: type[BaseModel] | None = None,
+        on_open: Callable[[Any], Awaitable[None]] | None = None,
+        on_close: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.name = name
         self.description = description
+        self.settings_model = settings_model
+        self.on_open = on_open
+        self.on_close = on_close
         self._tools: dict[str, Tool] = {}
         for t in tools:
             if t.name in self._tools:
@@ -310,22 +457,61 @@ class Toolkit:
         """The tool called `name`, or None."""
         return self._tools.get(name)
 
+    def parse_settings(self, raw: Mapping[str, Any] | None) -> Any:
+        """This toolkit's validated settings, or `ConfigError` naming the setting."""
+        if self.settings_model is None:
+            if raw:
+                raise ConfigError(
+                    f"NEXUS_TOOLKITS__{self.name.upper()}: toolkit {self.name} takes no settings"
+                )
+            return None
+        data = {k: _maybe_json(v) for k, v in (raw or {}).items()}
+        try:
+            return self.settings_model.model_validate(data)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"NEXUS_TOOLKITS__{self.name.upper()}__"
+                f"{'__'.join(str(p).upper() for p in e['loc'])}: {e['msg']}"
+                for e in exc.errors()
+            )
+            raise ConfigError(f"invalid settings of toolkit {self.name}: {problems}") from None
+
+
+def _maybe_json(value: Any) -> Any:
+    # An environment variable holds text: `NEXUS_TOOLKITS__HTTP__ALLOW_HOSTS='["a"]'`.
+    if isinstance(value, str) and value[:1] in ("[", "{"):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
 
 class ToolBox:
     """The tools one agent may call: the union of its toolkits."""
 
     def __init__(self, toolkits: Iterable[Toolkit]) -> None:
         self._tools: dict[str, Tool] = {}
+        self._kits: dict[str, Toolkit] = {}
         for kit in toolkits:
             for t in kit:
                 if t.name in self._tools:
                     raise ConfigError(f"tool {t.name} is defined by two toolkits")
                 self._tools[t.name] = t
+                self._kits[t.name] = kit
         self.specs = [t.spec() for t in self._tools.values()]
 
     def get(self, name: str) -> Tool | None:
         """The tool called `name`, or None."""
         return self._tools.get(name)
+
+    def toolkit_of(self, name: str) -> Toolkit | None:
+        """The toolkit that provides tool `name`."""
+        return self._kits.get(name)
+
+    def toolkits(self) -> list[Toolkit]:
+        """The toolkits, each once, in order."""
+        return list({id(k): k for k in self._kits.values()}.values())
 
     def names(self) -> list[str]:
         """The tool names, in order."""

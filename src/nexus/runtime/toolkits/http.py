@@ -6,17 +6,29 @@ import ipaddress
 from typing import Any
 from urllib.parse import urlsplit
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from nexus.errors import ToolExecutionError
 from nexus.runtime.tools import ToolContext, Toolkit, tool
 
 MAX_BODY = 512 * 1024
 
 
+class HttpSettings(BaseModel):
+    """`[toolkits.http]` in nexus.toml, or `NEXUS_TOOLKITS__HTTP__ALLOW_HOSTS='["a.example"]'`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    allow_hosts: tuple[str, ...] = Field(
+        default=(), description="Hosts besides loopback that http_get may fetch."
+    )
+
+
 def check_url(url: str, allow_hosts: tuple[str, ...]) -> str:
     """Return the host of `url` if NEXUS may fetch it, else refuse.
 
     Allowed: http(s) to loopback (localhost, 127.0.0.0/8, ::1) and hosts named in
-    the `http_allow_hosts` setting. Names are compared literally, not resolved, so
+    the toolkit's `allow_hosts` setting. Names are compared literally, not resolved, so
     a DNS answer cannot smuggle a request elsewhere.
     """
     parts = urlsplit(url)
@@ -33,7 +45,8 @@ def check_url(url: str, allow_hosts: tuple[str, ...]) -> str:
     except ValueError:
         pass
     raise ToolExecutionError(
-        f"host {host!r} is not allowed: only loopback and NEXUS_HTTP_ALLOW_HOSTS may be fetched"
+        f"host {host!r} is not allowed: only loopback and the hosts in "
+        "NEXUS_TOOLKITS__HTTP__ALLOW_HOSTS may be fetched"
     )
 
 
@@ -46,7 +59,8 @@ async def http_get(ctx: ToolContext, url: str) -> dict[str, Any]:
     """
     import aiohttp
 
-    check_url(url, ctx.allow_hosts)
+    settings = ctx.settings if isinstance(ctx.settings, HttpSettings) else HttpSettings()
+    check_url(url, settings.allow_hosts)
     timeout = aiohttp.ClientTimeout(total=25)
     try:
         async with (
@@ -78,4 +92,9 @@ def _decode(data: bytes, charset: str | None) -> str:
         return data.decode("utf-8", errors="replace")
 
 
-toolkit = Toolkit("http", [http_get], description="Fetch web pages from allowed hosts.")
+toolkit = Toolkit(
+    "http",
+    [http_get],
+    description="Fetch web pages from allowed hosts.",
+    settings_model=HttpSettings,
+)

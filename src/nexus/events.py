@@ -1,0 +1,150 @@
+"""The journal's vocabulary: every event kind and the shape of its payload, once.
+
+A component that writes or reads events names the kind with a constant from here
+and, for the kernel's own kinds, finds the payload's keys in the `TypedDict` of the
+same name. Later features add their kinds here (or in their own module, with a
+constant and a `TypedDict` in the same style) and register what a kind does to a
+session's status in `STATUS_BY_KIND`.
+
+Kept dependency-free: it is imported on every append.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final, NotRequired, TypedDict
+
+from nexus.types import JSON, SessionStatus
+
+# -- kinds --------------------------------------------------------------------------
+
+SESSION_CREATED: Final = "session.created"
+SESSION_STARTED: Final = "session.started"
+SESSION_RESUMED: Final = "session.resumed"
+SESSION_PAUSED: Final = "session.paused"
+SESSION_COMPLETED: Final = "session.completed"
+SESSION_FAILED: Final = "session.failed"
+SESSION_KILLED: Final = "session.killed"
+LLM_REQUEST: Final = "llm.request"
+LLM_RESPONSE: Final = "llm.response"
+LLM_FAILED: Final = "llm.failed"
+TOOL_CALL: Final = "tool.call"
+TOOL_RESULT: Final = "tool.result"
+
+TERMINAL_KINDS: Final = frozenset({SESSION_COMPLETED, SESSION_FAILED, SESSION_KILLED})
+"""Kinds after which a session never changes again."""
+
+STATUS_BY_KIND: Final[dict[str, SessionStatus]] = {
+    SESSION_CREATED: SessionStatus.QUEUED,
+    SESSION_STARTED: SessionStatus.RUNNING,
+    SESSION_RESUMED: SessionStatus.RUNNING,
+    SESSION_PAUSED: SessionStatus.PAUSED,
+    SESSION_COMPLETED: SessionStatus.COMPLETED,
+    SESSION_FAILED: SessionStatus.FAILED,
+    SESSION_KILLED: SessionStatus.KILLED,
+}
+"""Which kinds move a session to which status: the session index is a projection
+of the journal, never written on its own."""
+
+STEP_OUTCOME_KINDS: Final = frozenset({LLM_RESPONSE, TOOL_RESULT})
+"""Kinds that finish a step and count against `max_steps`."""
+
+
+# -- payloads -----------------------------------------------------------------------
+
+
+class AgentSpec(TypedDict):
+    """The agent as it was resolved when the session was created. A resumed session
+    runs with this, not with the agent's current definition."""
+
+    name: str
+    system_prompt: str
+    model: str | None
+    toolkits: list[str]
+    tools: list[JSON]  # the OpenAI `tools` entries the model is offered
+    limits: JSON  # `Limits` as plain data, the session's budget laid over the agent's
+
+
+class SessionCreated(TypedDict):
+    goal: str
+    agent: str
+    priority: int
+    labels: dict[str, str]
+    spec: NotRequired[AgentSpec]  # absent in sessions created before the spec was recorded
+    replay: NotRequired[str]
+    replay_pace_s: NotRequired[float]
+    model: NotRequired[str]
+    limits: NotRequired[JSON]
+
+
+class SessionStarted(TypedDict):
+    agent: str
+
+
+class SessionResumed(TypedDict):
+    agent: str
+    steps_done: int
+
+
+class SessionCompleted(TypedDict):
+    steps: int
+    answer_step: int  # the `llm.response` holding the answer: it is stored once
+
+
+class SessionFailed(TypedDict):
+    reason: str
+    steps: int
+
+
+class LlmRequest(TypedDict):
+    """Committed before the call goes out: a call in flight at a crash is known."""
+
+    step: int
+    attempt: int
+    model: str | None
+    params: JSON  # max_tokens and the other request parameters that were set
+    messages: list[JSON]  # the messages added since the previous LLM step
+    tools: int  # how many tools were offered (their specs are in the spec)
+    retry_reason: NotRequired[str]
+
+
+class LlmResponse(TypedDict):
+    step: int
+    message: JSON
+    model: str
+    provider: str
+    finish_reason: str
+    attempts: NotRequired[int]
+    failures: NotRequired[list[str]]
+    usage_problem: NotRequired[str]
+
+
+class LlmFailed(TypedDict):
+    """An LLM step that ended without a response: refused by a guard, or the
+    provider failed."""
+
+    step: int
+    attempt: int
+    error: str
+    error_type: str
+    by: str  # the guard that refused, or "execute"
+
+
+class ToolCallStarted(TypedDict):
+    step: int
+    attempt: int
+    call_id: str
+    name: str
+    arguments: str
+    idempotency_key: str
+    retry_reason: NotRequired[str]
+
+
+class ToolResult(TypedDict):
+    step: int
+    attempt: int
+    call_id: str
+    name: str
+    result: NotRequired[Any]
+    error: NotRequired[str]
+    error_type: NotRequired[str]
+    by: NotRequired[str]  # set when a guard refused the call instead of the tool failing
