@@ -71,10 +71,24 @@ class SessionChange:
     steps: int = 0
 
 
-class Store(Protocol):
-    """Durable storage for journal events and the session index."""
+@dataclass(frozen=True, slots=True)
+class Schema:
+    """A subsystem's own tables: versioned migrations applied in order, tracked
+    apart from the kernel's (`subsystem_schema`), so a feature (memory, vault,
+    plugins, breakers) adds its tables without editing `storage/`.
 
-    path: str
+    Attributes:
+        subsystem: its name, e.g. `"breakers"`.
+        migrations: `(version, sql)` pairs, versions from 1, never edited once released;
+            `sql` may hold several statements separated by `;`.
+    """
+
+    subsystem: str
+    migrations: tuple[tuple[int, str], ...]
+
+
+class EventStore(Protocol):
+    """The journal's events: append-only rows, chained per session."""
 
     def append(self, row: EventRow, change: SessionChange) -> int:
         """Insert one event and apply its session change in one transaction.
@@ -111,6 +125,11 @@ class Store(Protocol):
         """Every event, ordered by session then seq (for audits)."""
         ...
 
+
+class SessionIndex(Protocol):
+    """The session index: one row per session, a projection of its journal kept
+    in the same transactions as the events (`SessionChange`)."""
+
     def session(self, session_id: str) -> SessionRow | None:
         """One session, or None."""
         ...
@@ -127,6 +146,19 @@ class Store(Protocol):
         """How many sessions (optionally with one of these statuses)."""
         ...
 
+
+class Store(EventStore, SessionIndex, Protocol):
+    """Durable storage: the journal's events and the session index (written
+    together: an event and its index change commit in one transaction), plus the
+    schemas of subsystems. Implemented by SQLite and in memory (and PostgreSQL)."""
+
+    path: str
+
+    def migrate(self, schema: Schema) -> int:
+        """Apply a subsystem's pending migrations; returns its version. A database
+        holding a newer version than `schema` knows is refused (`SchemaVersionError`)."""
+        ...
+
     def ping(self) -> None:
         """A trivial query: raises if the database is unusable."""
         ...
@@ -140,7 +172,12 @@ Durability = Literal["normal", "full"]
 
 
 def open_store(path: Path, durability: Durability = "normal") -> Store:
-    """Open (creating and migrating if needed) the store at `path`."""
+    """Open (creating and migrating if needed) the store at `path`; `":memory:"`
+    gives the in-memory store."""
+    if str(path) == ":memory:":
+        from nexus.storage.memory import MemoryStore
+
+        return MemoryStore()
     from nexus.storage.sqlite import SQLiteStore
 
     return SQLiteStore(path, durability=durability)

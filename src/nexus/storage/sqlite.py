@@ -16,7 +16,14 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from nexus.errors import ConfigError, JournalError, SchemaVersionError, StorageError
-from nexus.storage.base import Durability, EventRow, SessionChange, SessionQuery, SessionRow
+from nexus.storage.base import (
+    Durability,
+    EventRow,
+    Schema,
+    SessionChange,
+    SessionQuery,
+    SessionRow,
+)
 from nexus.storage.migrations import LATEST, MIGRATIONS
 
 _EVENT_COLS = (
@@ -109,6 +116,55 @@ class SQLiteStore:
                     self._db.execute("ROLLBACK")
                     raise
                 self._db.execute("COMMIT")
+
+    def migrate(self, schema: Schema) -> int:
+        """Apply a subsystem's pending migrations, each in its own transaction."""
+        known = max((v for v, _ in schema.migrations), default=0)
+        with self._lock:
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS subsystem_schema (subsystem TEXT NOT NULL, "
+                "version INTEGER NOT NULL, applied_at REAL NOT NULL, "
+                "PRIMARY KEY (subsystem, version))"
+            )
+            (current,) = self._db.execute(
+                "SELECT coalesce(max(version), 0) FROM subsystem_schema WHERE subsystem = ?",
+                (schema.subsystem,),
+            ).fetchone()
+        if current > known:
+            raise SchemaVersionError(
+                f"database {self.path}: the {schema.subsystem} tables have schema version "
+                f"{current}, but this NEXUS knows versions up to {known}: upgrade NEXUS"
+            )
+        for version, sql in sorted(schema.migrations):
+            if version <= current:
+                continue
+            with self._lock:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    if self._db.execute(
+                        "SELECT 1 FROM subsystem_schema WHERE subsystem = ? AND version = ?",
+                        (schema.subsystem, version),
+                    ).fetchone():
+                        self._db.execute("ROLLBACK")
+                        continue
+                    for statement in filter(str.strip, sql.split(";")):
+                        self._db.execute(statement)
+                    self._db.execute(
+                        "INSERT INTO subsystem_schema VALUES (?, ?, ?)",
+                        (schema.subsystem, version, time.time()),
+                    )
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+        return int(max(current, known))
+
+    def connect(self) -> sqlite3.Connection:
+        """A new connection to this database, for a subsystem's own queries (WAL
+        lets it read and write beside the journal's connection)."""
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
+        db.execute("PRAGMA foreign_keys=ON")
+        return db
 
     def schema_version(self) -> int:
         """The highest applied migration."""

@@ -1,0 +1,172 @@
+"""The in-memory store: the `Store` contract without a database, for unit tests
+of components above storage and as the reference the SQLite and PostgreSQL stores
+are tested against (`tests/storage/test_store_contract.py`)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+
+from nexus.errors import JournalError, SchemaVersionError
+from nexus.storage.base import EventRow, Schema, SessionChange, SessionQuery, SessionRow
+
+
+class MemoryStore:
+    """`Store` in process memory; thread-safe; gone when the process ends."""
+
+    def __init__(self) -> None:
+        self.path = ":memory:"
+        self._lock = threading.Lock()
+        self._events: list[EventRow] = []
+        self._by_session: dict[str, list[EventRow]] = {}
+        self._sessions: dict[str, SessionRow] = {}
+        self._schemas: dict[str, int] = {}
+
+    # -- journal --------------------------------------------------------------------
+
+    def append(self, row: EventRow, change: SessionChange) -> int:
+        (result,) = self.append_many([(row, change)])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def append_many(self, items: Sequence[tuple[EventRow, SessionChange]]) -> list[int | Exception]:
+        with self._lock:
+            # All or nothing first, as one transaction would; then one by one.
+            if self._acceptable(items):
+                return [self._insert(row, change) for row, change in items]
+            results: list[int | Exception] = []
+            for row, change in items:
+                problem = self._refusal(row, change)
+                results.append(problem if problem else self._insert(row, change))
+            return results
+
+    def _acceptable(self, items: Sequence[tuple[EventRow, SessionChange]]) -> bool:
+        seen: set[tuple[str, int]] = set()
+        created: set[str] = set()
+        for row, change in items:
+            key = (row.session_id, row.seq)
+            if key in seen or self._refusal(row, change) is not None:
+                return False
+            if change.create is not None:
+                if row.session_id in created:
+                    return False
+                created.add(row.session_id)
+            seen.add(key)
+        return True
+
+    def _refusal(self, row: EventRow, change: SessionChange) -> JournalError | None:
+        rows = self._by_session.get(row.session_id, ())
+        clash = any(r.seq == row.seq for r in rows)
+        if clash or (change.create is not None and row.session_id in self._sessions):
+            return JournalError(
+                f"cannot append {row.kind} #{row.seq} to session {row.session_id}: "
+                "UNIQUE constraint failed"
+            )
+        return None
+
+    def _insert(self, row: EventRow, change: SessionChange) -> int:
+        stored = replace(row, id=len(self._events) + 1)
+        self._events.append(stored)
+        self._by_session.setdefault(row.session_id, []).append(stored)
+        if change.create is not None:
+            c = change.create
+            self._sessions[row.session_id] = SessionRow(
+                row.session_id, c["agent"], c["goal"], c["status"], c["priority"],
+                dict(c["labels"]), row.ts, row.ts, None, 0, 0, 0, 0.0, 0,
+            )  # fmt: skip
+        s = self._sessions.get(row.session_id)
+        if s is not None:
+            self._sessions[row.session_id] = replace(
+                s,
+                updated_at=row.ts,
+                last_seq=row.seq,
+                steps=s.steps + change.steps,
+                tokens_in=s.tokens_in + row.tokens_in,
+                tokens_out=s.tokens_out + row.tokens_out,
+                cost_usd=s.cost_usd + row.cost_usd,
+                status=change.status or s.status,
+                reason=s.reason if change.reason is None else change.reason,
+            )
+        return stored.id
+
+    def head(self, session_id: str) -> tuple[int, str]:
+        with self._lock:
+            rows = self._by_session.get(session_id)
+            if not rows:
+                return (0, "")
+            last = max(rows, key=lambda r: r.seq)
+            return (last.seq, last.hash)
+
+    def events(
+        self, session_id: str, after_seq: int = 0, limit: int | None = None
+    ) -> list[EventRow]:
+        with self._lock:
+            rows = sorted(
+                (r for r in self._by_session.get(session_id, ()) if r.seq > after_seq),
+                key=lambda r: r.seq,
+            )
+        return rows if limit is None else rows[:limit]
+
+    def events_after(self, after_id: int, limit: int = 1000) -> list[EventRow]:
+        with self._lock:
+            return self._events[after_id : after_id + limit]
+
+    def latest_event_id(self) -> int:
+        with self._lock:
+            return len(self._events)
+
+    def iter_all_events(self) -> Iterator[EventRow]:
+        with self._lock:
+            rows = sorted(self._events, key=lambda r: (r.session_id, r.seq, r.id))
+        yield from rows
+
+    # -- session index --------------------------------------------------------------
+
+    def session(self, session_id: str) -> SessionRow | None:
+        with self._lock:
+            return self._sessions.get(session_id)
+
+    def sessions(self, query: SessionQuery) -> list[SessionRow]:
+        with self._lock:
+            rows = list(self._sessions.values())
+        if query.status:
+            rows = [r for r in rows if r.status in query.status]
+        if query.agent:
+            rows = [r for r in rows if r.agent == query.agent]
+        if query.label:
+            key, value = query.label
+            rows = [r for r in rows if r.labels.get(key) == value]
+        rows.sort(key=lambda r: r.id)
+        rows.sort(key=lambda r: r.created_at, reverse=True)
+        return rows[query.offset : query.offset + query.limit]
+
+    def session_ids(self, status: Sequence[str]) -> list[str]:
+        with self._lock:
+            rows = [r for r in self._sessions.values() if r.status in status]
+        return [r.id for r in sorted(rows, key=lambda r: r.created_at)]
+
+    def count_sessions(self, status: Sequence[str] = ()) -> int:
+        with self._lock:
+            return sum(1 for r in self._sessions.values() if not status or r.status in status)
+
+    # -- schema and life ------------------------------------------------------------
+
+    def migrate(self, schema: Schema) -> int:
+        known = max((v for v, _ in schema.migrations), default=0)
+        with self._lock:
+            current = self._schemas.get(schema.subsystem, 0)
+            if current > known:
+                raise SchemaVersionError(
+                    f"the {schema.subsystem} tables have schema version {current}, but this "
+                    f"NEXUS knows versions up to {known}: upgrade NEXUS"
+                )
+            self._schemas[schema.subsystem] = max(current, known)
+            return self._schemas[schema.subsystem]
+
+    def ping(self) -> None:
+        """Always answers: memory does not go away."""
+
+    def close(self) -> None:
+        """Nothing to release."""

@@ -1,0 +1,166 @@
+"""The `Store` contract, run against every implementation: SQLite and in memory
+(and PostgreSQL once it lands). A component tested on the in-memory store can
+rely on the same behaviour from the real ones."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nexus.errors import JournalError, SchemaVersionError
+from nexus.runtime.journal import Journal
+from nexus.storage import EventRow, SessionQuery
+from nexus.storage.base import Schema, SessionChange, Store, open_store
+from nexus.storage.memory import MemoryStore
+from tests.storage.test_sqlite import row
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    s = open_store(tmp_path / "n.db") if request.param == "sqlite" else open_store(Path(":memory:"))
+    yield s
+    s.close()
+
+
+def created(
+    session_id: str, *, ts: float, agent: str = "a", **labels: str
+) -> tuple[EventRow, SessionChange]:
+    change = SessionChange(
+        create={
+            "agent": agent,
+            "goal": f"g {session_id}",
+            "status": "queued",
+            "priority": 0,
+            "labels": labels,
+        },
+        status="queued",
+    )
+    return row(session_id, 1, ts=ts, kind="session.created"), change
+
+
+def test_the_memory_store_is_what_open_store_gives_for_memory() -> None:
+    """`:memory:` selects the in-memory implementation."""
+    assert isinstance(open_store(Path(":memory:")), MemoryStore)
+
+
+def test_appends_read_back_in_order_with_heads_and_global_ids(store: Store) -> None:
+    """Events come back per session by seq and globally by commit order; heads track
+    the last (seq, hash)."""
+    store.append(*created("s1", ts=1.0))
+    store.append(*created("s2", ts=2.0))
+    store.append(row("s1", 2, ts=3.0, tokens_in=5, cost_usd=0.5), SessionChange(steps=1))
+    assert [(r.session_id, r.seq) for r in store.events_after(0)] == [
+        ("s1", 1),
+        ("s2", 1),
+        ("s1", 2),
+    ]
+    assert [r.seq for r in store.events("s1")] == [1, 2]
+    assert [r.seq for r in store.events("s1", after_seq=1)] == [2]
+    assert [r.seq for r in store.events("s1", limit=1)] == [1]
+    assert (store.head("s1"), store.head("nope"), store.latest_event_id()) == (
+        (2, "h2"),
+        (0, ""),
+        3,
+    )
+    assert [(r.session_id, r.seq) for r in store.iter_all_events()] == [
+        ("s1", 1),
+        ("s1", 2),
+        ("s2", 1),
+    ]
+
+
+def test_a_repeated_sequence_number_is_refused_and_only_it(store: Store) -> None:
+    """A clash fails with JournalError; in a group commit the others still land."""
+    store.append(*created("s1", ts=1.0))
+    with pytest.raises(JournalError):
+        store.append(row("s1", 1, ts=2.0), SessionChange())
+    results = store.append_many(
+        [
+            (row("s1", 2, ts=3.0), SessionChange()),
+            (row("s1", 1, ts=3.0), SessionChange()),
+            (row("s1", 3, ts=3.0), SessionChange()),
+        ]
+    )
+    assert [type(r).__name__ for r in results] == ["int", "JournalError", "int"]
+    assert [r.seq for r in store.events("s1")] == [1, 2, 3]
+
+
+def test_the_session_index_is_the_projection_of_its_events(store: Store) -> None:
+    """Counters, status, reason and last_seq follow the session's events."""
+    store.append(*created("s1", ts=1.0, team="x"))
+    store.append(
+        row("s1", 2, ts=2.0, tokens_in=3, tokens_out=4, cost_usd=0.25),
+        SessionChange(steps=1, status="running"),
+    )
+    store.append(row("s1", 3, ts=3.0), SessionChange(status="failed", reason="boom"))
+    s = store.session("s1")
+    assert s is not None
+    assert s.to_dict() == {
+        "id": "s1",
+        "agent": "a",
+        "goal": "g s1",
+        "status": "failed",
+        "priority": 0,
+        "labels": {"team": "x"},
+        "created_at": 1.0,
+        "updated_at": 3.0,
+        "reason": "boom",
+        "steps": 1,
+        "tokens_in": 3,
+        "tokens_out": 4,
+        "cost_usd": 0.25,
+        "last_seq": 3,
+    }
+
+
+def test_listing_filters_pages_and_counts(store: Store) -> None:
+    """Newest first with filters by status, agent and label, paged; ids by status
+    oldest first; counts."""
+    store.append(*created("s1", ts=1.0, agent="a", team="x"))
+    store.append(*created("s2", ts=2.0, agent="b", team="y"))
+    store.append(*created("s3", ts=3.0, agent="a", team="x"))
+    store.append(row("s3", 2, ts=4.0), SessionChange(status="completed"))
+    ids = lambda q: [r.id for r in store.sessions(q)]  # noqa: E731
+    assert ids(SessionQuery()) == ["s3", "s2", "s1"]
+    assert ids(SessionQuery(agent="a")) == ["s3", "s1"]
+    assert ids(SessionQuery(label=("team", "x"))) == ["s3", "s1"]
+    assert ids(SessionQuery(status=("queued",))) == ["s2", "s1"]
+    assert ids(SessionQuery(limit=1, offset=1)) == ["s2"]
+    assert store.session_ids(["queued"]) == ["s1", "s2"]
+    assert (store.count_sessions(), store.count_sessions(["completed"])) == (3, 1)
+
+
+def test_a_subsystem_adds_its_own_schema_and_a_newer_one_is_refused(store: Store) -> None:
+    """A subsystem's migrations apply once, in order, beside the kernel's; a database
+    with a newer version of them than the code knows is refused."""
+    v2 = Schema(
+        "breakers",
+        (
+            (1, "CREATE TABLE breakers (name TEXT PRIMARY KEY)"),
+            (2, "CREATE INDEX breakers_name ON breakers (name)"),
+        ),
+    )
+    assert store.migrate(Schema("breakers", v2.migrations[:1])) == 1
+    assert store.migrate(v2) == 2
+    assert store.migrate(v2) == 2  # nothing left to apply
+    with pytest.raises(SchemaVersionError, match="breakers tables have schema version 2"):
+        store.migrate(Schema("breakers", v2.migrations[:1]))
+
+
+async def test_the_journal_works_the_same_on_every_store(store: Store) -> None:
+    """Hash chain, redaction and the projection behave the same on each store."""
+    journal = Journal(store)
+    journal.append(
+        "s1", "session.created", {"goal": "g", "agent": "a", "priority": 0, "labels": {}}
+    )
+    await journal.append_async(
+        "s1", "llm.response", {"step": 1, "key": "sk-" + "A" * 30}, tokens_in=2
+    )
+    await journal.append_async("s1", "session.completed", {"steps": 1}, reason="completed")
+    assert journal.verify().ok
+    events = journal.events("s1")
+    assert events[1].payload == {"step": 1, "key": "[REDACTED]"}
+    s = store.session("s1")
+    assert s is not None and (s.status, s.steps, s.tokens_in) == ("completed", 1, 2)
