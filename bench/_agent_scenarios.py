@@ -138,10 +138,13 @@ def _nexus_runtime(url: str, home: Path, concurrency: int) -> Any:
 
 
 def _check_nexus(rt: Any, session_id: str, scenario: str) -> None:
-    last = rt.journal.events(session_id)[-1]
+    *_, answered, last = rt.journal.events(session_id)
     if last.kind != "session.completed":
         raise BenchError(f"{scenario}: session ended with {last.kind}: {last.payload}")
-    _check(last.payload.get("answer"), scenario)
+    # Older journals kept the answer in session.completed; it is stored once now,
+    # in the llm.response just before.
+    answer = last.payload.get("answer") or answered.payload.get("message", {}).get("content")
+    _check(answer, scenario)
 
 
 @asynccontextmanager
