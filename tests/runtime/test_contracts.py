@@ -684,3 +684,30 @@ def test_a_tool_from_a_json_schema_refuses_a_bad_schema() -> None:
         )
     with pytest.raises(ConfigError, match="must be a JSON Schema of type object"):
         Tool.from_schema(name="t", description="", parameters={"type": "string"}, fn=print)
+
+
+async def test_a_session_created_before_the_spec_was_recorded_still_runs() -> None:
+    """A journal from before this version (no `spec` in session.created) resumes with
+    the agent's current definition."""
+    prov = ScriptedProvider([{"content": "legacy ok"}])
+    rt = runtime(prov)
+    rt.journal.append(
+        "s_legacy",
+        "session.created",
+        {"goal": "old", "agent": "t", "priority": 0, "labels": {}},
+    )
+    assert await rt.run("s_legacy") is SessionStatus.COMPLETED
+    assert prov.calls[0].messages[0] == {
+        "role": "system",
+        "content": rt.agents.get("t").system_prompt,
+    }
+    await rt.aclose()
+
+
+def test_the_public_api_exports_the_contracts() -> None:
+    """`import nexus` offers every contract a feature author needs, each resolving."""
+    import nexus
+
+    contracts = {"Guard", "RunContext", "Projection", "SessionHook", "Step", "Outcome", "Event"}
+    assert contracts | {"Tool", "Toolkit", "ToolkitRegistry", "Runtime"} <= set(nexus.__all__)
+    assert all(getattr(nexus, name) is not None for name in nexus.__all__)
