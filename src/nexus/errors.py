@@ -1,6 +1,6 @@
 """The one hierarchy of NEXUS errors.
 
-Two families matter to the agent loop:
+Three families matter to the agent loop:
 
 * `RecoverableError` — the model did something wrong (unknown tool, bad arguments,
   a tool that raised or timed out). The loop feeds the message back to the model as
@@ -8,6 +8,10 @@ Two families matter to the agent loop:
 * `TerminalError` — the session cannot go on (budget exhausted, provider
   unreachable after retries, malformed provider response). The loop journals the
   reason and ends the session as `failed`; nothing already journaled is lost.
+* `ControlFlow` — the session stops on purpose: `SessionKilled` (hard stop, ends
+  `killed`), `SessionSuspended` (ends this run as `paused`, to continue later on any
+  worker), and `ApprovalRequired` (suspended until a person decides). Raised by
+  guards and by the control channel; the loop maps each to its status and journals it.
 """
 
 from __future__ import annotations
@@ -92,3 +96,30 @@ class ToolCallRefused(RecoverableError):
 
 class ToolResultTooLarge(RecoverableError):
     """A tool returned more than `max_tool_result_bytes`: the model should ask for less."""
+
+
+class ControlFlow(NexusError):
+    """The session stops on purpose; not an error of the model or of NEXUS.
+
+    Args:
+        reason: why, as a person reads it.
+        by: who or what decided it (a user, a guard, a trigger).
+    """
+
+    def __init__(self, reason: str, *, by: str = "kernel") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.by = by
+
+
+class SessionKilled(ControlFlow):
+    """Hard stop: the session ends `killed` and never runs again."""
+
+
+class SessionSuspended(ControlFlow):
+    """Soft stop: the session ends this run `paused`, keeping everything, and
+    continues from its next step when resumed."""
+
+
+class ApprovalRequired(SessionSuspended):
+    """A step needs a person's decision: the session is suspended until then."""

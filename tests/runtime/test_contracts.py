@@ -711,3 +711,86 @@ def test_the_public_api_exports_the_contracts() -> None:
     contracts = {"Guard", "RunContext", "Projection", "SessionHook", "Step", "Outcome", "Event"}
     assert contracts | {"Tool", "Toolkit", "ToolkitRegistry", "Runtime"} <= set(nexus.__all__)
     assert all(getattr(nexus, name) is not None for name in nexus.__all__)
+
+
+# -- control-flow exits -------------------------------------------------------------
+
+
+async def test_a_guard_kills_a_session_through_a_control_flow_exit() -> None:
+    """`SessionKilled` from a guard ends the session `killed` (not failed), with who
+    and why journaled, and the refused step closed by its outcome."""
+    from nexus.errors import SessionKilled
+
+    class Kill(Guard):
+        stage = KILL
+
+        async def handle(self, step: Step, run: RunContext, call_next: Next) -> Outcome:
+            if step.kind == "tool":
+                raise SessionKilled("operator pressed kill", by="alice")
+            return await call_next(step)
+
+    rt = runtime(ScriptedProvider([{"tool_calls": [call("echo", text="x")]}]), guards=[Kill()])
+    sid = rt.create_session("stop me", agent="t")
+    assert await rt.run(sid) is SessionStatus.KILLED
+    events = rt.journal.events(sid)
+    assert [e.kind for e in events][-3:] == ["tool.call", "tool.result", "session.killed"]
+    assert events[-2].payload["error"] == "refused: operator pressed kill"
+    assert events[-1].payload == {"reason": "operator pressed kill", "by": "alice", "steps": 2}
+    row = rt.session(sid)
+    assert (row.status, row.reason) == ("killed", "operator pressed kill")
+    assert await rt.run(sid) is SessionStatus.KILLED  # never runs again
+    await rt.aclose()
+
+
+async def test_a_suspended_session_keeps_its_step_and_continues_when_resumed() -> None:
+    """`SessionSuspended` ends the run `paused` without running the step; running the
+    session again resumes at that step (its next attempt, saying why) and the tool
+    runs exactly once."""
+    from nexus.errors import SessionSuspended
+
+    ran: list[str] = []
+    armed = {"pause": True}
+
+    @tool(effect="read")
+    def act(text: str) -> str:
+        """Act once."""
+        ran.append(text)
+        return text
+
+    class Pause(Guard):
+        stage = APPROVAL
+
+        async def handle(self, step: Step, run: RunContext, call_next: Next) -> Outcome:
+            if step.kind == "tool" and armed["pause"]:
+                armed["pause"] = False
+                raise SessionSuspended("waiting for a look", by="loop-detector")
+            return await call_next(step)
+
+    agents = AgentRegistry()
+    agents.add(Agent(name="p", toolkits=(Toolkit("p", [act]),)))
+    script = [{"tool_calls": [call("act", text="go")]}, {"content": "done"}]
+    rt = Runtime(
+        load_settings(), agents=agents, provider=ScriptedProvider(script), guards=[Pause()]
+    )
+    sid = rt.create_session("pause me", agent="p")
+    assert await rt.run(sid) is SessionStatus.PAUSED
+    paused = rt.journal.events(sid)[-1]
+    assert (paused.kind, paused.payload) == (
+        "session.paused",
+        {
+            "reason": "waiting for a look",
+            "by": "loop-detector",
+            "steps": 1,
+            "kind": "SessionSuspended",
+        },
+    )
+    assert (rt.session(sid).status, ran) == ("paused", [])
+    assert await rt.run(sid) is SessionStatus.COMPLETED
+    assert ran == ["go"]
+    calls = [e.payload for e in rt.journal.events(sid) if e.kind == "tool.call"]
+    assert [(c["attempt"], c.get("retry_reason")) for c in calls] == [
+        (1, None),
+        (2, "attempt 1 did not run: the session was paused before it"),
+    ]
+    assert rt.journal.verify(sid).ok
+    await rt.aclose()

@@ -43,6 +43,7 @@ class ConversationState:
     open_llm: tuple[int, int] | None = None  # (step, attempt) requested, no outcome yet
     open_tools: dict[int, int] = field(default_factory=dict)  # step -> attempt started
     status: SessionStatus = SessionStatus.QUEUED
+    paused: bool = False  # the last run ended paused (an open step did not run)
 
 
 class Conversation(Projection[ConversationState]):
@@ -88,8 +89,10 @@ class Conversation(Projection[ConversationState]):
             )
         elif k == ev.TOOL_CALL:
             state.open_tools[int(p["step"])] = int(p.get("attempt", 1))
+            state.paused = False
         elif k == ev.LLM_REQUEST:
             state.open_llm = (int(p["step"]), int(p.get("attempt", 1)))
+            state.paused = False
         elif k == ev.LLM_FAILED:
             state.open_llm = None
         elif k == ev.SESSION_CREATED:
@@ -102,6 +105,8 @@ class Conversation(Projection[ConversationState]):
             ]
         elif k in ev.STATUS_BY_KIND:
             state.status = ev.STATUS_BY_KIND[k]
+            if k == ev.SESSION_PAUSED:
+                state.paused = True
         return state
 
     def _pending(self, step: int, calls: list[ToolCall]) -> list[PendingCall]:

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Iterable, Sequence
 
 from nexus import events as ev
-from nexus.errors import TerminalError
+from nexus.errors import ControlFlow, SessionKilled, TerminalError
 from nexus.runtime.fold import Conversation, ConversationState, fold
 from nexus.runtime.pipeline import Pipeline
 from nexus.types import JSON, ChatRequest, Event, RunContext, SessionHook, SessionStatus, Step
@@ -22,6 +22,7 @@ from nexus.types import JSON, ChatRequest, Event, RunContext, SessionHook, Sessi
 log = logging.getLogger("nexus.loop")
 
 INTERRUPTED = "attempt {n} was interrupted: the worker stopped before it finished"
+SUSPENDED = "attempt {n} did not run: the session was paused before it"
 
 
 def idempotency_key(session_id: str, step: int) -> str:
@@ -60,6 +61,8 @@ async def run_session(
         for hook in hooks:
             await (hook.session_resumed(run) if resumed else hook.session_started(run))
         status = await _steps(run, pipeline, model, tools)
+    except ControlFlow as exc:
+        status = await _stop(run, exc)
     except TerminalError as exc:
         status = await _fail(run, f"{type(exc).__name__}: {exc}")
     except Exception as exc:
@@ -91,7 +94,7 @@ async def _steps(
                     call=pending.call,
                     idempotency_key=idempotency_key(sid, pending.step),
                     attempt=1 if before is None else before + 1,
-                    retry_reason=None if before is None else INTERRUPTED.format(n=before),
+                    retry_reason=None if before is None else _why(conv, before),
                     refusal=pending.refusal,
                 )
             )
@@ -119,14 +122,29 @@ async def _steps(
                 ),
                 idempotency_key=idempotency_key(sid, number),
                 attempt=attempt,
-                retry_reason=None if attempt == 1 else INTERRUPTED.format(n=attempt - 1),
+                retry_reason=None if attempt == 1 else _why(conv, attempt - 1),
                 meta={"new_messages": conv.messages[conv.sent :]},
             )
         )
 
 
+def _why(conv: ConversationState, attempt: int) -> str:
+    return (SUSPENDED if conv.paused else INTERRUPTED).format(n=attempt)
+
+
 def _conversation(run: RunContext) -> ConversationState:
     return run.view(Conversation)
+
+
+async def _stop(run: RunContext, exc: ControlFlow) -> SessionStatus:
+    """A control-flow exit: killed for good, or paused until resumed."""
+    payload: JSON = {"reason": exc.reason, "by": exc.by, "steps": run.steps}
+    if isinstance(exc, SessionKilled):
+        await run.record(ev.SESSION_KILLED, payload, reason=exc.reason)
+        return SessionStatus.KILLED
+    payload["kind"] = type(exc).__name__
+    await run.record(ev.SESSION_PAUSED, payload, reason=exc.reason)
+    return SessionStatus.PAUSED
 
 
 async def _fail(run: RunContext, reason: str) -> SessionStatus:

@@ -31,6 +31,7 @@ from nexus.errors import (
     LimitExceeded,
     NexusError,
     RecoverableError,
+    SessionSuspended,
     TerminalError,
     ToolCallRefused,
     ToolExecutionError,
@@ -330,7 +331,11 @@ class Pipeline:
                 await _commit(run, st.failure(step, exc, _by(exc)))
                 raise TerminalError(f"{type(exc).__name__}: {exc}") from exc
             outcome = recovered
-        except Exception as exc:  # terminal refusals, provider failures, kernel bugs
+        except SessionSuspended:
+            # Not an outcome: the step did not run and is tried again when the session
+            # resumes; `session.paused` (journaled by the loop) says who and why.
+            raise
+        except Exception as exc:  # kills, terminal refusals, provider failures, kernel bugs
             await _commit(run, st.failure(step, exc, _by(exc)))
             raise
         try:
