@@ -95,27 +95,35 @@ class SQLiteStore:
                 f"versions up to {LATEST}: upgrade NEXUS (pip install -U nexus-runtime)"
             )
         for version, sql in MIGRATIONS:
-            if version <= current:
-                continue
-            with self._lock:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    # Another process may have applied it between our read and our
-                    # write lock (workers starting together on a fresh file).
-                    if self._db.execute(
-                        "SELECT 1 FROM schema_version WHERE version = ?", (version,)
-                    ).fetchone():
-                        self._db.execute("ROLLBACK")
-                        continue
-                    for statement in filter(str.strip, sql.split(";")):
-                        self._db.execute(statement)
-                    self._db.execute(
-                        "INSERT INTO schema_version VALUES (?, ?)", (version, time.time())
-                    )
-                except BaseException:
+            if version > current:
+                self._apply(
+                    sql,
+                    ("SELECT 1 FROM schema_version WHERE version = ?", (version,)),
+                    ("INSERT INTO schema_version VALUES (?, ?)", (version, time.time())),
+                )
+
+    def _apply(
+        self,
+        sql: str,
+        applied: tuple[str, tuple[object, ...]],
+        record: tuple[str, tuple[object, ...]],
+    ) -> None:
+        """Run one migration in its own transaction, unless `applied` finds it done:
+        another process may have applied it between our read and our write lock
+        (workers starting together on a fresh file)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                if self._db.execute(*applied).fetchone():
                     self._db.execute("ROLLBACK")
-                    raise
-                self._db.execute("COMMIT")
+                    return
+                for statement in filter(str.strip, sql.split(";")):
+                    self._db.execute(statement)
+                self._db.execute(*record)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     def migrate(self, schema: Schema) -> int:
         """Apply a subsystem's pending migrations, each in its own transaction."""
@@ -135,28 +143,20 @@ class SQLiteStore:
                 f"database {self.path}: the {schema.subsystem} tables have schema version "
                 f"{current}, but this NEXUS knows versions up to {known}: upgrade NEXUS"
             )
+        name = schema.subsystem
         for version, sql in sorted(schema.migrations):
-            if version <= current:
-                continue
-            with self._lock:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    if self._db.execute(
+            if version > current:
+                self._apply(
+                    sql,
+                    (
                         "SELECT 1 FROM subsystem_schema WHERE subsystem = ? AND version = ?",
-                        (schema.subsystem, version),
-                    ).fetchone():
-                        self._db.execute("ROLLBACK")
-                        continue
-                    for statement in filter(str.strip, sql.split(";")):
-                        self._db.execute(statement)
-                    self._db.execute(
+                        (name, version),
+                    ),
+                    (
                         "INSERT INTO subsystem_schema VALUES (?, ?, ?)",
-                        (schema.subsystem, version, time.time()),
-                    )
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-                self._db.execute("COMMIT")
+                        (name, version, time.time()),
+                    ),
+                )
         return int(max(current, known))
 
     def connect(self) -> sqlite3.Connection:
