@@ -315,8 +315,10 @@ class RunContext:
         cost_usd: float = 0.0,
         latency_ms: float = 0.0,
         reason: str | None = None,
+        defer: bool = False,
     ) -> Event:
-        """Journal one event of this session and fold it; returns it as stored."""
+        """Journal one event of this session and fold it; returns it as stored.
+        `defer=True` commits it with the session's next event (`Journal.append_async`)."""
         event = await self.journal.append_async(
             self.session_id,
             kind,
@@ -326,6 +328,7 @@ class RunContext:
             cost_usd=cost_usd,
             latency_ms=latency_ms,
             reason=reason,
+            defer=defer,
         )
         self.fold(event)
         return event

@@ -794,3 +794,45 @@ async def test_a_suspended_session_keeps_its_step_and_continues_when_resumed() -
     ]
     assert rt.journal.verify(sid).ok
     await rt.aclose()
+
+
+async def test_every_outcome_is_committed_before_the_next_step_runs() -> None:
+    """An outcome rides in the same transaction as the next step's intent: when a
+    tool runs, the LLM response that asked for it is in the database; when the next
+    LLM call goes out, the tool's result is."""
+    seen: list[list[str]] = []
+    holder: dict[str, Runtime] = {}
+
+    def stored() -> list[str]:
+        (sid,) = holder["rt"].store.session_ids(["running"])
+        return [r.kind for r in holder["rt"].store.events(sid)]
+
+    @tool(effect="read")
+    def look() -> str:
+        """Look at the database."""
+        seen.append(stored())
+        return "looked"
+
+    def second(request: ChatRequest) -> ChatResponse:
+        seen.append(stored())
+        return ChatResponse(content="done")
+
+    agents = AgentRegistry()
+    agents.add(Agent(name="l", toolkits=(Toolkit("l", [look]),)))
+    prov = ScriptedProvider([{"tool_calls": [call("look")]}, second])
+    rt = holder["rt"] = Runtime(load_settings(), agents=agents, provider=prov)
+    sid = rt.create_session("look", agent="l")
+    assert await rt.run(sid) is SessionStatus.COMPLETED
+    assert seen == [
+        ["session.created", "session.started", "llm.request", "llm.response", "tool.call"],
+        [
+            "session.created",
+            "session.started",
+            "llm.request",
+            "llm.response",
+            "tool.call",
+            "tool.result",
+            "llm.request",
+        ],
+    ]
+    await rt.aclose()

@@ -71,20 +71,28 @@ def test_appends_read_back_in_order_with_heads_and_global_ids(store: Store) -> N
     ]
 
 
-def test_a_repeated_sequence_number_is_refused_and_only_it(store: Store) -> None:
-    """A clash fails with JournalError; in a group commit the others still land."""
+def test_a_repeated_sequence_number_is_refused_with_its_sessions_part_of_a_batch(
+    store: Store,
+) -> None:
+    """A clash fails with JournalError; in a group commit the clashing session's rows
+    fail together (they chain onto each other) and other sessions' rows still land."""
     store.append(*created("s1", ts=1.0))
+    store.append(*created("s2", ts=1.0))
     with pytest.raises(JournalError):
         store.append(row("s1", 1, ts=2.0), SessionChange())
     results = store.append_many(
         [
             (row("s1", 2, ts=3.0), SessionChange()),
+            (row("s2", 2, ts=3.0), SessionChange()),
             (row("s1", 1, ts=3.0), SessionChange()),
-            (row("s1", 3, ts=3.0), SessionChange()),
+            (row("s2", 3, ts=3.0), SessionChange()),
         ]
     )
-    assert [type(r).__name__ for r in results] == ["int", "JournalError", "int"]
-    assert [r.seq for r in store.events("s1")] == [1, 2, 3]
+    assert [type(r).__name__ for r in results] == ["JournalError", "int", "JournalError", "int"]
+    assert ([r.seq for r in store.events("s1")], [r.seq for r in store.events("s2")]) == (
+        [1],
+        [1, 2, 3],
+    )
 
 
 def test_the_session_index_is_the_projection_of_its_events(store: Store) -> None:

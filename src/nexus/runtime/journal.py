@@ -12,7 +12,7 @@ import hashlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from nexus.events import STATUS_BY_KIND, STEP_OUTCOME_KINDS
@@ -109,6 +109,7 @@ class _Entry:
     error: Exception | None = None
     committed: bool = False
     waiter: asyncio.Future[None] | None = None  # set for writers that did not lead
+    carried: list[_Entry] = field(default_factory=list)  # deferred events it commits
 
 
 class Journal:
@@ -123,6 +124,9 @@ class Journal:
         self._listeners: list[Callable[[Event], None]] = []
         self._pending: list[_Entry] = []
         self._flushing = False
+        # Events appended with `defer=True`, by session: committed with that
+        # session's next append, in the same transaction.
+        self._deferred: dict[str, list[_Entry]] = {}
 
     def subscribe(self, listener: Callable[[Event], None]) -> Callable[[], None]:
         """Call `listener(event)` after each append made through this journal (this
@@ -143,14 +147,16 @@ class Journal:
         latency_ms: float = 0.0,
         reason: str | None = None,
     ) -> Event:
-        """Redact, hash and commit one event now; returns it as stored.
+        """Redact, hash and commit one event now (with any the session deferred);
+        returns it as stored.
 
         The event is durable when this returns (subject to the durability setting).
         """
         entry = self._prepare(
             session_id, kind, payload, tokens_in, tokens_out, cost_usd, latency_ms, reason
         )
-        self._commit([entry])
+        entry.carried = self._deferred.pop(session_id, [])
+        self._commit([*entry.carried, entry])
         return self._finish(entry)
 
     async def append_async(
@@ -164,13 +170,30 @@ class Journal:
         cost_usd: float = 0.0,
         latency_ms: float = 0.0,
         reason: str | None = None,
+        defer: bool = False,
     ) -> Event:
         """Like `append`, with group commit: appends made by concurrent sessions in
         the same turn of the event loop share one transaction. Each caller still
-        resumes only after its own event is committed."""
+        resumes only after its own event is committed.
+
+        `defer=True` returns at once with the event as it will be stored and commits
+        it with the session's next append, in that append's transaction: a step's
+        outcome rides with the next step's intent, which is committed before the
+        next step starts, so "a result is durable before anything else happens" still
+        holds at one transaction per step instead of two. The caller appends again
+        (the agent loop always does: the next intent, or the session's end), or
+        `discard`s them if it stops first.
+        """
         entry = self._prepare(
             session_id, kind, payload, tokens_in, tokens_out, cost_usd, latency_ms, reason
         )
+        if defer:
+            self._deferred.setdefault(session_id, []).append(entry)
+            return _event(entry.row, entry.clean)
+        carried = self._deferred.pop(session_id, None)
+        if carried:
+            entry.carried = carried
+            self._pending.extend(carried)
         self._pending.append(entry)
         if not self._flushing:
             # This caller leads: let the other ready tasks queue their events, then
@@ -190,6 +213,12 @@ class Journal:
             entry.waiter = asyncio.get_running_loop().create_future()
             await entry.waiter
         return self._finish(entry)
+
+    def discard(self, session_id: str) -> None:
+        """Drop a session's deferred events (never committed) and its cached head:
+        its runner stopped before appending again."""
+        if self._deferred.pop(session_id, None):
+            self._heads.pop(session_id, None)
 
     def _prepare(
         self,
@@ -251,8 +280,12 @@ class Journal:
                 entry.waiter.set_result(None)
 
     def _finish(self, entry: _Entry) -> Event:
-        if entry.error is not None:
-            raise entry.error
+        for done in (*entry.carried, entry):
+            if done.error is not None:
+                raise done.error
+        for carried in entry.carried:
+            for listener in self._listeners:
+                listener(_event(carried.row, carried.clean))
         event = _event(entry.row, entry.clean)
         for listener in self._listeners:
             listener(event)

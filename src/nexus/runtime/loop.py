@@ -51,23 +51,24 @@ async def run_session(
     if conv.status.finished:
         return conv.status
     resumed = run.counters.started_at is not None
+    # Deferred: committed with the first step's intent (nothing to lose before it).
     if resumed:
         await run.record(
-            ev.SESSION_RESUMED, {"agent": run.agent_name, "steps_done": run.counters.steps}
+            ev.SESSION_RESUMED,
+            {"agent": run.agent_name, "steps_done": run.counters.steps},
+            defer=True,
         )
     else:
-        await run.record(ev.SESSION_STARTED, {"agent": run.agent_name})
+        await run.record(ev.SESSION_STARTED, {"agent": run.agent_name}, defer=True)
     try:
         for hook in hooks:
             await (hook.session_resumed(run) if resumed else hook.session_started(run))
         status = await _steps(run, pipeline, model, tools)
-    except ControlFlow as exc:
-        status = await _stop(run, exc)
-    except TerminalError as exc:
-        status = await _fail(run, f"{type(exc).__name__}: {exc}")
-    except Exception as exc:
-        log.exception("session %s crashed", run.session_id)
-        status = await _fail(run, f"internal error: {type(exc).__name__}: {exc}")
+    except BaseException as exc:
+        if not isinstance(exc, Exception):  # cancelled (shutdown) or the process dying
+            run.journal.discard(run.session_id)
+            raise
+        status = await _stop_on(run, exc)
     run.journal.forget(run.session_id)
     for hook in hooks:
         try:
@@ -75,6 +76,16 @@ async def run_session(
         except Exception:  # the session is over: a hook's failure cannot change that
             log.exception("session hook %s failed at the end of %s", hook, run.session_id)
     return status
+
+
+async def _stop_on(run: RunContext, error: Exception) -> SessionStatus:
+    """The session's end for an exception out of its steps."""
+    if isinstance(error, ControlFlow):
+        return await _stop(run, error)
+    if isinstance(error, TerminalError):
+        return await _fail(run, f"{type(error).__name__}: {error}")
+    log.error("session %s crashed", run.session_id, exc_info=error)
+    return await _fail(run, f"internal error: {type(error).__name__}: {error}")
 
 
 async def _steps(

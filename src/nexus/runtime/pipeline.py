@@ -328,7 +328,7 @@ class Pipeline:
         except RecoverableError as exc:
             recovered = st.recover(step, exc)
             if recovered is None:
-                await _commit(run, st.failure(step, exc, _by(exc)))
+                await _commit(run, st.failure(step, exc, _by(exc)), outcome=True)
                 raise TerminalError(f"{type(exc).__name__}: {exc}") from exc
             outcome = recovered
         except SessionSuspended:
@@ -336,20 +336,22 @@ class Pipeline:
             # resumes; `session.paused` (journaled by the loop) says who and why.
             raise
         except Exception as exc:  # kills, terminal refusals, provider failures, kernel bugs
-            await _commit(run, st.failure(step, exc, _by(exc)))
+            await _commit(run, st.failure(step, exc, _by(exc)), outcome=True)
             raise
         try:
             record = st.outcome(step, outcome)
         except TerminalError as exc:  # a guard answered an LLM step without a response
-            await _commit(run, st.failure(step, exc, "kernel"))
+            await _commit(run, st.failure(step, exc, "kernel"), outcome=True)
             raise
-        await _commit(run, record)
+        await _commit(run, record, outcome=True)
         return outcome
 
 
-async def _commit(run: RunContext, record: Record) -> None:
+async def _commit(run: RunContext, record: Record, *, outcome: bool = False) -> None:
     kind, payload, metrics = record
-    await run.record(kind, payload, **metrics)
+    # An outcome rides with whatever the session journals next (the next step's
+    # intent, or the session's end): committed before the next step starts.
+    await run.record(kind, payload, defer=outcome, **metrics)
 
 
 def _tag(exc: BaseException, by: str) -> None:

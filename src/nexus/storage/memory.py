@@ -36,10 +36,19 @@ class MemoryStore:
             # All or nothing first, as one transaction would; then one by one.
             if self._acceptable(items):
                 return [self._insert(row, change) for row, change in items]
-            results: list[int | Exception] = []
-            for row, change in items:
-                problem = self._refusal(row, change)
-                results.append(problem if problem else self._insert(row, change))
+            results: list[int | Exception] = [0] * len(items)
+            groups: dict[str, list[int]] = {}
+            for i, (row, _) in enumerate(items):
+                groups.setdefault(row.session_id, []).append(i)
+            for indexes in groups.values():  # each session's rows: all or nothing
+                part = [items[i] for i in indexes]
+                if self._acceptable(part):
+                    ids: list[int | Exception] = [self._insert(r, c) for r, c in part]
+                else:
+                    first = next(p for r, c in part if (p := self._refusal(r, c)))
+                    ids = [first] * len(part)
+                for i, result in zip(indexes, ids, strict=True):
+                    results[i] = result
             return results
 
     def _acceptable(self, items: Sequence[tuple[EventRow, SessionChange]]) -> bool:

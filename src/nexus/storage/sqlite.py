@@ -186,13 +186,17 @@ class SQLiteStore:
             except JournalError as exc:
                 if len(items) == 1:
                     return [exc]
-            # One row was refused: isolate it so the others still commit.
-            results: list[int | Exception] = []
-            for item in items:
+            # One row was refused: isolate its session's rows so the other sessions'
+            # still commit. A session's rows stay all or nothing (a step's deferred
+            # outcome and the next step's intent chain onto each other).
+            results: list[int | Exception] = [0] * len(items)
+            for indexes in _by_session(items):
                 try:
-                    results.extend(self._transaction([item]))
+                    ids = self._transaction([items[i] for i in indexes])
                 except JournalError as exc:
-                    results.append(exc)
+                    ids = [exc] * len(indexes)
+                for i, result in zip(indexes, ids, strict=True):
+                    results[i] = result
             return results
 
     def _transaction(
@@ -366,6 +370,14 @@ class SQLiteStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _by_session(items: Sequence[tuple[EventRow, SessionChange]]) -> list[list[int]]:
+    """The indexes of `items`, grouped by session, each group in order."""
+    groups: dict[str, list[int]] = {}
+    for i, (row, _) in enumerate(items):
+        groups.setdefault(row.session_id, []).append(i)
+    return list(groups.values())
 
 
 def _enable_wal(db: sqlite3.Connection, attempts: int = 50) -> None:
