@@ -37,8 +37,26 @@ class ProviderSettings(BaseModel):
     api_key: SecretStr | None = None
     price_in_per_1m: float = Field(default=0.0, ge=0)
     price_out_per_1m: float = Field(default=0.0, ge=0)
-    timeout_s: float = Field(default=60.0, gt=0)
+    timeout_s: float = Field(
+        default=60.0, gt=0, description="deadline of one LLM call, retries and waits included"
+    )
     retries: int = Field(default=2, ge=0, le=10)
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    read_timeout_s: float = Field(
+        default=30.0, gt=0, description="wait for the first byte of an answer (and each next)"
+    )
+    max_connections: int | None = Field(
+        default=None, ge=1, le=100_000, description="connection pool size (default: concurrency)"
+    )
+    max_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="max_tokens of every call to this model (wins over the agent's)",
+    )
+    max_response_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+    context_window: int | None = Field(
+        default=None, ge=1, description="usage beyond it is treated as missing"
+    )
 
     @field_validator("base_url")
     @classmethod

@@ -78,7 +78,13 @@ class ProviderError(TerminalError):
 
 
 class ProviderUnavailable(ProviderError):
-    """The provider did not answer, or kept failing after retries."""
+    """The provider did not answer, or answered with a status that a retry or
+    another provider may cure (timeouts, 429, 5xx). `retry_after` carries the
+    server's `Retry-After`, in seconds, when it sent one."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ProviderResponseError(ProviderError):

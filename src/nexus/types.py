@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
@@ -105,6 +105,7 @@ class Usage:
 
     tokens_in: int = 0
     tokens_out: int = 0
+    problem: str | None = None  # the provider reported impossible usage: treated as missing
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +119,8 @@ class ChatResponse:
     provider: str = ""
     cost_usd: float = 0.0
     finish_reason: str = "stop"
+    attempts: int = 1  # calls made for this answer, over retries and fallbacks
+    failures: tuple[str, ...] = ()  # what failed before it, one line each
 
     def message(self) -> JSON:
         """The assistant message in OpenAI chat format."""
@@ -136,21 +139,79 @@ class ChatResponse:
 
 @dataclass(frozen=True, slots=True)
 class ChatRequest:
-    """What the agent loop asks of a provider."""
+    """What the agent loop (or a gateway client) asks of a provider. The optional
+    OpenAI parameters are passed through as given; None means "not set"."""
 
     messages: list[JSON]
     tools: list[JSON] = field(default_factory=list)
     model: str | None = None
     max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    tool_choice: str | JSON | None = None
+    response_format: JSON | None = None
+    stream_options: JSON | None = None
+    user: str | None = None
+
+    def params(self) -> JSON:
+        """The OpenAI parameters that are set (besides messages, tools and model)."""
+        return {k: v for k in _PASSED if (v := getattr(self, k)) is not None}
+
+
+_PASSED = (
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "stop",
+    "seed",
+    "tool_choice",
+    "response_format",
+    "stream_options",
+    "user",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderProfile:
+    """What a provider can do and what it costs: a router and a gateway route on
+    these flags, never on the provider's type."""
+
+    tools: bool = True
+    streaming: bool = True
+    json_mode: bool = False
+    context_window: int | None = None
+    price_in_per_1m: float = 0.0
+    price_out_per_1m: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ChatDelta:
+    """One piece of a streamed answer: text as it arrives; the last piece carries
+    the whole `ChatResponse` (tool calls, usage, cost)."""
+
+    content: str = ""
+    response: ChatResponse | None = None
 
 
 class Provider(Protocol):
-    """An LLM endpoint: one method, `complete`."""
+    """An LLM endpoint, or a provider wrapping others (retry, fallback, later
+    breakers, tracing and the router): `complete`, `stream`, `aclose`, a `profile`."""
 
     name: str
+    profile: ProviderProfile
 
     async def complete(self, request: ChatRequest) -> ChatResponse:
         """Answer one chat request, or raise a `ProviderError`."""
+        ...
+
+    def stream(self, request: ChatRequest) -> AsyncIterator[ChatDelta]:
+        """Answer piece by piece; the last `ChatDelta` holds the response."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections (idempotent)."""
         ...
 
 

@@ -14,7 +14,7 @@ from nexus.config import load_settings
 from nexus.runtime.agents import Agent, AgentRegistry, Limits
 from nexus.runtime.kernel import Runtime
 from nexus.runtime.pipeline import KILL
-from nexus.runtime.providers import ReplayProvider, ScriptedProvider
+from nexus.runtime.providers import ReplayProvider, RetryProvider, ScriptedProvider
 from nexus.runtime.providers.openai import OpenAIProvider
 from nexus.runtime.tools import ToolContext, Toolkit, tool
 from nexus.types import Event, Guard, Next, Outcome, Projection, RunContext, SessionStatus, Step
@@ -215,15 +215,17 @@ async def test_wall_time_limit_interrupts_a_running_step() -> None:
 
 async def test_provider_unreachable_fails_session_and_keeps_journal() -> None:
     """A provider that never answers ends the session as failed after its retries."""
-    prov = OpenAIProvider(
-        name="dead", base_url="http://127.0.0.1:9/v1", model="m", retries=1, backoff_s=0.01
+    prov = RetryProvider(
+        OpenAIProvider(name="dead", base_url="http://127.0.0.1:9/v1", model="m"),
+        attempts=2,
+        backoff_s=0.01,
     )
     rt = make_runtime(prov)
     sid = rt.create_session("talk to nobody", agent="t")
     assert await rt.run(sid) is SessionStatus.FAILED
     reason = rt.session(sid).reason or ""
     assert reason.startswith(
-        "ProviderUnavailable: dead at http://127.0.0.1:9/v1 unreachable after 2"
+        "ProviderUnavailable: unreachable after 2 attempts: dead at http://127.0.0.1:9/v1: "
     )
     assert kinds(rt, sid) == [
         "session.created",
@@ -240,7 +242,7 @@ async def test_provider_unreachable_fails_session_and_keeps_journal() -> None:
 async def test_malformed_provider_response_fails_session(peer: PeerServer, mode: str) -> None:
     """A provider answering with something that is not a completion fails the session
     with a clear reason, after the steps that already succeeded."""
-    prov = OpenAIProvider(name="peer", base_url=peer.url, model="m", retries=0)
+    prov = OpenAIProvider(name="peer", base_url=peer.url, model="m")
     peer.config.script = [{"tool_calls": [call("echo", text="hi")]}, {"content": "bye"}]
     rt = make_runtime(prov)
     sid = rt.create_session("get garbage", agent="t")
@@ -277,7 +279,7 @@ async def test_malformed_provider_response_fails_session(peer: PeerServer, mode:
 async def test_peer_sending_bad_tool_calls_is_recovered(peer: PeerServer, mode: str) -> None:
     """Malformed tool calls from a real HTTP provider go back to the model; the run ends."""
     peer.config.malformed = mode
-    prov = OpenAIProvider(name="peer", base_url=peer.url, model="m", retries=0)
+    prov = OpenAIProvider(name="peer", base_url=peer.url, model="m")
     rt = make_runtime(prov)
     sid = rt.create_session("call tools badly", agent="t")
     assert await rt.run(sid) is SessionStatus.COMPLETED

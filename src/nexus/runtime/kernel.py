@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from nexus import events as ev
 from nexus.config import Settings, load_settings
-from nexus.errors import ConfigError, NexusError, NoProviderConfigured, SessionNotFound
+from nexus.errors import ConfigError, NexusError, SessionNotFound
 from nexus.runtime.agents import Agent, AgentRegistry, Limits
 from nexus.runtime.fold import Conversation, CounterFold
 from nexus.runtime.journal import Journal
@@ -284,34 +284,13 @@ class Runtime:
     # -- providers ------------------------------------------------------------------
 
     async def provider(self) -> Provider:
-        """The default provider; raises `NoProviderConfigured` in one clear line."""
+        """The default provider stack (`nexus.runtime.providers.compose`); raises
+        `NoProviderConfigured` in one clear line."""
         if self._provider is not None:
             return self._provider
-        from nexus.runtime.providers.openai import OpenAIProvider, probe
+        from nexus.runtime.providers.compose import open_provider
 
-        s = self.settings
-        if s.providers:
-            p = s.providers[0]
-            prov = OpenAIProvider(
-                name=p.name,
-                base_url=p.base_url,
-                model=p.model,
-                api_key=p.api_key.get_secret_value() if p.api_key else None,
-                timeout_s=p.timeout_s,
-                retries=p.retries,
-                price_in_per_1m=p.price_in_per_1m,
-                price_out_per_1m=p.price_out_per_1m,
-            )
-        else:
-            models = await probe(s.ollama_url)
-            if models is None:
-                raise NoProviderConfigured(
-                    f"no LLM provider: none is configured and Ollama does not answer at "
-                    f"{s.ollama_url}; start Ollama, set NEXUS_PROVIDERS (see README), "
-                    f"or replay a recorded session with --replay FILE"
-                )
-            model = s.ollama_model if s.ollama_model in models or not models else models[0]
-            prov = OpenAIProvider(name="ollama", base_url=s.ollama_url, model=model)
+        prov = await open_provider(self.settings)
         self._provider = prov
         self._owned.append(prov)
         return prov

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 from nexus.errors import ProviderResponseError
-from nexus.types import ChatResponse, ToolCall, Usage
+from nexus.types import ChatDelta, ChatResponse, ToolCall, Usage
 
 
 def price(usage: Usage, price_in_per_1m: float, price_out_per_1m: float) -> float:
@@ -13,7 +14,38 @@ def price(usage: Usage, price_in_per_1m: float, price_out_per_1m: float) -> floa
     return (usage.tokens_in * price_in_per_1m + usage.tokens_out * price_out_per_1m) / 1e6
 
 
-def parse_completion(data: Any, *, provider: str) -> ChatResponse:
+async def as_stream(answer: Awaitable[ChatResponse]) -> AsyncIterator[ChatDelta]:
+    """A whole answer as a stream: its text, then the response (for providers that
+    do not stream natively)."""
+    response = await answer
+    if response.content:
+        yield ChatDelta(content=response.content)
+    yield ChatDelta(response=response)
+
+
+def check_usage(raw: Any, context_window: int | None) -> Usage:
+    """The token counts of a `usage` block, or `Usage(0, 0, problem=...)` when they
+    are impossible (not integers, negative, or more than the context window allows):
+    a hostile or broken server must not write its numbers into the totals."""
+    if not isinstance(raw, dict):
+        return Usage(problem="usage is not an object")
+    values = [raw.get("prompt_tokens") or 0, raw.get("completion_tokens") or 0]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return Usage(problem=f"usage token counts are not integers: {values!r}"[:200])
+    tokens_in, tokens_out = values
+    if tokens_in < 0 or tokens_out < 0:
+        return Usage(problem=f"negative token counts ({tokens_in} in, {tokens_out} out)")
+    if context_window is not None and tokens_in + tokens_out > context_window:
+        return Usage(
+            problem=f"{tokens_in} + {tokens_out} tokens exceed the context window of "
+            f"{context_window}"
+        )
+    return Usage(tokens_in, tokens_out)
+
+
+def parse_completion(
+    data: Any, *, provider: str, context_window: int | None = None
+) -> ChatResponse:
     """Turn an OpenAI chat.completion body into a `ChatResponse`.
 
     Raises `ProviderResponseError` naming what is wrong: a provider answering with
@@ -53,16 +85,7 @@ def parse_completion(data: Any, *, provider: str) -> ChatResponse:
         calls.append(ToolCall(id=str(call_id), name=fn["name"], arguments=args))
     if content is None and not calls:
         raise bad("message has neither content nor tool calls")
-    usage_raw = data.get("usage") or {}
-    if not isinstance(usage_raw, dict):
-        raise bad("usage is not an object")
-    try:
-        usage = Usage(
-            tokens_in=int(usage_raw.get("prompt_tokens") or 0),
-            tokens_out=int(usage_raw.get("completion_tokens") or 0),
-        )
-    except (TypeError, ValueError):
-        raise bad("usage token counts are not integers") from None
+    usage = check_usage(data.get("usage") or {}, context_window)
     return ChatResponse(
         content=content,
         tool_calls=tuple(calls),

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from nexus.errors import ConfigError, ProviderResponseError
-from nexus.runtime.providers.base import parse_completion
-from nexus.types import ChatRequest, ChatResponse, Event, Usage
+from nexus.runtime.providers.base import as_stream, parse_completion
+from nexus.types import ChatDelta, ChatRequest, ChatResponse, Event, ProviderProfile, Usage
 
 
 class ReplayProvider:
@@ -28,6 +29,7 @@ class ReplayProvider:
         self, responses: list[ChatResponse], *, source: str = "replay", pace_s: float = 0.0
     ) -> None:
         self.name = "replay"
+        self.profile = ProviderProfile()
         self.source = source
         self.pace_s = pace_s  # wait before each answer: demos look like a live model
         self._responses = responses
@@ -100,3 +102,10 @@ class ReplayProvider:
             cost_usd=0.0,
             finish_reason=r.finish_reason,
         )
+
+    def stream(self, request: ChatRequest) -> AsyncIterator[ChatDelta]:
+        """The answer as a stream (its text, then the response)."""
+        return as_stream(self.complete(request))
+
+    async def aclose(self) -> None:
+        """Nothing to release."""

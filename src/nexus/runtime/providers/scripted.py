@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from nexus.types import ChatRequest, ChatResponse, ToolCall, Usage
+from nexus.runtime.providers.base import as_stream
+from nexus.types import ChatDelta, ChatRequest, ChatResponse, ProviderProfile, ToolCall, Usage
 
 Turn = dict[str, Any] | Callable[[ChatRequest], ChatResponse]
 
@@ -29,6 +30,7 @@ class ScriptedProvider:
         tokens: tuple[int, int] = (10, 5),
     ) -> None:
         self.name = name
+        self.profile = ProviderProfile()
         self.model = model
         self.script = script
         self.calls: list[ChatRequest] = []
@@ -64,3 +66,10 @@ class ScriptedProvider:
             cost_usd=self.cost_per_call,
             finish_reason="tool_calls" if calls else "stop",
         )
+
+    def stream(self, request: ChatRequest) -> AsyncIterator[ChatDelta]:
+        """The answer as a stream (its text, then the response)."""
+        return as_stream(self.complete(request))
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
