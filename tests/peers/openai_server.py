@@ -69,6 +69,9 @@ class PeerConfig:
             "arguments": {...}}]}``. Past its end the peer answers "done".
         seed: Seed for the failure_rate draws; changing it restarts the sequence.
         model: Model id listed by ``GET /v1/models``.
+        fail_status: The HTTP status of injected failures (500, or 429, 503, ...).
+        retry_after: A ``Retry-After`` header sent with injected failures.
+        pad_bytes: Characters appended to every answer's content (huge answers).
     """
 
     latency_ms: float = 0
@@ -78,6 +81,9 @@ class PeerConfig:
     script: list[Json] | None = None
     seed: int = 0
     model: str = "peer-model"
+    fail_status: int = 500
+    retry_after: str | None = None
+    pad_bytes: int = 0
 
     def update(self, changes: Mapping[str, Any]) -> None:
         """Sets the given fields after checking their names and the malformed mode.
@@ -309,6 +315,9 @@ class PeerServer:
         """
         self.config = config if config is not None else PeerConfig()
         self.requests: list[Json] = []
+        self.request_times: list[float] = []  # time.monotonic() of each chat request
+        self.in_flight = 0
+        self.max_in_flight = 0
         self._initial = copy.deepcopy(self.config)
         self._rng = random.Random(self.config.seed)
         self._rng_seed: int | None = self.config.seed
@@ -397,6 +406,8 @@ class PeerServer:
         )
         if self.config.malformed is not None:
             _corrupt(answer, self.config.malformed, tools)
+        if self.config.pad_bytes and answer.content is not None:
+            answer.content += "x" * self.config.pad_bytes
         message: Json = {"role": "assistant", "content": answer.content}
         if answer.tool_calls:
             message["tool_calls"] = answer.tool_calls
@@ -426,11 +437,20 @@ class PeerServer:
         if reason is not None:
             return _error(400, reason, "invalid_request_error")
         self.requests.append(body)
+        self.request_times.append(time.monotonic())
         failed = self._should_fail()
-        if self.config.latency_ms > 0:
-            await asyncio.sleep(self.config.latency_ms / 1000)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.config.latency_ms > 0:
+                await asyncio.sleep(self.config.latency_ms / 1000)
+        finally:
+            self.in_flight -= 1
         if failed:
-            return _error(500, "peer: injected failure", "server_error")
+            response = _error(self.config.fail_status, "peer: injected failure", "server_error")
+            if self.config.retry_after is not None:
+                response.headers["Retry-After"] = self.config.retry_after
+            return response
         stream = bool(body.get("stream"))
         raw = _RAW_BODIES.get(self.config.malformed or "")
         if raw is not None:
