@@ -104,12 +104,11 @@ def _llm_outcome(step: Step, outcome: Outcome) -> Record:
         "provider": resp.provider,
         "finish_reason": resp.finish_reason,
     }
-    attempts = getattr(resp, "attempts", 1)
-    if attempts != 1:
-        payload["attempts"] = attempts
-        payload["failures"] = list(getattr(resp, "failures", ()))
+    if resp.attempts != 1:
+        payload["attempts"] = resp.attempts
+        payload["failures"] = list(resp.failures)
     tokens_in, tokens_out = resp.usage.tokens_in, resp.usage.tokens_out
-    problem = getattr(resp.usage, "problem", None)
+    problem = resp.usage.problem
     if problem is None and (tokens_in < 0 or tokens_out < 0):
         problem = f"negative token counts ({tokens_in} in, {tokens_out} out)"
     if problem is not None:
