@@ -115,7 +115,7 @@ async def baseline(url: str, tmp: Path, inflight: int) -> AsyncIterator[RunOne]:
 def _nexus_runtime(url: str, home: Path, concurrency: int) -> Any:
     from nexus.config import load_settings
     from nexus.runtime.agents import Agent, AgentRegistry
-    from nexus.runtime.kernel import Runtime
+    from nexus.runtime.runtime import Runtime
     from nexus.runtime.tools import Toolkit, tool
 
     @tool(effect="read")

@@ -24,7 +24,7 @@ import uvicorn
 
 from bench._common import process_cpu_s, start_url_process, terminate
 from nexus.config import load_settings
-from nexus.runtime.kernel import Runtime
+from nexus.runtime.runtime import Runtime
 from nexus.server.app import create_app
 from nexus.server.run import NexusServer
 

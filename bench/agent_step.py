@@ -192,7 +192,7 @@ def startup(repeat: int, tmp: Path) -> dict[str, Any]:
     commands = {
         "python -c pass": [py, "-c", "pass"],
         "import nexus": [py, "-c", "import nexus"],
-        "import nexus.runtime.kernel": [py, "-c", "import nexus.runtime.kernel"],
+        "import nexus.runtime.runtime": [py, "-c", "import nexus.runtime.runtime"],
         "import nexus.runtime.dispatch": [py, "-c", "import nexus.runtime.dispatch"],
         "nexus --help": help_cmd,
     }

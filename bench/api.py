@@ -58,7 +58,7 @@ from bench._api_fanout import MODES, FanoutBench, SessionRun, summarise_fanout
 from bench._api_server import ServerProcess, wait_ready
 from bench._common import RESULTS, ROOT, machine, percentile, source, write_json
 from nexus.config import load_settings
-from nexus.runtime.kernel import Runtime
+from nexus.runtime.runtime import Runtime
 
 LIST_P99_TARGET_MS = 50.0
 FANOUT_RATIO_TARGET = 1.10

@@ -14,8 +14,8 @@ import tempfile
 from nexus.config import load_settings
 from nexus.examples import DEMO_GOAL as GOAL
 from nexus.examples import demo_recording
-from nexus.runtime.kernel import Runtime, dump_export
 from nexus.runtime.providers import ScriptedProvider
+from nexus.runtime.runtime import Runtime, dump_export
 
 NOTES = (
     "# Sprint notes\n- journal: hash-chained, verified\n- dispatch: DBOS queue\n- bench: pending\n"

@@ -13,6 +13,16 @@ from nexus.errors import ConfigError
 KEY = "sk-test-" + "0123456789abcdef"
 
 
+NEW_PROVIDER_DEFAULTS = {
+    "connect_timeout_s": 10.0,
+    "read_timeout_s": 30.0,
+    "max_connections": None,
+    "max_tokens": None,
+    "max_response_bytes": 4 * 1024 * 1024,
+    "context_window": None,
+}
+
+
 def defaults(home: Path) -> dict[str, object]:
     return {
         "home": str(home),
@@ -103,6 +113,7 @@ def test_providers_come_from_json_in_the_environment(monkeypatch: pytest.MonkeyP
             "price_out_per_1m": 0.0,
             "timeout_s": 60.0,
             "retries": 3,
+            **NEW_PROVIDER_DEFAULTS,
         },
         {
             "name": "local",
@@ -113,6 +124,7 @@ def test_providers_come_from_json_in_the_environment(monkeypatch: pytest.MonkeyP
             "price_out_per_1m": 0.0,
             "timeout_s": 60.0,
             "retries": 2,
+            **NEW_PROVIDER_DEFAULTS,
         },
     ]
     key = settings.providers[0].api_key

@@ -15,7 +15,7 @@ _EXPORTS = {
     "Agent": "nexus.runtime.agents",
     "AgentRegistry": "nexus.runtime.agents",
     "Limits": "nexus.runtime.agents",
-    "Runtime": "nexus.runtime.kernel",
+    "Runtime": "nexus.runtime.runtime",
     "Journal": "nexus.runtime.journal",
     "Guard": "nexus.types",
     "RunContext": "nexus.types",

@@ -433,6 +433,9 @@ async def test_control_endpoints(http: aiohttp.ClientSession) -> None:
                 "script": None,
                 "seed": 0,
                 "model": "peer-model",
+                "fail_status": 500,
+                "retry_after": None,
+                "pad_bytes": 0,
             }
     finally:
         await server.stop()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from nexus.runtime.agents import Agent, AgentRegistry
 from nexus.runtime.dispatch import serve_forever
-from nexus.runtime.kernel import Runtime
+from nexus.runtime.runtime import Runtime
 from nexus.runtime.tools import ToolContext, Toolkit, tool
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from nexus.runtime.agents import Agent, AgentRegistry
 from nexus.runtime.dispatch import serve_forever
-from nexus.runtime.kernel import Runtime
 from nexus.runtime.pipeline import BREAKER
+from nexus.runtime.runtime import Runtime
 from nexus.runtime.tools import Toolkit, tool
 from nexus.types import Event, Guard, Next, Outcome, Projection, RunContext, Step
 

@@ -18,9 +18,9 @@ import pytest
 from nexus.config import load_settings
 from nexus.errors import ConfigError, LimitExceeded, RecoverableError
 from nexus.runtime.agents import Agent, AgentRegistry, Limits
-from nexus.runtime.kernel import Runtime
 from nexus.runtime.pipeline import APPROVAL, BREAKER, BUDGET, DEGRADED, KILL
 from nexus.runtime.providers import ScriptedProvider
+from nexus.runtime.runtime import Runtime
 from nexus.runtime.toolkits import ToolkitRegistry
 from nexus.runtime.tools import Tool, ToolContext, Toolkit, tool
 from nexus.types import (

@@ -19,8 +19,8 @@ import pytest
 from nexus.config import load_settings
 from nexus.errors import ConfigError
 from nexus.runtime.dispatch import Dispatcher
-from nexus.runtime.kernel import Runtime
 from nexus.runtime.providers import ScriptedProvider
+from nexus.runtime.runtime import Runtime
 from nexus.types import SessionStatus
 from tests.peers.openai_server import ThreadedPeerServer
 from tests.runtime.crash_worker import registry

@@ -12,10 +12,10 @@ import pytest
 
 from nexus.config import load_settings
 from nexus.runtime.agents import Agent, AgentRegistry, Limits
-from nexus.runtime.kernel import Runtime
 from nexus.runtime.pipeline import KILL
 from nexus.runtime.providers import ReplayProvider, RetryProvider, ScriptedProvider
 from nexus.runtime.providers.openai import OpenAIProvider
+from nexus.runtime.runtime import Runtime
 from nexus.runtime.tools import ToolContext, Toolkit, tool
 from nexus.types import Event, Guard, Next, Outcome, Projection, RunContext, SessionStatus, Step
 from tests.peers.openai_server import PeerServer

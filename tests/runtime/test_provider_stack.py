@@ -15,10 +15,10 @@ import pytest
 
 from nexus.config import load_settings
 from nexus.errors import ProviderResponseError, ProviderUnavailable
-from nexus.runtime.kernel import Runtime
 from nexus.runtime.providers import FallbackProvider, RetryProvider
 from nexus.runtime.providers.compose import open_provider
 from nexus.runtime.providers.openai import OpenAIProvider, retry_after
+from nexus.runtime.runtime import Runtime
 from nexus.types import ChatRequest, SessionStatus
 from tests.peers.openai_server import PeerServer
 

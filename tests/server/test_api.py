@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from nexus.config import load_settings
 from nexus.examples import demo_recording
-from nexus.runtime.kernel import Runtime
+from nexus.runtime.runtime import Runtime
 from nexus.server.app import create_app
 from nexus.server.auth import COOKIE
 

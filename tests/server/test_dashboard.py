@@ -23,7 +23,7 @@ from starlette.responses import Response
 
 from nexus.config import load_settings
 from nexus.examples import demo_recording
-from nexus.runtime.kernel import Runtime
+from nexus.runtime.runtime import Runtime
 from nexus.server.app import create_app
 from nexus.server.auth import COOKIE, COOKIE_TTL_S
 from nexus.server.dashboard import ACTIONS, PANELS, TEMPLATE_DIRS, Action, Panel, View

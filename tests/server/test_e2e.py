@@ -22,7 +22,7 @@ import uvicorn
 
 from nexus.config import load_settings
 from nexus.examples import demo_recording
-from nexus.runtime.kernel import Runtime
+from nexus.runtime.runtime import Runtime
 from nexus.server.app import create_app
 from tests.waiting import wait_for
 

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from nexus.cli.app import app as cli
 from nexus.config import load_settings
 from nexus.examples import demo_recording
-from nexus.runtime.kernel import Runtime
+from nexus.runtime.runtime import Runtime
 from nexus.server.app import create_app
 from nexus.server.broadcast import Broadcaster
 from nexus.storage.sqlite import SQLiteStore

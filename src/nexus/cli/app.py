@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from nexus.cli.source import Source
-    from nexus.runtime.kernel import Runtime
+    from nexus.runtime.runtime import Runtime
 
 T = TypeVar("T")
 
@@ -71,7 +71,7 @@ def _print_json(data: Any) -> None:
 
 def _runtime() -> Runtime:
     from nexus.errors import ConfigError, StorageError
-    from nexus.runtime.kernel import Runtime
+    from nexus.runtime.runtime import Runtime
 
     try:
         rt = Runtime()
@@ -268,7 +268,7 @@ def export(
     server: ServerOpt = None,
 ) -> None:
     """Export a session and its events as JSON (replayable with `nexus run --replay FILE`)."""
-    from nexus.runtime.kernel import dump_export, export_document
+    from nexus.runtime.runtime import dump_export, export_document
 
     src = _source(server)
     row = _read(lambda: src.session(session_id))

@@ -39,7 +39,7 @@ import sqlalchemy
 from dbos import DBOS, SetEnqueueOptions, SetWorkflowID
 
 from nexus.errors import ConfigError
-from nexus.runtime.kernel import Runtime
+from nexus.runtime.runtime import Runtime
 from nexus.types import SessionStatus
 
 QUEUE = "nexus-sessions"

@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import Depends, FastAPI
 
 from nexus import __version__
-from nexus.runtime.kernel import Runtime
+from nexus.runtime.runtime import Runtime
 from nexus.server import problems
 from nexus.server.api import admin, agents, health, sessions
 from nexus.server.auth import Auth, TokenFile

@@ -7,7 +7,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from nexus.runtime.kernel import Runtime
+from nexus.runtime.runtime import Runtime
 from nexus.server.auth import Auth, Principal
 from nexus.server.broadcast import Broadcaster
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from nexus.errors import ConfigError
-from nexus.runtime.kernel import session_limits
+from nexus.runtime.runtime import session_limits
 from nexus.server.dashboard import format as fmt
 from nexus.types import SessionStatus
 

@@ -18,7 +18,7 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from nexus.runtime.kernel import dump_export
+from nexus.runtime.runtime import dump_export
 from nexus.server.broadcast import event_json
 from nexus.server.dashboard.panels import elapsed
 from nexus.server.dashboard.registry import ACTIONS, PANELS, PageName, Panel, View, for_page

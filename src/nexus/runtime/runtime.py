@@ -52,7 +52,7 @@ def new_session_id() -> str:
 
 
 class Runtime:
-    """The assembled kernel. Build with `Runtime.open()`; close with `aclose()`.
+    """The assembled runtime (the kernel). Build with `Runtime.open()`; close with `aclose()`.
 
     Args:
         settings: the settings (default: `load_settings()`).
