@@ -12,6 +12,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+import nexus
 from nexus.config import load_settings
 from nexus.examples import demo_recording
 from nexus.runtime.runtime import Runtime
@@ -90,14 +91,17 @@ async def test_healthz_is_open_and_everything_else_needs_the_token(api: Api) -> 
 
 
 async def test_wrong_tokens_are_refused_then_rate_limited(api: Api) -> None:
-    """A wrong token gets 401 with no detail; after 10 failures the client gets 429
-    with Retry-After, even with the right token, until the window passes."""
+    """A wrong token gets 401 with no detail; after 10 failures wrong tokens get 429
+    with Retry-After until the window passes, while the right token still passes: a
+    local process spraying bad tokens cannot lock the real users out."""
     for _ in range(10):
         resp = await api.client.get("/api/v1/version", headers={"Authorization": "Bearer nope"})
         assert_problem(resp, 401, "unauthorized")
-    resp = await api.get("/api/v1/version")
+    resp = await api.client.get("/api/v1/version", headers={"Authorization": "Bearer nope"})
     assert_problem(resp, 429, "rate-limited")
     assert int(resp.headers["retry-after"]) >= 1
+    resp = await api.get("/api/v1/version")
+    assert (resp.status_code, resp.json()) == (200, {"version": nexus.__version__, "api": "v1"})
 
 
 async def test_token_file_is_private_and_256_bits(api: Api) -> None:

@@ -8,7 +8,8 @@
 * Cookie-authenticated state changes must carry the CSRF token (header
   `X-CSRF-Token` or form field `csrf_token`): an HMAC of the cookie's sid.
 * Failures are counted per client address; past `max_failures` in `window_s`
-  the client gets 429 until the window passes. 401s never say which part failed.
+  a failing client gets 429 until the window passes, while a correct credential
+  always passes. 401s never say which part failed.
 """
 
 from __future__ import annotations
@@ -179,15 +180,18 @@ class Auth:
     def require(self, request: Request) -> Principal:
         """The API's check: 429 when rate-limited, 401 without valid credentials,
         403 for a cookie-authenticated state change without its CSRF token."""
-        wait = self.limiter.blocked_for(_client(request))
-        if wait > 0:
-            raise Problem(
-                429,
-                "too many failed authentication attempts; retry later",
-                headers={"Retry-After": str(int(wait) + 1)},
-            )
+        # A correct credential always passes: counting failures must never let one
+        # local process lock every user out (the limit used to refuse the right token
+        # too). Failures are counted, and past the limit they get 429 instead of 401.
+        wait = self.limiter.blocked_for(_client(request))  # before this attempt counts
         principal = self.identify(request)
         if principal is None:
+            if wait > 0:
+                raise Problem(
+                    429,
+                    "too many failed authentication attempts; retry later",
+                    headers={"Retry-After": str(int(wait) + 1)},
+                )
             raise Problem(
                 401, "authentication required", headers={"WWW-Authenticate": 'Bearer realm="nexus"'}
             )

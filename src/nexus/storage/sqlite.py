@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from nexus.errors import ConfigError, JournalError, SchemaVersionError, StorageError
+from nexus.errors import JournalError, SchemaVersionError, StorageError
 from nexus.storage.base import (
     Durability,
     EventRow,
@@ -344,11 +344,13 @@ class SQLiteStore:
             where.append("agent = ?")
             args.append(query.agent)
         if query.label:
-            if '"' in query.label[0]:
-                # A JSON path cannot quote it; refuse clearly instead of a SQL error.
-                raise ConfigError(f"label key {query.label[0]!r} may not contain '\"'")
-            where.append("json_extract(labels, ?) = ?")
-            args.extend([f'$."{query.label[0]}"', query.label[1]])
+            # User text is only ever a bound value: never spliced into a JSON path
+            # (a NUL in a key made json_extract fail with a 500).
+            where.append(
+                "EXISTS (SELECT 1 FROM json_each(sessions.labels) "
+                "WHERE json_each.key = ? AND json_each.value = ?)"
+            )
+            args.extend(query.label)
         sql = f"SELECT {_SESSION_COLS} FROM sessions"
         if where:
             sql += " WHERE " + " AND ".join(where)

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from nexus.runtime.labels import KEY_PATTERN, MAX_LABELS, MAX_VALUE, parse_filter
 from nexus.server import sse
 from nexus.server.broadcast import single
 from nexus.server.deflate import accepts_deflate
@@ -15,6 +16,13 @@ from nexus.server.sse import EventStream
 from nexus.server.state import ServerState, get_state, require_auth
 from nexus.storage.base import SessionQuery
 from nexus.types import SessionStatus
+
+# Every integer from outside is bounded before it reaches SQL: SQLite's INTEGER is
+# 64-bit (2^70 raised OverflowError, a 500); 2^53 is also the largest a browser's
+# JavaScript holds exactly.
+MAX_INT = 2**53
+
+After = Query(ge=0, le=MAX_INT, description="first connect: start after")
 
 router = APIRouter(prefix="/api/v1", tags=["sessions"], dependencies=[Depends(require_auth)])
 State = Annotated[ServerState, Depends(get_state)]
@@ -39,7 +47,11 @@ class NewSession(BaseModel):
     goal: str = Field(min_length=1, max_length=20_000)
     agent: str | None = Field(default=None, max_length=64)
     priority: int = Field(default=0, ge=0, le=1000, description="0 is the highest")
-    labels: dict[str, str] = Field(default_factory=dict, max_length=32)
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=MAX_LABELS,
+        description=f"at most {MAX_LABELS}; keys {KEY_PATTERN}, values up to {MAX_VALUE} chars",
+    )
     budget: Budget | None = None
     replay: str | None = Field(default=None, description="exported file path or session id")
     replay_pace_s: float = Field(default=0.0, ge=0, le=60, description="wait per replayed answer")
@@ -76,17 +88,19 @@ async def create_session(body: NewSession, state: State, response: Response) -> 
 async def list_sessions(
     state: State,
     status: Annotated[list[SessionStatus] | None, Query()] = None,
-    agent: str | None = None,
-    label: Annotated[str | None, Query(pattern=r"^[^=\"]+=.*$", description="KEY=VALUE")] = None,
+    agent: Annotated[str | None, Query(max_length=64)] = None,
+    label: Annotated[
+        str | None, Query(max_length=64 + 1 + MAX_VALUE, description="KEY=VALUE")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
 ) -> dict[str, Any]:
     """Sessions, newest first, with `next_offset` when there may be more."""
-    lab = tuple(label.split("=", 1)) if label else None
+    lab = parse_filter(label) if label else None  # ConfigError: 422 naming the rule
     query = SessionQuery(
         status=tuple(s.value for s in status or ()),
         agent=agent,
-        label=lab,  # type: ignore[arg-type]
+        label=lab,
         limit=limit + 1,
         offset=offset,
     )
@@ -110,7 +124,7 @@ async def get_session(session_id: str, state: State) -> dict[str, Any]:
 async def session_events(
     session_id: str,
     state: State,
-    after_seq: Annotated[int, Query(ge=0)] = 0,
+    after_seq: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
     limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
 ) -> Response:
     """A session's journal events with `seq > after_seq`, in order:
@@ -135,9 +149,11 @@ def _last_event_id(value: str | None) -> int:
         raise Problem(
             400, "Last-Event-ID must be a non-negative integer", slug="invalid-last-event-id"
         ) from None
-    if parsed < 0:
+    if not 0 <= parsed <= MAX_INT:
         raise Problem(
-            400, "Last-Event-ID must be a non-negative integer", slug="invalid-last-event-id"
+            400,
+            f"Last-Event-ID must be an integer from 0 to {MAX_INT}",
+            slug="invalid-last-event-id",
         )
     return parsed
 
@@ -147,7 +163,7 @@ async def session_stream(
     session_id: str,
     state: State,
     last_event_id: Annotated[str | None, Header()] = None,
-    after: Annotated[int | None, Query(ge=0, description="first connect: start after")] = None,
+    after: Annotated[int | None, After] = None,
     accept_encoding: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> EventStream:
     """Server-Sent Events of one session's journal. Event ids are the journal seq:
@@ -187,7 +203,7 @@ async def session_stream(
 async def all_events_stream(
     state: State,
     last_event_id: Annotated[str | None, Header()] = None,
-    after: Annotated[int | None, Query(ge=0, description="first connect: start after")] = None,
+    after: Annotated[int | None, After] = None,
     accept_encoding: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> EventStream:
     """Server-Sent Events of every session. Event ids are the journal's global row

@@ -41,8 +41,10 @@ async def login(request: Request) -> Response:
     form = await request.form()
     target = safe_next(form.get("next", "/"))
     client = _client(request)
+    token = form.get("token")
+    valid = isinstance(token, str) and bool(token.strip()) and auth.check_token(token.strip())
     wait = auth.limiter.blocked_for(client)
-    if wait > 0:
+    if not valid and wait > 0:  # the right token always passes, as on the API
         seconds = int(wait) + 1
         return render(
             request,
@@ -51,8 +53,7 @@ async def login(request: Request) -> Response:
             status=429,
             headers={"Retry-After": str(seconds)},
         )
-    token = form.get("token")
-    if not isinstance(token, str) or not token.strip() or not auth.check_token(token.strip()):
+    if not valid:
         auth.limiter.fail(client)
         return render(
             request,
