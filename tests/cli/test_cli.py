@@ -229,4 +229,4 @@ def test_a_label_key_with_a_quote_is_refused_clearly() -> None:
     run_demo()
     result = nexus("sessions", "--label", 'a"b=1')
     assert result.exit_code == 2
-    assert "may not contain" in result.stderr
+    assert "label key 'a\"b' is invalid" in result.stderr

@@ -236,7 +236,10 @@ def test_sessions_watched_live_from_list_and_page(server: Server, browser: Any) 
     assert shown == journal
     row = server.rt.session(second)
     assert page.locator('[data-stat="steps"]').inner_text() == str(row.steps)
-    assert "report.md is written" in done.inner_text()
+    # The answer is stored once, in its llm.response: the last LLM card shows it.
+    answer = page.locator('.timeline > li[data-kind="llm.response"]').last
+    assert "report.md is written" in answer.inner_text()
+    assert "9 steps" in done.inner_text()
     assert page.locator(".tail.done").inner_text().startswith("Session completed")
     assert page.title() == f"{second} · completed · NEXUS"
 

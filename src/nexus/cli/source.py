@@ -28,13 +28,14 @@ class LocalSource:
         self.rt = runtime
 
     def sessions(self, **filters: Any) -> list[dict[str, Any]]:
+        from nexus.runtime.labels import parse_filter
         from nexus.storage.base import SessionQuery
 
         label = filters.get("label")
         query = SessionQuery(
             status=tuple(filters.get("status") or ()),
             agent=filters.get("agent"),
-            label=tuple(label.split("=", 1)) if label else None,
+            label=parse_filter(label) if label else None,
             limit=filters.get("limit", 50),
             offset=filters.get("offset", 0),
         )
