@@ -14,3 +14,15 @@ def wait_for(predicate: Callable[[], object], what: str, timeout: float = 30.0) 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)
+
+
+async def until(predicate: Callable[[], object], what: str, timeout: float = 30.0) -> None:
+    """`wait_for` for async tests: polls without blocking the event loop (the
+    workers under test may run on it)."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)

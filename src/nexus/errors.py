@@ -33,6 +33,10 @@ class SchemaVersionError(StorageError):
     """The database was written by a newer NEXUS than this one."""
 
 
+class DispatchError(NexusError):
+    """A session could not be handed to the workers; it ended `failed` with the reason."""
+
+
 class JournalError(NexusError):
     """An append would break the journal (a conflicting sequence number)."""
 

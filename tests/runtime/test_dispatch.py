@@ -109,7 +109,7 @@ async def test_one_executor_per_worker_id() -> None:
     rt = Runtime(load_settings(), provider=ScriptedProvider([]))
     async with Dispatcher(rt):
         with pytest.raises(ConfigError, match="worker id 'local' is already running"):
-            Dispatcher(rt)._lock_executor(rt.settings.home, "local")
+            await Dispatcher(rt).start()
     await rt.aclose()
 
 
@@ -312,3 +312,128 @@ def test_two_workers_share_one_postgres_queue_without_duplicates(
     shares = dict(rows)
     assert set(shares) == {"w1", "w2"} and sum(shares.values()) == 24
     asyncio.run(rt.aclose())
+
+
+# -- sessions that cannot run never poison the worker (issue 12, item 1) ------------
+
+
+async def test_one_bad_queued_row_fails_alone_and_the_worker_starts() -> None:
+    """A session journaled by an older NEXUS with priority -1 (which DBOS refuses)
+    ends `failed` with the reason at worker start; the good session next to it
+    runs, and the worker keeps going (it used to die with a traceback)."""
+    rt = Runtime(load_settings(), provider=ScriptedProvider([{"content": "fine"}]))
+    bad = "s_0000000000000bad"
+    rt.journal.append(bad, "session.created", {"goal": "old", "agent": "assistant", "priority": -1})
+    good = rt.create_session("new")
+    async with Dispatcher(rt) as d:
+        assert await d.wait(good) is SessionStatus.COMPLETED
+        row = rt.session(bad)
+        assert (row.status, row.reason) == (
+            "failed",
+            "could not dispatch: ConfigError: priority -1 is not from 0 (the highest) to 1000",
+        )
+    assert [e.kind for e in rt.journal.events(bad)] == ["session.created", "session.failed"]
+    await rt.aclose()
+
+
+async def test_a_session_that_cannot_be_handed_over_ends_failed_with_the_reason() -> None:
+    """submit refuses a session it cannot dispatch: DispatchError, and the session is
+    `failed` with the reason, never left queued for no one."""
+    from nexus.errors import DispatchError
+
+    rt = Runtime(load_settings(), provider=ScriptedProvider([]))
+    sid = rt.create_session("x")
+    async with Dispatcher(rt) as d:
+        with pytest.raises(DispatchError, match=f"session {sid}: could not dispatch"):
+            await d.submit(sid, priority=5000)
+    assert rt.session(sid).status == "failed"
+    await rt.aclose()
+
+
+async def test_an_internal_error_in_a_session_ends_it_failed_never_stuck_running() -> None:
+    """A session whose creation record is unreadable (a `session.created` without an
+    agent) raises inside the runtime: it ends `failed` naming the error, instead of
+    staying `running` behind a DBOS traceback."""
+    rt = Runtime(load_settings(), provider=ScriptedProvider([]))
+    sid = "s_00000000000broke"
+    rt.journal.append(sid, "session.created", {"goal": "no agent recorded"})
+    async with Dispatcher(rt) as d:
+        await d.submit(sid)
+        with pytest.raises(KeyError):
+            await d.wait(sid)
+    row = rt.session(sid)
+    assert (row.status, row.reason) == ("failed", "internal error: KeyError: 'agent'")
+    await rt.aclose()
+
+
+async def test_the_dispatcher_holds_nothing_for_sessions_that_ended() -> None:
+    """`nexus start` runs for months: after 10,000 sessions the dispatcher holds no
+    handle or task of a finished one, and never more than it runs at once."""
+    n, concurrency = 10_000, 100
+    rt = Runtime(
+        load_settings(concurrency=concurrency, queue_poll_s=0.02),
+        provider=ScriptedProvider([{"content": "ok"}] * n),
+    )
+    most = 0
+    async with Dispatcher(rt) as d:
+        ids = []
+        for i in range(n):
+            sid = rt.create_session(f"goal {i}")
+            await d.submit(sid)
+            ids.append(sid)
+            most = max(most, d.in_flight)
+        for sid in ids:
+            await d.wait(sid)
+            most = max(most, d.in_flight)
+        assert (d.in_flight, vars(d).get("_handles"), vars(d).get("_tasks")) == (0, None, None)
+    assert 0 < most <= concurrency
+    assert rt.store.count_sessions(["completed"]) == n
+    await rt.aclose()
+
+
+async def test_a_worker_adopts_the_session_of_a_dead_nexus_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A `nexus run` process that died leaves its session PENDING under its own
+    executor id; the next worker of the home finds its lock file free, re-queues the
+    session, and runs it to the end (the lock file is gone after)."""
+    import nexus.runtime.dispatch as dispatch
+    from nexus.examples import demo_recording
+
+    monkeypatch.setattr(dispatch, "ADOPT_AFTER_S", 0.0)
+    rt = Runtime(load_settings(queue_poll_s=0.02))
+    sid = rt.create_session("demo", replay=str(demo_recording()), replay_pace_s=0.5)
+    home = rt.settings.home
+    child = subprocess.Popen(
+        [sys.executable, "-c", SOLO_RUN, sid],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        wait_for(lambda: rt.session(sid).status == "running", "solo run started")
+        assert (home / f"worker-run-{sid}.lock").exists()
+        kill(child)
+    finally:
+        child.kill()
+    async with Dispatcher(rt) as d:
+        assert await d.wait(sid) is SessionStatus.COMPLETED
+    kinds = [e.kind for e in rt.journal.events(sid)]
+    assert (kinds.count("session.resumed"), kinds[-1]) == (1, "session.completed")
+    assert not (home / f"worker-run-{sid}.lock").exists()
+    assert rt.journal.verify(sid).ok
+    await rt.aclose()
+
+
+SOLO_RUN = """
+import asyncio, sys
+from nexus.runtime.dispatch import Dispatcher
+from nexus.runtime.runtime import Runtime
+
+async def main(sid):
+    rt = Runtime()
+    async with Dispatcher.solo(rt, sid) as d:
+        await d.submit(sid)
+        await d.wait(sid)
+
+asyncio.run(main(sys.argv[1]))
+"""

@@ -177,14 +177,12 @@ async def test_session_runs_on_the_workers_to_completion(live_api: Api) -> None:
     events = (await live_api.get(f"/api/v1/sessions/{row['id']}/events")).json()["items"]
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     assert events[-1]["kind"] == "session.completed"
-    ready = (await live_api.get("/api/v1/readyz")).json()
-    assert ready == {"status": "ready", "checks": {"database": "ok", "workers": "ok"}}
 
 
 async def test_readyz_without_workers_is_503(api: Api) -> None:
     """Readiness reports the missing workers as a 503 problem with the checks."""
     body = assert_problem(await api.get("/api/v1/readyz"), 503, "unavailable")
-    assert body["checks"] == {"database": "ok", "workers": "not running"}
+    assert body["checks"]["workers"] == "not running"
 
 
 @pytest.mark.parametrize(

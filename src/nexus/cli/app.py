@@ -4,7 +4,7 @@ Heavy modules are imported inside commands so `nexus --help` stays fast.
 
 Exit codes: 0 success; 1 the session failed or was killed; 2 bad usage or
 configuration (including no LLM provider); 3 not found; 4 audit found tampering;
-130 interrupted.
+130 interrupted (SIGINT); 143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
@@ -23,10 +23,12 @@ if TYPE_CHECKING:
 
     from nexus.cli.source import Source
     from nexus.runtime.runtime import Runtime
+    from nexus.types import SessionStatus
 
 T = TypeVar("T")
 
-EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_TAMPERED, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
+EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_TAMPERED = 1, 2, 3, 4
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
 
 app = typer.Typer(
     name="nexus",
@@ -98,52 +100,104 @@ def run(
     model: Annotated[str | None, typer.Option(help="Override the agent's model.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Run one agent session to its end, durably, showing each step as it happens."""
+    """Run one agent session to its end, durably, showing each step as it happens.
+
+    Runs beside a server or worker on the same home, and runs only this session.
+    Interrupted (Ctrl-C, SIGTERM), the session resumes at the next worker or server."""
     import asyncio
 
     from nexus.errors import NexusError
-    from nexus.runtime.dispatch import Dispatcher
     from nexus.types import SessionStatus
 
     rt = _runtime()
-    console = _console()
     created: list[str] = []
-
-    async def main() -> SessionStatus:
-        try:
-            if replay is None:
-                await rt.provider()  # no provider: fail in one line before queueing anything
-            session_id = rt.create_session(
-                goal,
-                agent=agent,
-                priority=priority,
-                replay=replay,
-                replay_pace_s=replay_pace,
-                model=model,
-            )
-            created.append(session_id)
-            if not as_json:
-                console.print(f"[bold]session[/] {session_id}  [dim](nexus logs {session_id})[/]")
-            async with Dispatcher(rt) as dispatcher:
-                await dispatcher.submit(session_id, priority=priority)
-                if not as_json:
-                    from nexus.cli.render import event_line
-
-                    async for event in rt.journal.follow(session_id):
-                        console.print(event_line(event))
-                return await dispatcher.wait(session_id)
-        finally:
-            await rt.aclose_providers()
-
+    stopped_by: list[str] = []
+    options = {
+        "agent": agent,
+        "priority": priority,
+        "replay": replay,
+        "replay_pace_s": replay_pace,
+        "model": model,
+    }
     try:
-        status = asyncio.run(main())
+        status = asyncio.run(_run_one(rt, goal, options, created, stopped_by, show=not as_json))
     except NexusError as exc:
         _die(str(exc), EXIT_USAGE)
     except KeyboardInterrupt:
-        _die("interrupted; the session resumes at the next `nexus worker`", EXIT_INTERRUPTED)
+        _interrupted(rt, created, "interrupted", EXIT_INTERRUPTED)
+    except asyncio.CancelledError:
+        if not stopped_by:
+            raise
+        _interrupted(rt, created, "terminated (SIGTERM)", EXIT_TERMINATED)
     if as_json:
         _print_json(rt.session(created[0]).to_dict())
     raise typer.Exit(0 if status is SessionStatus.COMPLETED else EXIT_FAILED)
+
+
+async def _run_one(
+    rt: Runtime,
+    goal: str,
+    options: dict[str, Any],
+    created: list[str],
+    stopped_by: list[str],
+    *,
+    show: bool,
+) -> SessionStatus:
+    """`nexus run`'s session: checked, journaled, run under an executor of its own.
+    SIGTERM cancels it (noted in `stopped_by`); its id goes into `created`."""
+    import asyncio
+    import signal
+
+    from nexus.runtime.dispatch import Dispatcher
+
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+
+    def terminate() -> None:
+        stopped_by.append("SIGTERM")
+        task.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, terminate)
+    console = _console()
+    try:
+        rt.agents.get(options["agent"] or rt.settings.default_agent)  # unknown agent: say so first
+        if options["replay"] is None:
+            await rt.provider()  # no provider: fail in one line before journaling anything
+        session_id = rt.create_session(goal, **options)
+        created.append(session_id)
+        if show:
+            console.print(f"[bold]session[/] {session_id}  [dim](nexus logs {session_id})[/]")
+        async with Dispatcher.solo(rt, session_id) as dispatcher:
+            await dispatcher.submit(session_id, priority=options["priority"])
+            if show:
+                from nexus.cli.render import event_line
+
+                async for event in rt.journal.follow(session_id):
+                    console.print(event_line(event))
+            return await dispatcher.wait(session_id)
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+        await rt.aclose_providers()
+
+
+def _interrupted(rt: Runtime, created: list[str], how: str, code: int) -> NoReturn:
+    """Say what a signal did to `nexus run`'s session, then exit with `code`."""
+    from nexus.types import SessionStatus
+
+    if not created:
+        _die(f"{how} before the session was created; nothing was journaled", code)
+    sid = created[0]
+    row = rt.store.session(sid)
+    if row is None:
+        _die(f"{how}; session {sid} was not journaled", code)
+    if SessionStatus(row.status).finished:
+        _die(f"{how}; session {sid} had already ended {row.status}", code)
+    _die(
+        f"{how}; session {sid} stopped while {row.status}: it resumes at the next "
+        "`nexus worker` or `nexus start` on this home",
+        code,
+    )
 
 
 @app.command()
@@ -195,7 +249,9 @@ def _read(fn: Callable[[], T]) -> T:
 
 @app.command()
 def sessions(
-    status: Annotated[list[str] | None, typer.Option(help="Only these statuses.")] = None,
+    status: Annotated[
+        list[str] | None, typer.Option(help="Only these statuses (comma-separated or repeated).")
+    ] = None,
     agent: Annotated[str | None, typer.Option(help="Only this agent.")] = None,
     label: Annotated[str | None, typer.Option(help="Only sessions with KEY=VALUE.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
@@ -203,12 +259,16 @@ def sessions(
     as_json: JsonOpt = False,
     server: ServerOpt = None,
 ) -> None:
-    """List sessions, newest first."""
+    """List sessions, newest first. `--status` takes one or more, comma-separated
+    or repeated: `--status completed,failed`."""
     if label is not None and "=" not in label:
         _die("--label takes KEY=VALUE", EXIT_USAGE)
+    statuses = _statuses(status or [])
     src = _source(server)
     rows = _read(
-        lambda: src.sessions(status=status, agent=agent, label=label, limit=limit, offset=offset)
+        lambda: src.sessions(
+            status=statuses or None, agent=agent, label=label, limit=limit, offset=offset
+        )
     )
     if as_json:
         _print_json(rows)
@@ -216,6 +276,19 @@ def sessions(
     from nexus.cli.render import sessions_table
 
     _console().print(sessions_table(rows))
+
+
+def _statuses(given: list[str]) -> list[str]:
+    """`--status` values (repeated or comma-separated), checked here so that a typo
+    is an error locally, as it is through `--server`."""
+    from nexus.types import SessionStatus
+
+    known = [s.value for s in SessionStatus]
+    names = [n.strip() for value in given for n in value.split(",") if n.strip()]
+    for name in names:
+        if name not in known:
+            _die(f"unknown status {name!r} (known: {', '.join(known)})", EXIT_USAGE)
+    return list(dict.fromkeys(names))
 
 
 @app.command()

@@ -25,6 +25,16 @@ class RemoteError(NexusError):
         self.status = status
 
 
+class ServerUnreachable(RemoteError):
+    """No server answered at the URL (nothing listens, wrong host, timed out)."""
+
+    def __init__(self, url: str, reason: object) -> None:
+        NexusError.__init__(
+            self, f"cannot reach a NEXUS server at {url} ({reason}); is `nexus start` running?"
+        )
+        self.status = 0
+
+
 def find_token() -> str | None:
     """`NEXUS_TOKEN`, else `$NEXUS_HOME/api-token` if it exists."""
     token = os.environ.get("NEXUS_TOKEN")
@@ -63,7 +73,9 @@ class Remote:
                 raise SessionNotFound(str(detail)) from None
             raise RemoteError(exc.code, str(detail)) from None
         except urllib.error.URLError as exc:
-            raise RemoteError(0, f"cannot reach {self.base}: {exc.reason}") from None
+            raise ServerUnreachable(self.base, exc.reason) from None
+        except OSError as exc:  # timeouts and resets surface as bare OSErrors
+            raise ServerUnreachable(self.base, exc) from None
 
     def get(self, path: str, **params: Any) -> Any:
         """GET a JSON document."""

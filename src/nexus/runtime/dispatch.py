@@ -20,17 +20,26 @@ Known DBOS traps handled here (measured on DBOS 3.4):
   started directly and those it dequeues also share this worker's slots (a
   semaphore): without it, up to twice `concurrency` sessions ran at once.
 * `launch()` is called inside the running loop so every workflow runs on it.
+* `nexus run` is not a worker: it runs its one session under an executor id of its
+  own (`run-<session id>`), beside any worker or server on the same home, and never
+  serves the queue. If it dies, the next worker on the home adopts that executor's
+  unfinished session (its lock file is free) and re-queues it.
+* Only sessions DBOS does not know are queued at start: enqueueing a known id
+  (started directly, so on no queue) made DBOS warn "Workflow already exists in
+  queue" on every `nexus run`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import fcntl
 import logging
 import os
 import signal
 import sqlite3
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -38,11 +47,13 @@ from typing import IO, Any
 import sqlalchemy
 from dbos import DBOS, SetEnqueueOptions, SetWorkflowID
 
-from nexus.errors import ConfigError
+from nexus.errors import ConfigError, DispatchError
 from nexus.runtime.runtime import Runtime
 from nexus.types import SessionStatus
 
 QUEUE = "nexus-sessions"
+SOLO_PREFIX = "run-"  # executor ids of `nexus run` processes
+ADOPT_AFTER_S = 5.0  # a solo lock file younger than this may still be being taken
 log = logging.getLogger("nexus.dispatch")
 
 # DBOS adds its own stderr handler (and stops propagation) when its logger has
@@ -69,7 +80,16 @@ async def session_workflow(session_id: str) -> str:
     if _runtime is None or _slots is None:  # pragma: no cover - only after start()
         raise RuntimeError("no NEXUS runtime is attached to this DBOS process")
     async with _slots:  # still `queued` in the journal until a slot is free
-        status = await _runtime.run(session_id)
+        try:
+            status = await _runtime.run(session_id)
+        except Exception as exc:
+            # A bug or a broken store, not the session's doing: end it `failed` with
+            # the reason (it would stay `running` forever), then let DBOS record it.
+            log.exception("session %s stopped on an internal error", session_id)
+            reason = f"internal error: {type(exc).__name__}: {exc}"
+            with contextlib.suppress(Exception):
+                await _runtime.fail_session(session_id, reason)
+            raise
     return status.value
 
 
@@ -90,14 +110,37 @@ class Dispatcher:
     Args:
         runtime: the kernel whose sessions to run.
         concurrency: sessions in flight in this worker (default: settings).
+        adopt_every_s: how often a worker looks for sessions of dead `nexus run`
+            processes to take over (also once at start).
     """
 
-    def __init__(self, runtime: Runtime, *, concurrency: int | None = None) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        concurrency: int | None = None,
+        adopt_every_s: float = 30.0,
+    ) -> None:
         self.runtime = runtime
         self.concurrency = concurrency or runtime.settings.concurrency
+        self.executor_id = runtime.settings.worker_id
+        self.serves_queue = True
+        self.adopt_every_s = adopt_every_s
         self._lock_file: IO[str] | None = None
-        self._tasks: dict[str, asyncio.Task[Any]] = {}
-        self._handles: dict[str, Any] = {}
+        # Only sessions in flight here: each entry leaves when its task ends, so a
+        # long-running server holds as many as it runs, not as many as it ever ran.
+        self._running: dict[str, Any] = {}
+        self._adopter: asyncio.Task[None] | None = None
+
+    @classmethod
+    def solo(cls, runtime: Runtime, session_id: str) -> Dispatcher:
+        """A dispatcher for one session (`nexus run`): an executor id of its own, so
+        it runs beside any worker or server of the home, and no queue, so it runs
+        no other session."""
+        dispatcher = cls(runtime, concurrency=1)
+        dispatcher.executor_id = f"{SOLO_PREFIX}{session_id}"
+        dispatcher.serves_queue = False
+        return dispatcher
 
     async def __aenter__(self) -> Dispatcher:
         await self.start()
@@ -112,14 +155,17 @@ class Dispatcher:
         await self.stop()
 
     async def start(self) -> None:
-        """Launch DBOS on this loop; unfinished sessions of this worker resume."""
+        """Launch DBOS on this loop; unfinished sessions of this executor resume.
+
+        A worker also queues the sessions journaled but never handed to DBOS, and
+        adopts those of dead `nexus run` processes. One bad session is that
+        session's failure, never the worker's."""
         global _runtime, _slots, _synchronous
         s = self.runtime.settings
-        self._lock_executor(s.home, s.worker_id)
+        self._lock_file = _lock_executor(s.home, self.executor_id)
         _runtime = self.runtime
         _slots = asyncio.Semaphore(self.concurrency)
         _synchronous = "FULL" if s.durability == "full" else "NORMAL"
-        s.home.mkdir(parents=True, exist_ok=True)
         url = s.dbos_url
         if url is None:
             _enable_wal(s.dbos_path)
@@ -130,51 +176,118 @@ class Dispatcher:
                 "name": "nexus",
                 "system_database_url": url,
                 "application_version": s.app_version,
-                "executor_id": s.worker_id,
+                "executor_id": self.executor_id,
                 "log_level": "WARNING",
                 "notification_listener_polling_interval_sec": 0.05,
             }
         )
         DBOS.launch()
+        if not self.serves_queue:
+            return
         await DBOS.register_queue_async(
             QUEUE, worker_concurrency=self.concurrency, polling_interval_sec=s.queue_poll_s
         )
-        # Sessions journaled as queued but never handed to DBOS (their creator died
-        # between the two writes) are enqueued now; known ids are not run twice.
-        for session_id in self.runtime.store.session_ids([SessionStatus.QUEUED.value]):
-            row = self.runtime.store.session(session_id)
-            await self.submit(session_id, priority=row.priority if row else 0, direct=False)
+        await self._queue_unknown()
+        await self.adopt_orphans()
+        self._adopter = asyncio.create_task(self._adopt_forever(), name="nexus-adopt")
+
+    async def _queue_unknown(self) -> None:
+        # Sessions journaled as queued whose creator died before handing them to
+        # DBOS. Ids DBOS knows are left alone: it runs or queues them already.
+        queued = self.runtime.store.session_ids([SessionStatus.QUEUED.value])
+        for chunk in _chunks(queued, 500):
+            known = {w.workflow_id for w in await DBOS.list_workflows_async(workflow_ids=chunk)}
+            for session_id in chunk:
+                if session_id in known:
+                    continue
+                row = self.runtime.store.session(session_id)
+                try:
+                    await self.submit(session_id, priority=row.priority if row else 0, direct=False)
+                except DispatchError as exc:
+                    log.error("%s", exc)  # that session ends failed; the others go on
+
+    async def adopt_orphans(self) -> list[str]:
+        """Re-queue the unfinished sessions of `nexus run` processes of this home
+        that died (their lock file is no longer held); returns their ids."""
+        home = self.runtime.settings.home
+        adopted: list[str] = []
+        for path in sorted(home.glob(f"worker-{SOLO_PREFIX}*.lock")):
+            try:
+                if time.time() - path.stat().st_mtime < ADOPT_AFTER_S:
+                    continue  # may still be being taken by its process
+                lock = _try_lock(path)
+            except FileNotFoundError:
+                continue
+            if lock is None:
+                continue  # its process is alive
+            try:
+                executor = path.stem.removeprefix("worker-")
+                pending = await DBOS.list_workflows_async(status="PENDING", executor_id=executor)
+                for workflow in pending:
+                    await DBOS.resume_workflow_async(workflow.workflow_id, queue_name=QUEUE)
+                    adopted.append(workflow.workflow_id)
+                    log.info("adopted session %s of a dead `nexus run`", workflow.workflow_id)
+                path.unlink(missing_ok=True)
+            finally:
+                lock.close()
+        return adopted
+
+    async def _adopt_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.adopt_every_s)
+            try:
+                await self.adopt_orphans()
+            except Exception:
+                log.exception("adopting sessions of dead `nexus run` processes failed")
 
     async def submit(self, session_id: str, *, priority: int = 0, direct: bool = True) -> None:
         """Hand a journaled session to DBOS: started now if this worker has room,
-        else queued by priority (0 = highest)."""
-        if priority < 0:
-            raise ConfigError("priority must be >= 0 (0 is the highest)")
-        free = _slots is not None and not _slots.locked()
-        with SetWorkflowID(session_id):
-            if direct and free:
-                handle = await DBOS.start_workflow_async(session_workflow, session_id)
-            else:
-                with SetEnqueueOptions(priority=priority + 1):
-                    handle = await DBOS.enqueue_workflow_async(QUEUE, session_workflow, session_id)
-        self._handles[session_id] = handle
+        else queued by priority (0 = highest).
+
+        If it cannot be handed over, the session ends `failed` with the reason and
+        `DispatchError` says why: a session is never left queued with no one to run it.
+        """
+        try:
+            if isinstance(priority, bool) or not 0 <= priority <= 1000:
+                raise ConfigError(f"priority {priority!r} is not from 0 (the highest) to 1000")
+            free = _slots is not None and not _slots.locked()
+            with SetWorkflowID(session_id):
+                if direct and (free or not self.serves_queue):
+                    handle = await DBOS.start_workflow_async(session_workflow, session_id)
+                else:
+                    with SetEnqueueOptions(priority=priority + 1):
+                        handle = await DBOS.enqueue_workflow_async(
+                            QUEUE, session_workflow, session_id
+                        )
+        except Exception as exc:
+            reason = f"could not dispatch: {type(exc).__name__}: {exc}"
+            await self.runtime.fail_session(session_id, reason)
+            raise DispatchError(f"session {session_id}: {reason}") from exc
         task = getattr(handle, "task", None)  # direct starts run as a task on this loop
-        if isinstance(task, asyncio.Task):
-            self._tasks[session_id] = task
+        if isinstance(task, asyncio.Task) and not task.done():
+            self._running[session_id] = handle
+            task.add_done_callback(lambda _t: self._running.pop(session_id, None))
+
+    @property
+    def in_flight(self) -> int:
+        """Sessions this dispatcher started directly that are still running."""
+        return len(self._running)
 
     async def wait(self, session_id: str, *, poll_s: float = 0.02) -> SessionStatus:
         """Wait for a session to end; returns its final status."""
-        handle = self._handles.get(session_id) or await DBOS.retrieve_workflow_async(session_id)
-        value = await handle.get_result(polling_interval_sec=poll_s)
-        self._handles.pop(session_id, None)
-        self._tasks.pop(session_id, None)
-        return SessionStatus(value)
+        handle = self._running.get(session_id) or await DBOS.retrieve_workflow_async(session_id)
+        return SessionStatus(await handle.get_result(polling_interval_sec=poll_s))
 
     async def stop(self) -> None:
         """Stop this worker. Sessions in flight stay PENDING in DBOS and resume,
-        from their journal, at the next start of this worker id."""
+        from their journal, at the next start of this executor (or, for `nexus
+        run`, at the next worker of the home)."""
         global _runtime, _slots
-        running = [t for t in self._tasks.values() if not t.done()]
+        if self._adopter is not None:
+            self._adopter.cancel()
+            await asyncio.gather(self._adopter, return_exceptions=True)
+            self._adopter = None
+        running = [h.task for h in self._running.values() if not h.task.done()]
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
@@ -183,28 +296,49 @@ class Dispatcher:
         asyncio.get_running_loop().set_default_executor(concurrent.futures.ThreadPoolExecutor())
         _runtime = None
         _slots = None
-        self._tasks.clear()
-        self._handles.clear()
+        self._running.clear()
         if self._lock_file is not None:
-            self._lock_file.close()
+            # A solo run that ended leaves nothing for a worker to adopt.
+            _release(self._lock_file, remove=not self.serves_queue and not running)
             self._lock_file = None
 
-    def _lock_executor(self, home: Path, worker_id: str) -> None:
-        home.mkdir(parents=True, exist_ok=True)
-        lock = (home / f"worker-{worker_id}.lock").open("a+")
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.close()
-            raise ConfigError(
-                f"worker id {worker_id!r} is already running on {home}; stop it, or give this "
-                "process another NEXUS_WORKER_ID"
-            ) from None
-        lock.seek(0)
-        lock.truncate()
-        lock.write(f"{os.getpid()}\n")
-        lock.flush()
-        self._lock_file = lock
+
+def _release(lock: IO[str], *, remove: bool) -> None:
+    if remove:
+        Path(lock.name).unlink(missing_ok=True)
+    lock.close()
+
+
+def _try_lock(path: Path) -> IO[str] | None:
+    """The file, locked exclusively by this process; None if another holds it."""
+    lock = path.open("a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        return None
+    return lock
+
+
+def _lock_executor(home: Path, executor_id: str) -> IO[str]:
+    """Hold this executor id for this process: two live processes with one id
+    would each recover the other's sessions."""
+    home.mkdir(parents=True, exist_ok=True)
+    lock = _try_lock(home / f"worker-{executor_id}.lock")
+    if lock is None:
+        raise ConfigError(
+            f"worker id {executor_id!r} is already running on {home}; stop it, or give this "
+            "process another NEXUS_WORKER_ID"
+        )
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
+
+
+def _chunks(items: list[str], size: int) -> list[list[str]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def _enable_wal(path: Path) -> None:

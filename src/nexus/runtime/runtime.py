@@ -176,16 +176,15 @@ class Runtime:
         row = self.session(session_id)
         if SessionStatus(row.status).finished:
             return SessionStatus(row.status)
+        # The database is the truth: another process may have run part of this
+        # session since this one cached its chain head (it created it, say).
+        self.journal.forget(session_id)
         events = self.journal.events(session_id)
         created = events[0].payload
         try:
             run, spec = await self._prepare(session_id, created)
         except NexusError as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-            await self.journal.append_async(
-                session_id, ev.SESSION_FAILED, {"reason": reason, "steps": 0}, reason=reason
-            )
-            self.journal.forget(session_id)
+            await self.fail_session(session_id, f"{type(exc).__name__}: {exc}")
             return SessionStatus.FAILED
         return await run_session(
             run,
@@ -195,6 +194,20 @@ class Runtime:
             tools=spec["tools"],
             hooks=self.hooks,
         )
+
+    async def fail_session(self, session_id: str, reason: str) -> bool:
+        """End a session that cannot run (or could not be dispatched) `failed`, with
+        the reason journaled; False if it had already ended."""
+        row = self.store.session(session_id)
+        if row is None or SessionStatus(row.status).finished:
+            return False
+        steps = row.steps
+        self.journal.discard(session_id)
+        await self.journal.append_async(
+            session_id, ev.SESSION_FAILED, {"reason": reason, "steps": steps}, reason=reason
+        )
+        self.journal.forget(session_id)
+        return True
 
     async def _prepare(self, session_id: str, created: JSON) -> tuple[RunContext, ev.AgentSpec]:
         spec: ev.AgentSpec | None = created.get("spec")

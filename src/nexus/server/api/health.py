@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends
 
 from nexus import __version__
+from nexus.errors import NoProviderConfigured
 from nexus.server.problems import Problem
 from nexus.server.state import ServerState, get_state, require_auth
 
@@ -22,7 +23,8 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(state: Annotated[ServerState, Depends(get_state)]) -> dict[str, Any]:
-    """Readiness: the database answers and the session workers run."""
+    """Readiness: the database answers, the session workers run, and an LLM
+    provider is configured (or Ollama answers): sessions without a replay need one."""
     checks: dict[str, str] = {}
     try:
         state.runtime.store.ping()
@@ -30,6 +32,11 @@ async def readyz(state: Annotated[ServerState, Depends(get_state)]) -> dict[str,
     except Exception as exc:
         checks["database"] = f"error: {type(exc).__name__}"
     checks["workers"] = "ok" if state.dispatcher is not None else "not running"
+    try:
+        await state.runtime.provider()
+        checks["provider"] = "ok"
+    except NoProviderConfigured as exc:
+        checks["provider"] = f"not configured: {exc}"
     if any(v != "ok" for v in checks.values()):
         raise Problem(503, "not ready", checks=checks)
     return {"status": "ready", "checks": checks}
