@@ -217,6 +217,8 @@ def test_precedence_is_overrides_then_env_then_toml(
         ),
         ({"NEXUS_CONCURRENCY": "many"}, "NEXUS_CONCURRENCY: Input should be a valid integer"),
         ({"NEXUS_QUEUE_POLL_S": "0"}, "NEXUS_QUEUE_POLL_S: Input should be greater than 0"),
+        ({"NEXUS_WORKER_ID": "../x"}, "NEXUS_WORKER_ID: String should match pattern"),
+        ({"NEXUS_WORKER_ID": "run-1"}, "NEXUS_WORKER_ID: Value error, `run-` starts"),
         (
             {"NEXUS_PROVIDERS": '[{"name": "p", "base_url": "localhost:1", "model": "m"}]'},
             "NEXUS_PROVIDERS__0__BASE_URL: Value error, must start with http:// or https:// "
@@ -245,6 +247,8 @@ def test_precedence_is_overrides_then_env_then_toml(
         "concurrency-zero",
         "concurrency-text",
         "poll-zero",
+        "worker-id-path",
+        "worker-id-run",
         "base-url-scheme",
         "retries-negative",
         "provider-unknown-key",

@@ -91,7 +91,14 @@ class Settings(BaseSettings):
     default_agent: str = "assistant"
     concurrency: int = Field(default=50, ge=1, le=10_000, description="Sessions in flight.")
     queue_poll_s: float = Field(default=0.2, gt=0, le=60)
-    worker_id: str = Field(default="local", min_length=1)
+    worker_id: str = Field(
+        default="local",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        description=(
+            "This worker's DBOS executor id: letters, digits, '.', '_', '-' (up to 64; "
+            "`run-` is kept for `nexus run`)."
+        ),
+    )
     dbos_url: str | None = Field(
         default=None,
         description=(
@@ -114,6 +121,13 @@ class Settings(BaseSettings):
         description="A tool result larger than this (as JSON) goes back to the model as an error.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = "warning"
+
+    @field_validator("worker_id")
+    @classmethod
+    def _not_a_run(cls, value: str) -> str:
+        if value.startswith("run-"):
+            raise ValueError("`run-` starts the executor ids of `nexus run`; choose another")
+        return value
 
     @field_validator("home", mode="after")
     @classmethod

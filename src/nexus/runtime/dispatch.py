@@ -45,7 +45,7 @@ from types import TracebackType
 from typing import IO, Any
 
 import sqlalchemy
-from dbos import DBOS, SetEnqueueOptions, SetWorkflowID
+from dbos import DBOS, SetEnqueueOptions, SetWorkflowID, WorkflowHandleAsync
 
 from nexus.errors import ConfigError, DispatchError
 from nexus.runtime.runtime import Runtime
@@ -60,8 +60,7 @@ log = logging.getLogger("nexus.dispatch")
 # none; a NullHandler keeps DBOS records flowing to ours, and to pytest's caplog.
 logging.getLogger("dbos").addHandler(logging.NullHandler())
 
-_runtime: Runtime | None = None
-_slots: asyncio.Semaphore | None = None  # this worker's sessions in flight
+_active: Dispatcher | None = None  # the one dispatcher of this process, once started
 _synchronous = "NORMAL"
 
 
@@ -77,19 +76,25 @@ def _tune_sqlite(dbapi_conn: Any, _record: Any) -> None:
 async def session_workflow(session_id: str) -> str:
     """Run one session to its end. Re-run from the top on recovery: the journal
     makes that a replay, not a repeat."""
-    if _runtime is None or _slots is None:  # pragma: no cover - only after start()
+    dispatcher = _active
+    if dispatcher is None:  # pragma: no cover - only after start()
         raise RuntimeError("no NEXUS runtime is attached to this DBOS process")
-    async with _slots:  # still `queued` in the journal until a slot is free
+    async with dispatcher.slots:  # still `queued` in the journal until a slot is free
+        task = asyncio.current_task()
+        assert task is not None
+        dispatcher._running[session_id] = task
         try:
-            status = await _runtime.run(session_id)
+            status = await dispatcher.runtime.run(session_id)
         except Exception as exc:
             # A bug or a broken store, not the session's doing: end it `failed` with
             # the reason (it would stay `running` forever), then let DBOS record it.
             log.exception("session %s stopped on an internal error", session_id)
             reason = f"internal error: {type(exc).__name__}: {exc}"
             with contextlib.suppress(Exception):
-                await _runtime.fail_session(session_id, reason)
+                await dispatcher.runtime.fail_session(session_id, reason)
             raise
+        finally:
+            dispatcher._running.pop(session_id, None)
     return status.value
 
 
@@ -127,9 +132,10 @@ class Dispatcher:
         self.serves_queue = True
         self.adopt_every_s = adopt_every_s
         self._lock_file: IO[str] | None = None
-        # Only sessions in flight here: each entry leaves when its task ends, so a
-        # long-running server holds as many as it runs, not as many as it ever ran.
-        self._running: dict[str, Any] = {}
+        self.slots = asyncio.Semaphore(self.concurrency)
+        # The tasks of the sessions running here: each leaves when its run ends, so
+        # a long-running server holds as many as it runs, not as many as it ever ran.
+        self._running: dict[str, asyncio.Task[Any]] = {}
         self._adopter: asyncio.Task[None] | None = None
 
     @classmethod
@@ -160,11 +166,10 @@ class Dispatcher:
         A worker also queues the sessions journaled but never handed to DBOS, and
         adopts those of dead `nexus run` processes. One bad session is that
         session's failure, never the worker's."""
-        global _runtime, _slots, _synchronous
+        global _active, _synchronous
         s = self.runtime.settings
         self._lock_file = _lock_executor(s.home, self.executor_id)
-        _runtime = self.runtime
-        _slots = asyncio.Semaphore(self.concurrency)
+        _active = self
         _synchronous = "FULL" if s.durability == "full" else "NORMAL"
         url = s.dbos_url
         if url is None:
@@ -250,52 +255,45 @@ class Dispatcher:
         try:
             if isinstance(priority, bool) or not 0 <= priority <= 1000:
                 raise ConfigError(f"priority {priority!r} is not from 0 (the highest) to 1000")
-            free = _slots is not None and not _slots.locked()
+            free = not self.slots.locked()
             with SetWorkflowID(session_id):
                 if direct and (free or not self.serves_queue):
-                    handle = await DBOS.start_workflow_async(session_workflow, session_id)
+                    await DBOS.start_workflow_async(session_workflow, session_id)
                 else:
                     with SetEnqueueOptions(priority=priority + 1):
-                        handle = await DBOS.enqueue_workflow_async(
-                            QUEUE, session_workflow, session_id
-                        )
+                        await DBOS.enqueue_workflow_async(QUEUE, session_workflow, session_id)
         except Exception as exc:
             reason = f"could not dispatch: {type(exc).__name__}: {exc}"
             await self.runtime.fail_session(session_id, reason)
             raise DispatchError(f"session {session_id}: {reason}") from exc
-        task = getattr(handle, "task", None)  # direct starts run as a task on this loop
-        if isinstance(task, asyncio.Task) and not task.done():
-            self._running[session_id] = handle
-            task.add_done_callback(lambda _t: self._running.pop(session_id, None))
 
     @property
     def in_flight(self) -> int:
-        """Sessions this dispatcher started directly that are still running."""
+        """Sessions running in this process now."""
         return len(self._running)
 
     async def wait(self, session_id: str, *, poll_s: float = 0.02) -> SessionStatus:
         """Wait for a session to end; returns its final status."""
-        handle = self._running.get(session_id) or await DBOS.retrieve_workflow_async(session_id)
+        handle: WorkflowHandleAsync[str] = await DBOS.retrieve_workflow_async(session_id)
         return SessionStatus(await handle.get_result(polling_interval_sec=poll_s))
 
     async def stop(self) -> None:
         """Stop this worker. Sessions in flight stay PENDING in DBOS and resume,
         from their journal, at the next start of this executor (or, for `nexus
         run`, at the next worker of the home)."""
-        global _runtime, _slots
+        global _active
         if self._adopter is not None:
             self._adopter.cancel()
             await asyncio.gather(self._adopter, return_exceptions=True)
             self._adopter = None
-        running = [h.task for h in self._running.values() if not h.task.done()]
+        running = [t for t in self._running.values() if not t.done()]
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
         DBOS.destroy(workflow_completion_timeout_sec=0)
         # DBOS leaves its shut-down thread pool as the loop's default executor.
         asyncio.get_running_loop().set_default_executor(concurrent.futures.ThreadPoolExecutor())
-        _runtime = None
-        _slots = None
+        _active = None
         self._running.clear()
         if self._lock_file is not None:
             # A solo run that ended leaves nothing for a worker to adopt.
