@@ -307,9 +307,7 @@ def test_nexus_config_pointing_nowhere_is_refused(
     assert str(info.value) == f"NEXUS_CONFIG: no such file: {missing}"
 
 
-def test_a_home_given_as_an_override_reads_its_own_toml(
-    nexus_home: Path, tmp_path: Path
-) -> None:
+def test_a_home_given_as_an_override_reads_its_own_toml(nexus_home: Path, tmp_path: Path) -> None:
     """`load_settings(home=X)` reads X's nexus.toml, not the default home's
     (NEXUS_HOME points elsewhere here)."""
     nexus_home.mkdir(parents=True)

@@ -91,6 +91,12 @@ class Settings(BaseSettings):
     default_agent: str = "assistant"
     concurrency: int = Field(default=50, ge=1, le=10_000, description="Sessions in flight.")
     queue_poll_s: float = Field(default=0.2, gt=0, le=60)
+    control_poll_s: float = Field(
+        default=0.05,
+        gt=0,
+        le=5,
+        description="How often a worker reads commands (kill, pause) posted by other processes.",
+    )
     worker_id: str = Field(
         default="local",
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",

@@ -33,6 +33,10 @@ class SchemaVersionError(StorageError):
     """The database was written by a newer NEXUS than this one."""
 
 
+class SessionFinished(NexusError):
+    """A command was sent to a session that has already ended."""
+
+
 class DispatchError(NexusError):
     """A session could not be handed to the workers; it ended `failed` with the reason."""
 
@@ -114,12 +118,25 @@ class ControlFlow(NexusError):
     Args:
         reason: why, as a person reads it.
         by: who or what decided it (a user, a guard, a trigger).
+        command: the control-channel command it applies, if one (journaled with
+            the effect, so a command is applied once).
+        interrupted: what happened to a step cut short by it (journaled with the
+            step's outcome), e.g. "the tool ran in a thread and was abandoned".
     """
 
-    def __init__(self, reason: str, *, by: str = "kernel") -> None:
+    def __init__(
+        self,
+        reason: str,
+        *,
+        by: str = "kernel",
+        command: int | None = None,
+        interrupted: str | None = None,
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.by = by
+        self.command = command
+        self.interrupted = interrupted
 
 
 class SessionKilled(ControlFlow):

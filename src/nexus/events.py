@@ -24,6 +24,7 @@ SESSION_PAUSED: Final = "session.paused"
 SESSION_COMPLETED: Final = "session.completed"
 SESSION_FAILED: Final = "session.failed"
 SESSION_KILLED: Final = "session.killed"
+SESSION_CONTROL: Final = "session.control"  # a command applied that keeps the status
 LLM_REQUEST: Final = "llm.request"
 LLM_RESPONSE: Final = "llm.response"
 LLM_FAILED: Final = "llm.failed"
@@ -93,6 +94,27 @@ class SessionCompleted(TypedDict):
 class SessionFailed(TypedDict):
     reason: str
     steps: int
+
+
+class SessionStopped(TypedDict):
+    """`session.killed` and `session.paused`: a control-flow exit."""
+
+    reason: str
+    by: str  # who or what decided it: a user, a guard, a trigger
+    steps: int
+    kind: NotRequired[str]  # the exit's class, for `session.paused`
+    command: NotRequired[int]  # the control-channel command it applied
+    interrupted: NotRequired[str]  # what happened to a step cut short
+
+
+class SessionControl(TypedDict):
+    """A control-channel command applied without changing the status (a resume)."""
+
+    command: int
+    kind: str
+    by: str
+    reason: str
+    note: NotRequired[str]  # an operator's note, told to the model before its next call
 
 
 class LlmRequest(TypedDict):

@@ -69,13 +69,13 @@ def test_minimal_agent_file_gets_defaults(tmp_path: Path) -> None:
         "model": None,
         "toolkits": [],
         "limits": {
-                "max_steps": 50,
-                "max_tokens": None,
-                "max_wall_s": None,
-                "max_cost_usd": None,
-                "max_tokens_per_call": 4096,
-                "max_tool_calls_per_turn": 16,
-            },
+            "max_steps": 50,
+            "max_tokens": None,
+            "max_wall_s": None,
+            "max_cost_usd": None,
+            "max_tokens_per_call": 4096,
+            "max_tool_calls_per_turn": 16,
+        },
         "source": str(tmp_path / "m.toml"),
     }
 
@@ -170,13 +170,13 @@ def test_registry_without_a_folder_has_the_builtins(tmp_path: Path) -> None:
         "model": None,
         "toolkits": ["workspace", "http"],
         "limits": {
-                "max_steps": 50,
-                "max_tokens": None,
-                "max_wall_s": None,
-                "max_cost_usd": None,
-                "max_tokens_per_call": 4096,
-                "max_tool_calls_per_turn": 16,
-            },
+            "max_steps": 50,
+            "max_tokens": None,
+            "max_wall_s": None,
+            "max_cost_usd": None,
+            "max_tokens_per_call": 4096,
+            "max_tool_calls_per_turn": 16,
+        },
         "source": "builtin",
     }
     assert registry.get("assistant").system_prompt == DEFAULT_PROMPT

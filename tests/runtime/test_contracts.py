@@ -743,9 +743,9 @@ async def test_a_guard_kills_a_session_through_a_control_flow_exit() -> None:
 
 
 async def test_a_suspended_session_keeps_its_step_and_continues_when_resumed() -> None:
-    """`SessionSuspended` ends the run `paused` without running the step; running the
-    session again resumes at that step (its next attempt, saying why) and the tool
-    runs exactly once."""
+    """`SessionSuspended` ends the run `paused` without running the step; it does not
+    run again until resumed, and then resumes at that step (its next attempt, saying
+    why) and the tool runs exactly once."""
     from nexus.errors import SessionSuspended
 
     ran: list[str] = []
@@ -785,6 +785,8 @@ async def test_a_suspended_session_keeps_its_step_and_continues_when_resumed() -
         },
     )
     assert (rt.session(sid).status, ran) == ("paused", [])
+    assert await rt.run(sid) is SessionStatus.PAUSED  # not again until resumed
+    await rt.control.post(sid, "resume", by="operator")
     assert await rt.run(sid) is SessionStatus.COMPLETED
     assert ran == ["go"]
     calls = [e.payload for e in rt.journal.events(sid) if e.kind == "tool.call"]

@@ -326,6 +326,7 @@ async def test_a_guard_added_from_outside_plugs_in_at_its_stage() -> None:
     rt = make_runtime(prov, guards=[Deny()])
     rt.projections.append(Watch())
     assert [type(g).__name__ for g in sorted(rt.guards, key=lambda g: g.stage)] == [
+        "Control",
         "Deny",
         "LimitsGuard",
     ]

@@ -44,6 +44,7 @@ class ConversationState:
     open_tools: dict[int, int] = field(default_factory=dict)  # step -> attempt started
     status: SessionStatus = SessionStatus.QUEUED
     paused: bool = False  # the last run ended paused (an open step did not run)
+    notes: list[JSON] = field(default_factory=list)  # held until the calls in flight answer
 
 
 class Conversation(Projection[ConversationState]):
@@ -87,6 +88,9 @@ class Conversation(Projection[ConversationState]):
             state.messages.append(
                 {"role": "tool", "tool_call_id": p["call_id"], "content": tool_content(p)}
             )
+            if not state.pending and state.notes:
+                state.messages.extend(state.notes)
+                state.notes = []
         elif k == ev.TOOL_CALL:
             state.open_tools[int(p["step"])] = int(p.get("attempt", 1))
             state.paused = False
@@ -103,6 +107,15 @@ class Conversation(Projection[ConversationState]):
                 {"role": "system", "content": prompt},
                 {"role": "user", "content": p["goal"]},
             ]
+        elif k == ev.SESSION_CONTROL and p.get("note"):
+            # An operator's note joins the conversation before the next LLM call;
+            # after the results of calls still open (a tool result must follow
+            # the assistant message that called it).
+            note = {"role": "user", "content": f"Note from the operator ({p['by']}): {p['note']}"}
+            if state.pending:
+                state.notes.append(note)
+            else:
+                state.messages.append(note)
         elif k in ev.STATUS_BY_KIND:
             state.status = ev.STATUS_BY_KIND[k]
             if k == ev.SESSION_PAUSED:

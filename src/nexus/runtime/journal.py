@@ -291,6 +291,11 @@ class Journal:
             listener(event)
         return event
 
+    def stored_status(self, session_id: str) -> SessionStatus | None:
+        """The session's status as the database has it now (None if unknown)."""
+        row = self.store.session(session_id)
+        return None if row is None else SessionStatus(row.status)
+
     def forget(self, session_id: str) -> None:
         """Drop the cached chain head of a finished session."""
         self._heads.pop(session_id, None)

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Iterable, Sequence
 
 from nexus import events as ev
-from nexus.errors import ControlFlow, SessionKilled, TerminalError
+from nexus.errors import ControlFlow, JournalError, SessionKilled, TerminalError
 from nexus.runtime.fold import Conversation, ConversationState, fold
 from nexus.runtime.pipeline import Pipeline
 from nexus.types import JSON, ChatRequest, Event, RunContext, SessionHook, SessionStatus, Step
@@ -80,6 +80,14 @@ async def run_session(
 
 async def _stop_on(run: RunContext, error: Exception) -> SessionStatus:
     """The session's end for an exception out of its steps."""
+    if isinstance(error, JournalError):
+        # Another writer won this seq: the session was ended from outside (a kill
+        # of a session not yet started, say). It is theirs now: leave it be.
+        run.journal.discard(run.session_id)
+        ended = run.journal.stored_status(run.session_id)
+        if ended is not None and ended.finished:
+            log.info("session %s ended elsewhere (%s); this run stops", run.session_id, ended)
+            return ended
     if isinstance(error, ControlFlow):
         return await _stop(run, error)
     if isinstance(error, TerminalError):
@@ -150,6 +158,10 @@ def _conversation(run: RunContext) -> ConversationState:
 async def _stop(run: RunContext, exc: ControlFlow) -> SessionStatus:
     """A control-flow exit: killed for good, or paused until resumed."""
     payload: JSON = {"reason": exc.reason, "by": exc.by, "steps": run.steps}
+    if exc.command is not None:
+        payload["command"] = exc.command
+    if exc.interrupted is not None:
+        payload["interrupted"] = exc.interrupted
     if isinstance(exc, SessionKilled):
         await run.record(ev.SESSION_KILLED, payload, reason=exc.reason)
         return SessionStatus.KILLED

@@ -132,6 +132,9 @@ def _llm_failure(step: Step, exc: BaseException, by: str) -> Record:
         "error_type": type(exc).__name__,
         "by": by,
     }
+    interrupted = getattr(exc, "interrupted", None)
+    if interrupted is not None:  # cut short in flight (a kill)
+        payload["interrupted"] = interrupted
     return ev.LLM_FAILED, payload, {}
 
 
@@ -217,7 +220,11 @@ def _tool_outcome(step: Step, outcome: Outcome) -> Record:
 
 def _tool_failure(step: Step, exc: BaseException, by: str) -> Record:
     payload = _tool_head(step)
-    payload.update(error=f"refused: {exc}", error_type=type(exc).__name__, by=by)
+    interrupted = getattr(exc, "interrupted", None)
+    if interrupted is not None:  # cut short while it ran (a kill)
+        payload.update(error=f"interrupted: {interrupted}", error_type=type(exc).__name__, by=by)
+    else:
+        payload.update(error=f"refused: {exc}", error_type=type(exc).__name__, by=by)
     return ev.TOOL_RESULT, payload, {}
 
 

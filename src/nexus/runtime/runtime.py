@@ -19,6 +19,7 @@ from nexus import events as ev
 from nexus.config import Settings, load_settings
 from nexus.errors import ConfigError, NexusError, SessionNotFound
 from nexus.runtime.agents import Agent, AgentRegistry, Limits
+from nexus.runtime.control import Applied, Control, resume_pending
 from nexus.runtime.fold import Conversation, CounterFold
 from nexus.runtime.journal import Journal
 from nexus.runtime.labels import check_labels
@@ -90,7 +91,8 @@ class Runtime:
         self.journal = Journal(self.store, self.redactor)
         self.toolkits = toolkits or ToolkitRegistry(self.settings.toolkits)
         self.agents = agents or AgentRegistry.load(self.settings.agents_dir, self.toolkits)
-        self.guards: list[Guard] = [*default_guards(), *(guards or [])]
+        self.control = Control(self.store, self.journal, poll_s=self.settings.control_poll_s)
+        self.guards: list[Guard] = [self.control, *default_guards(), *(guards or [])]
         self.hooks: list[SessionHook] = [
             *(g for g in self.guards if isinstance(g, SessionHook)),
             *(hooks or []),
@@ -180,6 +182,8 @@ class Runtime:
         # session since this one cached its chain head (it created it, say).
         self.journal.forget(session_id)
         events = self.journal.events(session_id)
+        if row.status == SessionStatus.PAUSED.value and not resume_pending(self.store, events):
+            return SessionStatus.PAUSED  # a stale run of a paused session: wait for a resume
         created = events[0].payload
         try:
             run, spec = await self._prepare(session_id, created)
@@ -259,6 +263,7 @@ class Runtime:
                     max_calls_per_turn=limits.max_tool_calls_per_turn,
                 ),
                 CounterFold(),
+                Applied(),
                 *self.projections,
             ],
             max_tool_result_bytes=self.settings.max_tool_result_bytes,
@@ -325,6 +330,7 @@ class Runtime:
 
     async def aclose(self) -> None:
         """Close owned providers, opened toolkits and the store."""
+        await self.control.aclose()
         await self.aclose_providers()
         await self.toolkits.aclose()
         self.store.close()

@@ -72,6 +72,23 @@ class SessionChange:
 
 
 @dataclass(frozen=True, slots=True)
+class CommandRow:
+    """A command posted for a session on the control channel."""
+
+    id: int
+    session_id: str
+    kind: str
+    by: str
+    reason: str
+    data: dict[str, Any]
+    ts: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """The command as plain data."""
+        return {f: getattr(self, f) for f in self.__slots__}
+
+
+@dataclass(frozen=True, slots=True)
 class Schema:
     """A subsystem's own tables: versioned migrations applied in order, tracked
     apart from the kernel's (`subsystem_schema`), so a feature (memory, vault,
@@ -147,10 +164,35 @@ class SessionIndex(Protocol):
         ...
 
 
-class Store(EventStore, SessionIndex, Protocol):
+class CommandStore(Protocol):
+    """The control channel's inbox: commands any process posts for a session,
+    applied (and journaled) by the session's runner. Rows are never changed: what
+    a runner applied is in its journal."""
+
+    def post_command(
+        self, session_id: str, kind: str, by: str, reason: str, data: dict[str, Any]
+    ) -> CommandRow:
+        """Store a command durably; returns it with its id (increasing)."""
+        ...
+
+    def commands(self, session_id: str, after_id: int = 0) -> list[CommandRow]:
+        """A session's commands with id > `after_id`, oldest first."""
+        ...
+
+    def commands_after(self, after_id: int, limit: int = 1000) -> list[CommandRow]:
+        """Commands of all sessions with id > `after_id`, oldest first."""
+        ...
+
+    def latest_command_id(self) -> int:
+        """The id of the newest command (0 when none)."""
+        ...
+
+
+class Store(EventStore, SessionIndex, CommandStore, Protocol):
     """Durable storage: the journal's events and the session index (written
-    together: an event and its index change commit in one transaction), plus the
-    schemas of subsystems. Implemented by SQLite and in memory (and PostgreSQL)."""
+    together: an event and its index change commit in one transaction), the
+    control channel's commands, plus the schemas of subsystems. Implemented by
+    SQLite and in memory (and PostgreSQL)."""
 
     path: str
 

@@ -5,11 +5,19 @@ are tested against (`tests/storage/test_store_contract.py`)."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 
 from nexus.errors import JournalError, SchemaVersionError
-from nexus.storage.base import EventRow, Schema, SessionChange, SessionQuery, SessionRow
+from nexus.storage.base import (
+    CommandRow,
+    EventRow,
+    Schema,
+    SessionChange,
+    SessionQuery,
+    SessionRow,
+)
 
 
 class MemoryStore:
@@ -22,6 +30,7 @@ class MemoryStore:
         self._by_session: dict[str, list[EventRow]] = {}
         self._sessions: dict[str, SessionRow] = {}
         self._schemas: dict[str, int] = {}
+        self._commands: list[CommandRow] = []
 
     # -- journal --------------------------------------------------------------------
 
@@ -176,6 +185,30 @@ class MemoryStore:
 
     def ping(self) -> None:
         """Always answers: memory does not go away."""
+
+    # -- control channel ------------------------------------------------------------
+
+    def post_command(
+        self, session_id: str, kind: str, by: str, reason: str, data: dict[str, object]
+    ) -> CommandRow:
+        with self._lock:
+            row = CommandRow(
+                len(self._commands) + 1, session_id, kind, by, reason, dict(data), time.time()
+            )
+            self._commands.append(row)
+        return row
+
+    def commands(self, session_id: str, after_id: int = 0) -> list[CommandRow]:
+        with self._lock:
+            return [c for c in self._commands[after_id:] if c.session_id == session_id]
+
+    def commands_after(self, after_id: int, limit: int = 1000) -> list[CommandRow]:
+        with self._lock:
+            return self._commands[after_id : after_id + limit]
+
+    def latest_command_id(self) -> int:
+        with self._lock:
+            return len(self._commands)
 
     def close(self) -> None:
         """Nothing to release."""

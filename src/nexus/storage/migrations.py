@@ -58,4 +58,24 @@ MIGRATIONS.append(
     )
 )
 
+MIGRATIONS.append(
+    (
+        4,
+        # The control channel: commands for a session (kill, pause, resume, …) posted
+        # by any process; the session's runner applies them and journals the effect.
+        """
+        CREATE TABLE commands (
+            id          INTEGER PRIMARY KEY,  -- never deleted: ids only grow
+            session_id  TEXT NOT NULL,
+            kind        TEXT NOT NULL,
+            by          TEXT NOT NULL,
+            reason      TEXT NOT NULL,
+            data        TEXT NOT NULL DEFAULT '{}',
+            ts          REAL NOT NULL
+        );
+        CREATE INDEX commands_session ON commands (session_id, id);
+        """,
+    )
+)
+
 LATEST = MIGRATIONS[-1][0]

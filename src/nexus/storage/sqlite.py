@@ -17,6 +17,7 @@ from pathlib import Path
 
 from nexus.errors import JournalError, SchemaVersionError, StorageError
 from nexus.storage.base import (
+    CommandRow,
     Durability,
     EventRow,
     Schema,
@@ -36,6 +37,7 @@ _SESSION_COLS = (
 )
 
 
+_COMMAND_COLS = "id, session_id, kind, by, reason, data, ts"
 _INSERT_EVENT = f"INSERT INTO events ({_EVENT_COLS}) VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _COUNTERS = (
     "UPDATE sessions SET updated_at = ?, last_seq = ?, steps = steps + ?, "
@@ -369,6 +371,41 @@ class SQLiteStore:
             ).fetchall()
         return [str(r[0]) for r in rows]
 
+    # -- control channel ------------------------------------------------------------
+
+    def post_command(
+        self, session_id: str, kind: str, by: str, reason: str, data: dict[str, object]
+    ) -> CommandRow:
+        ts = time.time()
+        with self._lock:
+            cur = self._db.execute(
+                "INSERT INTO commands (session_id, kind, by, reason, data, ts) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (session_id, kind, by, reason, json.dumps(data), ts),
+            )
+        return CommandRow(int(cur.lastrowid or 0), session_id, kind, by, reason, dict(data), ts)
+
+    def commands(self, session_id: str, after_id: int = 0) -> list[CommandRow]:
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_COMMAND_COLS} FROM commands WHERE session_id = ? AND id > ? ORDER BY id",
+                (session_id, after_id),
+            ).fetchall()
+        return [_command(r) for r in rows]
+
+    def commands_after(self, after_id: int, limit: int = 1000) -> list[CommandRow]:
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_COMMAND_COLS} FROM commands WHERE id > ? ORDER BY id LIMIT ?",
+                (after_id, limit),
+            ).fetchall()
+        return [_command(r) for r in rows]
+
+    def latest_command_id(self) -> int:
+        with self._lock:
+            (latest,) = self._db.execute("SELECT coalesce(max(id), 0) FROM commands").fetchone()
+        return int(latest)
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
@@ -405,3 +442,9 @@ def _session(r: tuple[object, ...]) -> SessionRow:
     values = list(r)
     values[5] = json.loads(str(values[5]))
     return SessionRow(*values)  # type: ignore[arg-type]
+
+
+def _command(r: tuple[object, ...]) -> CommandRow:
+    values = list(r)
+    values[5] = json.loads(str(values[5]))
+    return CommandRow(*values)  # type: ignore[arg-type]
