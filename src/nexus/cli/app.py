@@ -4,7 +4,8 @@ Heavy modules are imported inside commands so `nexus --help` stays fast.
 
 Exit codes: 0 success; 1 the session failed or was killed; 2 bad usage or
 configuration (including no LLM provider); 3 not found; 4 audit found tampering;
-130 interrupted (SIGINT); 143 terminated (SIGTERM).
+5 the session has already ended (kill, pause, resume); 6 the session was paused
+(`nexus run`); 130 interrupted (SIGINT); 143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_TAMPERED = 1, 2, 3, 4
+EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_TAMPERED, EXIT_ENDED, EXIT_PAUSED = 1, 2, 3, 4, 5, 6
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
 
 app = typer.Typer(
@@ -98,12 +99,15 @@ def run(
     ] = 0.0,
     priority: Annotated[int, typer.Option(help="Queue priority; 0 is the highest.")] = 0,
     model: Annotated[str | None, typer.Option(help="Override the agent's model.")] = None,
+    detach: Annotated[
+        bool, typer.Option("--detach", "-d", help="Queue it for a worker and return at once.")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Run one agent session to its end, durably, showing each step as it happens.
 
     Runs beside a server or worker on the same home, and runs only this session.
-    Interrupted (Ctrl-C, SIGTERM), the session resumes at the next worker or server."""
+    Ctrl-C kills the session; SIGTERM leaves it to resume at the next worker."""
     import asyncio
 
     from nexus.errors import NexusError
@@ -120,7 +124,9 @@ def run(
         "model": model,
     }
     try:
-        status = asyncio.run(_run_one(rt, goal, options, created, stopped_by, show=not as_json))
+        status = asyncio.run(
+            _run_one(rt, goal, options, created, stopped_by, show=not as_json, detach=detach)
+        )
     except NexusError as exc:
         _die(str(exc), EXIT_USAGE)
     except KeyboardInterrupt:
@@ -128,9 +134,25 @@ def run(
     except asyncio.CancelledError:
         if not stopped_by:
             raise
-        _interrupted(rt, created, "terminated (SIGTERM)", EXIT_TERMINATED)
+        how, code = ("terminated (SIGTERM)", EXIT_TERMINATED)
+        if stopped_by[-1] == "SIGINT":
+            how, code = ("interrupted twice", EXIT_INTERRUPTED)
+        _interrupted(rt, created, how, code)
+    row = rt.session(created[0])
     if as_json:
-        _print_json(rt.session(created[0]).to_dict())
+        _print_json(row.to_dict())
+    elif detach:
+        _console().print(f"queued: a worker of {rt.settings.home} runs it (nexus logs -f {row.id})")
+    if detach:
+        raise typer.Exit(0)
+    if status is SessionStatus.KILLED and "SIGINT" in stopped_by:
+        _die(f"session {row.id} killed: {row.reason}", EXIT_INTERRUPTED)
+    if status is SessionStatus.PAUSED:
+        _die(
+            f"session {row.id} was paused ({row.reason}); `nexus resume {row.id}` continues it "
+            "on a worker of this home",
+            EXIT_PAUSED,
+        )
     raise typer.Exit(0 if status is SessionStatus.COMPLETED else EXIT_FAILED)
 
 
@@ -142,30 +164,50 @@ async def _run_one(
     stopped_by: list[str],
     *,
     show: bool,
+    detach: bool = False,
 ) -> SessionStatus:
     """`nexus run`'s session: checked, journaled, run under an executor of its own.
-    SIGTERM cancels it (noted in `stopped_by`); its id goes into `created`."""
+
+    Ctrl-C kills it (a second Ctrl-C stops at once); SIGTERM cancels the run and
+    leaves the session to resume. Each signal is noted in `stopped_by`; the
+    session's id goes into `created`."""
     import asyncio
     import signal
 
-    from nexus.runtime.dispatch import Dispatcher
+    from nexus.runtime.control import KILL
+    from nexus.runtime.dispatch import Dispatcher, enqueue
 
     task = asyncio.current_task()
     assert task is not None
     loop = asyncio.get_running_loop()
+    killing: list[asyncio.Task[Any]] = []
 
     def terminate() -> None:
         stopped_by.append("SIGTERM")
         task.cancel()
 
+    def interrupt() -> None:
+        stopped_by.append("SIGINT")
+        if not created or killing:
+            task.cancel()  # before the session exists, or a second Ctrl-C
+            return
+        post = rt.control.post(created[0], KILL, by=_who(), reason="interrupted by the user")
+        killing.append(loop.create_task(post))
+
     loop.add_signal_handler(signal.SIGTERM, terminate)
+    loop.add_signal_handler(signal.SIGINT, interrupt)
     console = _console()
     try:
         rt.agents.get(options["agent"] or rt.settings.default_agent)  # unknown agent: say so first
-        if options["replay"] is None:
+        if options["replay"] is None and not detach:
             await rt.provider()  # no provider: fail in one line before journaling anything
         session_id = rt.create_session(goal, **options)
         created.append(session_id)
+        if detach:
+            from nexus.types import SessionStatus
+
+            await enqueue(rt, session_id, priority=options["priority"])
+            return SessionStatus.QUEUED
         if show:
             console.print(f"[bold]session[/] {session_id}  [dim](nexus logs {session_id})[/]")
         async with Dispatcher.solo(rt, session_id) as dispatcher:
@@ -175,10 +217,24 @@ async def _run_one(
 
                 async for event in rt.journal.follow(session_id):
                     console.print(event_line(event))
+                    if event.kind == "session.paused":
+                        break
             return await dispatcher.wait(session_id)
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
+        loop.remove_signal_handler(signal.SIGINT)
+        await asyncio.gather(*killing, return_exceptions=True)
         await rt.aclose_providers()
+
+
+def _who() -> str:
+    """Who sends a command from this CLI: `user:<login>`."""
+    import getpass
+
+    try:
+        return f"user:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "user:unknown"
 
 
 def _interrupted(rt: Runtime, created: list[str], how: str, code: int) -> NoReturn:
@@ -198,6 +254,120 @@ def _interrupted(rt: Runtime, created: list[str], how: str, code: int) -> NoRetu
         "`nexus worker` or `nexus start` on this home",
         code,
     )
+
+
+def _control(session_id: str, send: Callable[[Runtime], Any]) -> tuple[Runtime, Any]:
+    """Run a control-channel call against this home, mapping errors to exit codes."""
+    import asyncio
+
+    from nexus.errors import ConfigError, SessionFinished, SessionNotFound
+
+    rt = _runtime()
+    try:
+        return rt, asyncio.run(send(rt))
+    except SessionNotFound as exc:
+        _die(str(exc), EXIT_NOT_FOUND)
+    except SessionFinished as exc:
+        _die(str(exc), EXIT_ENDED)
+    except ConfigError as exc:
+        _die(str(exc), EXIT_USAGE)
+
+
+def _await_status(rt: Runtime, session_id: str, wanted: set[str], timeout_s: float) -> str:
+    """Poll the session until its status is one of `wanted` (or it ends)."""
+    import time
+
+    from nexus.types import SessionStatus
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = rt.session(session_id).status
+        if status in wanted or SessionStatus(status).finished or time.monotonic() > deadline:
+            return status
+        time.sleep(0.02)
+
+
+ReasonOpt = Annotated[str, typer.Option(help="Why (journaled with who sent it).")]
+TimeoutOpt = Annotated[float, typer.Option(min=0, max=3600, help="Seconds to wait.")]
+
+
+@app.command()
+def kill(
+    session_id: str,
+    reason: ReasonOpt = "killed by the user",
+    timeout: TimeoutOpt = 10.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Hard stop: no further step runs, the step in flight is cancelled, and the
+    session ends `killed` (at once if it is queued or paused). Idempotent."""
+    from nexus.runtime.control import KILL
+
+    rt, command = _control(
+        session_id, lambda rt: rt.control.post(session_id, KILL, by=_who(), reason=reason)
+    )
+    status = _await_status(rt, session_id, {"killed"}, timeout)
+    row = rt.session(session_id)
+    if as_json:
+        _print_json({"command": command.to_dict(), "session": row.to_dict()})
+    elif status == "killed":
+        _console().print(f"session {session_id} [bold]killed[/]: {row.reason}")
+    else:
+        _console().print(
+            f"kill posted (command {command.id}); session {session_id} is still {status}: "
+            "its worker applies it when it runs again"
+        )
+
+
+@app.command()
+def pause(
+    session_id: str,
+    reason: ReasonOpt = "paused by the user",
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Return once it is paused: no step in flight.")
+    ] = False,
+    timeout: TimeoutOpt = 600.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Soft stop: the session stops at its next step boundary, keeps everything and
+    frees its worker slot until `nexus resume`."""
+    from nexus.runtime.control import PAUSE
+
+    rt, command = _control(
+        session_id, lambda rt: rt.control.post(session_id, PAUSE, by=_who(), reason=reason)
+    )
+    status = _await_status(rt, session_id, {"paused"}, timeout) if wait else None
+    row = rt.session(session_id)
+    if as_json:
+        _print_json({"command": command.to_dict(), "session": row.to_dict()})
+    elif status == "paused":
+        _console().print(f"session {session_id} [bold]paused[/]: no step in flight")
+    elif status is not None:
+        _die(f"session {session_id} is {status}, not paused", EXIT_ENDED)
+    else:
+        _console().print(f"pause posted; session {session_id} stops at its next step")
+
+
+@app.command()
+def resume(
+    session_id: str,
+    note: Annotated[
+        str | None, typer.Option(help="A note for the agent, read before its next LLM call.")
+    ] = None,
+    reason: ReasonOpt = "resumed by the user",
+    as_json: JsonOpt = False,
+) -> None:
+    """Continue a paused session from its next step, on a worker of this home
+    (now, or when one starts)."""
+    from nexus.runtime.dispatch import resume_session
+
+    rt, command = _control(
+        session_id,
+        lambda rt: resume_session(rt, session_id, by=_who(), reason=reason, note=note),
+    )
+    if as_json:
+        _print_json({"command": command.to_dict(), "session": rt.session(session_id).to_dict()})
+    else:
+        _console().print(f"session {session_id} resumes on a worker of {rt.settings.home}")
 
 
 @app.command()

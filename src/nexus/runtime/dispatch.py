@@ -46,12 +46,17 @@ from typing import IO, Any
 
 import sqlalchemy
 from dbos import DBOS, SetEnqueueOptions, SetWorkflowID, WorkflowHandleAsync
+from dbos._error import DBOSNonExistentWorkflowError
 
+from nexus import events as ev
 from nexus.errors import ConfigError, DispatchError
+from nexus.runtime.control import RESUME, resume_pending
 from nexus.runtime.runtime import Runtime
-from nexus.types import SessionStatus
+from nexus.storage.base import CommandRow
+from nexus.types import Event, SessionStatus
 
 QUEUE = "nexus-sessions"
+WORKFLOW = "nexus.session"
 SOLO_PREFIX = "run-"  # executor ids of `nexus run` processes
 ADOPT_AFTER_S = 5.0  # a solo lock file younger than this may still be being taken
 log = logging.getLogger("nexus.dispatch")
@@ -72,7 +77,7 @@ def _tune_sqlite(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.execute(f"PRAGMA synchronous={_synchronous}")
 
 
-@DBOS.workflow(name="nexus.session", max_recovery_attempts=50)
+@DBOS.workflow(name=WORKFLOW, max_recovery_attempts=50)
 async def session_workflow(session_id: str) -> str:
     """Run one session to its end. Re-run from the top on recovery: the journal
     makes that a replay, not a repeat."""
@@ -198,16 +203,29 @@ class Dispatcher:
 
     async def _queue_unknown(self) -> None:
         # Sessions journaled as queued whose creator died before handing them to
-        # DBOS. Ids DBOS knows are left alone: it runs or queues them already.
-        queued = self.runtime.store.session_ids([SessionStatus.QUEUED.value])
-        for chunk in _chunks(queued, 500):
-            known = {w.workflow_id for w in await DBOS.list_workflows_async(workflow_ids=chunk)}
-            for session_id in chunk:
-                if session_id in known:
+        # DBOS, and paused ones whose resume was posted but whose next segment was
+        # not queued. Ids DBOS knows are left alone: it runs or queues them already.
+        store = self.runtime.store
+        wanted = [(sid, sid) for sid in store.session_ids([SessionStatus.QUEUED.value])]
+        for sid in store.session_ids([SessionStatus.PAUSED.value]):
+            events = self.runtime.journal.events(sid)
+            if resume_pending(store, events):
+                wanted.append((sid, segment_id(sid, events)))
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            ids = [workflow_id for _, workflow_id in chunk]
+            known = {w.workflow_id for w in await DBOS.list_workflows_async(workflow_ids=ids)}
+            for session_id, workflow_id in chunk:
+                if workflow_id in known:
                     continue
-                row = self.runtime.store.session(session_id)
+                row = store.session(session_id)
                 try:
-                    await self.submit(session_id, priority=row.priority if row else 0, direct=False)
+                    await self.submit(
+                        session_id,
+                        priority=row.priority if row else 0,
+                        direct=False,
+                        workflow_id=workflow_id,
+                    )
                 except DispatchError as exc:
                     log.error("%s", exc)  # that session ends failed; the others go on
 
@@ -245,9 +263,17 @@ class Dispatcher:
             except Exception:
                 log.exception("adopting sessions of dead `nexus run` processes failed")
 
-    async def submit(self, session_id: str, *, priority: int = 0, direct: bool = True) -> None:
+    async def submit(
+        self,
+        session_id: str,
+        *,
+        priority: int = 0,
+        direct: bool = True,
+        workflow_id: str | None = None,
+    ) -> None:
         """Hand a journaled session to DBOS: started now if this worker has room,
-        else queued by priority (0 = highest).
+        else queued by priority (0 = highest). `workflow_id` names a later run
+        segment (a resume); the first is the session id.
 
         If it cannot be handed over, the session ends `failed` with the reason and
         `DispatchError` says why: a session is never left queued with no one to run it.
@@ -256,7 +282,7 @@ class Dispatcher:
             if isinstance(priority, bool) or not 0 <= priority <= 1000:
                 raise ConfigError(f"priority {priority!r} is not from 0 (the highest) to 1000")
             free = not self.slots.locked()
-            with SetWorkflowID(session_id):
+            with SetWorkflowID(workflow_id or session_id):
                 if direct and (free or not self.serves_queue):
                     await DBOS.start_workflow_async(session_workflow, session_id)
                 else:
@@ -272,9 +298,24 @@ class Dispatcher:
         """Sessions running in this process now."""
         return len(self._running)
 
+    async def resume(self, session_id: str) -> str:
+        """Hand a paused session's next run segment to DBOS (after its resume
+        command is posted); returns the segment's workflow id."""
+        row = self.runtime.session(session_id)
+        workflow_id = segment_id(session_id, self.runtime.journal.events(session_id))
+        await self.submit(session_id, priority=row.priority, workflow_id=workflow_id)
+        return workflow_id
+
     async def wait(self, session_id: str, *, poll_s: float = 0.02) -> SessionStatus:
-        """Wait for a session to end; returns its final status."""
-        handle: WorkflowHandleAsync[str] = await DBOS.retrieve_workflow_async(session_id)
+        """Wait for the session's current run to end; returns its status then
+        (`paused` if it was paused: it runs again only when resumed)."""
+        workflow_id = segment_id(session_id, self.runtime.journal.events(session_id))
+        try:
+            handle: WorkflowHandleAsync[str] = await DBOS.retrieve_workflow_async(workflow_id)
+        except DBOSNonExistentWorkflowError:
+            if workflow_id == session_id:
+                raise
+            return SessionStatus.PAUSED  # paused, and not resumed yet
         return SessionStatus(await handle.get_result(polling_interval_sec=poll_s))
 
     async def stop(self) -> None:
@@ -299,6 +340,68 @@ class Dispatcher:
             # A solo run that ended leaves nothing for a worker to adopt.
             _release(self._lock_file, remove=not self.serves_queue and not running)
             self._lock_file = None
+
+
+def segment_id(session_id: str, events: list[Event]) -> str:
+    """The DBOS workflow id of a session's current run segment.
+
+    A workflow id runs once, so each run between pauses is a workflow of its own:
+    the first is the session id, the n-th after it `"<session id>:<n>"`, n being the
+    number of pauses so far. Two resumes of one pause name the same segment (DBOS
+    runs it once), and a resume after a restart names the one it would have."""
+    pauses = sum(e.kind == ev.SESSION_PAUSED for e in events)
+    return session_id if pauses == 0 else f"{session_id}:{pauses}"
+
+
+async def resume_session(
+    runtime: Runtime,
+    session_id: str,
+    *,
+    by: str,
+    reason: str = "",
+    note: str | None = None,
+    dispatcher: Dispatcher | None = None,
+) -> CommandRow:
+    """Resume a paused session from any process: post the `resume` command, then
+    hand its next segment to the queue (this process's dispatcher if it has one,
+    else through a DBOS client: the home's next worker runs it)."""
+    command = await runtime.control.post(session_id, RESUME, by=by, reason=reason, note=note)
+    if dispatcher is not None:
+        await dispatcher.resume(session_id)
+        return command
+    row = runtime.session(session_id)
+    workflow_id = segment_id(session_id, runtime.journal.events(session_id))
+    await enqueue(runtime, session_id, workflow_id=workflow_id, priority=row.priority)
+    return command
+
+
+async def enqueue(
+    runtime: Runtime, session_id: str, *, workflow_id: str | None = None, priority: int = 0
+) -> None:
+    """Put a session (or a run segment of it) on the queue from a process that
+    runs no dispatcher (`nexus resume`, `nexus run --detach`): a worker of the
+    home, now or when one starts, runs it."""
+    from dbos import DBOSClient
+
+    s = runtime.settings
+    url = s.dbos_url
+    if url is None:
+        _enable_wal(s.dbos_path)
+        url = f"sqlite:///{s.dbos_path}"
+    client = await asyncio.to_thread(DBOSClient, system_database_url=url, application_name="nexus")
+    try:
+        await client.enqueue_async(
+            {
+                "queue_name": QUEUE,
+                "workflow_name": WORKFLOW,
+                "workflow_id": workflow_id or session_id,
+                "app_version": s.app_version,
+                "priority": priority + 1,
+            },
+            session_id,
+        )
+    finally:
+        await asyncio.to_thread(client.destroy)
 
 
 def _release(lock: IO[str], *, remove: bool) -> None:
@@ -333,10 +436,6 @@ def _lock_executor(home: Path, executor_id: str) -> IO[str]:
     lock.write(f"{os.getpid()}\n")
     lock.flush()
     return lock
-
-
-def _chunks(items: list[str], size: int) -> list[list[str]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def _enable_wal(path: Path) -> None:

@@ -80,14 +80,29 @@ async def run_session(
 
 async def _stop_on(run: RunContext, error: Exception) -> SessionStatus:
     """The session's end for an exception out of its steps."""
-    if isinstance(error, JournalError):
-        # Another writer won this seq: the session was ended from outside (a kill
-        # of a session not yet started, say). It is theirs now: leave it be.
-        run.journal.discard(run.session_id)
-        ended = run.journal.stored_status(run.session_id)
-        if ended is not None and ended.finished:
-            log.info("session %s ended elsewhere (%s); this run stops", run.session_id, ended)
+    if isinstance(error, JournalError) and (ended := _ended_elsewhere(run)) is not None:
+        return ended
+    try:
+        return await _end(run, error)
+    except JournalError:
+        if (ended := _ended_elsewhere(run)) is not None:
             return ended
+        raise
+
+
+def _ended_elsewhere(run: RunContext) -> SessionStatus | None:
+    """If another writer won a seq because it ended the session (a kill of a
+    session not yet started, say), the session is theirs: this run stops."""
+    run.journal.discard(run.session_id)
+    run.journal.forget(run.session_id)
+    ended = run.journal.stored_status(run.session_id)
+    if ended is None or not ended.finished:
+        return None
+    log.info("session %s ended elsewhere (%s); this run stops", run.session_id, ended.value)
+    return ended
+
+
+async def _end(run: RunContext, error: Exception) -> SessionStatus:
     if isinstance(error, ControlFlow):
         return await _stop(run, error)
     if isinstance(error, TerminalError):
