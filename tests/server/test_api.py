@@ -14,13 +14,12 @@ from fastapi import FastAPI
 
 import nexus
 from nexus.config import load_settings
-from nexus.examples import demo_recording
 from nexus.runtime.runtime import Runtime
 from nexus.server.app import create_app
 from nexus.server.auth import COOKIE
 
 ROOT = Path(__file__).resolve().parents[2]
-DEMO = str(demo_recording())
+DEMO = "demo.json"  # under NEXUS_HOME/recordings/ (conftest.py)
 PROBLEM = "application/problem+json"
 
 
@@ -197,7 +196,7 @@ async def test_readyz_without_workers_is_503(api: Api) -> None:
         (b'{"goal": "x", "priority": -1}', 422, "validation", "priority: Input should be"),
         (b'{"goal": "x", "budget": {"max_steps": 0}}', 422, "validation", "budget.max_steps"),
         (b'{"goal": "x", "agent": "ghost"}', 422, "invalid-request", "unknown agent 'ghost'"),
-        (b'{"goal": "x", "replay": "/no/such/file"}', 422, "invalid-request", "neither a file"),
+        (b'{"goal": "x", "replay": "/no/such/file"}', 422, "invalid-request", "replay must be"),
         (b"[1, 2]", 422, "validation", "Input should be a valid dictionary"),
     ],
 )

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from nexus.errors import ConfigError
 from nexus.runtime.labels import KEY_PATTERN, MAX_LABELS, MAX_VALUE, parse_filter
+from nexus.runtime.runtime import Runtime
 from nexus.server import sse
 from nexus.server.broadcast import single
 from nexus.server.deflate import accepts_deflate
 from nexus.server.problems import Problem
+from nexus.server.recordings import resolve_replay, store_upload
 from nexus.server.sse import EventStream
 from nexus.server.state import ServerState, get_state, require_auth
 from nexus.storage.base import SessionQuery
@@ -53,7 +57,18 @@ class NewSession(BaseModel):
         description=f"at most {MAX_LABELS}; keys {KEY_PATTERN}, values up to {MAX_VALUE} chars",
     )
     budget: Budget | None = None
-    replay: str | None = Field(default=None, description="exported file path or session id")
+    replay: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1000,
+        description="a session id of this node, or a file under NEXUS_HOME/recordings/ "
+        "named relative to that folder",
+    )
+    recording: dict[str, Any] | None = Field(
+        default=None,
+        description="an uploaded recording: the JSON document `nexus export` writes "
+        "(instead of `replay`)",
+    )
     replay_pace_s: float = Field(default=0.0, ge=0, le=60, description="wait per replayed answer")
     model: str | None = Field(default=None, max_length=200)
 
@@ -61,19 +76,37 @@ class NewSession(BaseModel):
 async def start_session(state: ServerState, body: NewSession) -> str:
     """Journal a new session from a validated request and hand it to the workers
     (the API and the dashboard's form both come here). `ConfigError` if refused."""
-    budget = body.budget.model_dump(exclude_none=True) if body.budget else None
-    session_id = state.runtime.create_session(
-        body.goal,
-        agent=body.agent,
-        priority=body.priority,
-        labels=body.labels,
-        replay=body.replay,
-        replay_pace_s=body.replay_pace_s,
-        model=body.model,
-        limits=budget or None,
-    )
+    session_id = create(state.runtime, body)
     await state.submit(session_id, body.priority)
     return session_id
+
+
+def create(runtime: Runtime, body: NewSession) -> str:
+    """Journal a new `queued` session; a replay source must pass the API's rules
+    (`nexus.server.recordings`). `ConfigError` if refused, with nothing written."""
+    budget = body.budget.model_dump(exclude_none=True) if body.budget else None
+    replay, uploaded = None, False
+    if body.replay is not None and body.recording is not None:
+        raise ConfigError("give either replay or recording, not both")
+    if body.replay is not None:
+        replay = resolve_replay(runtime, body.replay)
+    elif body.recording is not None:
+        replay, uploaded = store_upload(runtime, body.recording)
+    try:
+        return runtime.create_session(
+            body.goal,
+            agent=body.agent,
+            priority=body.priority,
+            labels=body.labels,
+            replay=replay,
+            replay_pace_s=body.replay_pace_s,
+            model=body.model,
+            limits=budget or None,
+        )
+    except ConfigError:
+        if uploaded and replay is not None:  # refused: leave nothing behind
+            Path(replay).unlink(missing_ok=True)
+        raise
 
 
 @router.post("/sessions", status_code=201)
