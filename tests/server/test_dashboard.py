@@ -524,6 +524,38 @@ async def test_unknown_session_is_a_404_page(signed_in: Browser) -> None:
     assert (await signed_in.client.get("/sessions/s_nope/export.json")).status_code == 404
 
 
+PAGE = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
+
+
+@pytest.mark.parametrize("path", ["/nope", "/sessions/x/y", "/new/deeper"])
+async def test_an_unknown_page_is_the_dashboards_404_page(signed_in: Browser, path: str) -> None:
+    """A browser asking for a page that does not exist gets the dashboard's own error
+    page (its layout, security headers, 404), not raw problem+json."""
+    resp = await signed_in.client.get(path, headers=PAGE)
+    assert (resp.status_code, resp.headers["content-type"]) == (404, "text/html; charset=utf-8")
+    assert resp.headers["content-security-policy"].startswith("default-src 'self'")
+    visible = text_of(resp.text)
+    assert "404 Not found there is no such page Back to sessions" in visible
+    assert 'class="topbar"' in resp.text and "Sign out" in visible  # the usual bar
+
+
+@pytest.mark.parametrize("path", ["/api/v1/nope", "/api/v1/sessions/x/y", "/fragments/nope"])
+async def test_unknown_api_paths_stay_problem_json_for_browsers(
+    signed_in: Browser, path: str
+) -> None:
+    """Under the API (and the page fragments) a 404 is problem+json, whatever the
+    client accepts."""
+    resp = await signed_in.client.get(path, headers=PAGE)
+    assert (resp.status_code, resp.headers["content-type"]) == (404, "application/problem+json")
+    assert resp.json() == {
+        "type": "urn:nexus:problem:not-found",
+        "title": "Not found",
+        "status": 404,
+        "detail": "Not Found",
+        "instance": path,
+    }
+
+
 async def test_user_text_is_escaped(signed_in: Browser) -> None:
     evil = '<script>alert("x")</script><img src=x onerror=alert(1)>'
     sid = signed_in.rt.create_session(evil, labels={"k": "<b>v</b>"})

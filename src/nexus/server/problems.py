@@ -114,16 +114,19 @@ def install(app: FastAPI) -> None:
             422, detail, slug="validation", instance=request.url.path, errors=fields
         )
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        detail = (
-            exc.detail
-            if isinstance(exc.detail, str)
-            else _TITLES.get(exc.status_code, ("", "Error"))[1]
-        )
-        return problem_response(
-            exc.status_code,
-            detail,
-            instance=request.url.path,
-            headers=getattr(exc, "headers", None),
-        )
+    app.add_exception_handler(StarletteHTTPException, http_problem)  # type: ignore[arg-type]
+
+
+async def http_problem(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """An HTTP error (no such route, method not allowed, ...) as problem+json."""
+    detail = (
+        exc.detail
+        if isinstance(exc.detail, str)
+        else _TITLES.get(exc.status_code, ("", "Error"))[1]
+    )
+    return problem_response(
+        exc.status_code,
+        detail,
+        instance=request.url.path,
+        headers=getattr(exc, "headers", None),
+    )
