@@ -8,13 +8,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 
 from nexus.config import public_view
+from nexus.server.api.models import AUTH, AuditReport, Config, problems
 from nexus.server.state import ServerState, get_state, require_auth
 
 router = APIRouter(prefix="/api/v1", tags=["admin"], dependencies=[Depends(require_auth)])
 State = Annotated[ServerState, Depends(get_state)]
 
 
-@router.get("/audit/verify")
+@router.get("/audit/verify", response_model=AuditReport, responses=problems(*AUTH, 404, 422))
 async def audit_verify(
     state: State, session_id: Annotated[str | None, Query(max_length=64)] = None
 ) -> dict[str, Any]:
@@ -29,7 +30,7 @@ async def audit_verify(
     return report.to_dict()
 
 
-@router.get("/config")
+@router.get("/config", response_model=Config, responses=problems(*AUTH))
 async def config(state: State) -> dict[str, Any]:
     """The effective settings, secrets masked."""
     return public_view(state.runtime.settings)

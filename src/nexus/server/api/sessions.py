@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path as FilePath
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from nexus.errors import ConfigError
 from nexus.runtime.labels import KEY_PATTERN, MAX_LABELS, MAX_VALUE, parse_filter
 from nexus.runtime.runtime import Runtime
 from nexus.server import sse
+from nexus.server.api.models import AUTH, EventsPage, Session, SessionList, problems
 from nexus.server.broadcast import single
 from nexus.server.deflate import accepts_deflate
 from nexus.server.problems import Problem
@@ -30,6 +31,14 @@ After = Query(ge=0, le=MAX_INT, description="first connect: start after")
 
 router = APIRouter(prefix="/api/v1", tags=["sessions"], dependencies=[Depends(require_auth)])
 State = Annotated[ServerState, Depends(get_state)]
+SessionId = Annotated[str, Path(max_length=64)]
+STREAM = {
+    200: {
+        "description": "Server-Sent Events (`event: journal`, `event: end`, `event: resync`)",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    },
+    **problems(*AUTH, 400, 404, 422),
+}
 
 
 class Budget(BaseModel):
@@ -105,11 +114,16 @@ def create(runtime: Runtime, body: NewSession) -> str:
         )
     except ConfigError:
         if uploaded and replay is not None:  # refused: leave nothing behind
-            Path(replay).unlink(missing_ok=True)
+            FilePath(replay).unlink(missing_ok=True)
         raise
 
 
-@router.post("/sessions", status_code=201)
+@router.post(
+    "/sessions",
+    status_code=201,
+    response_model=Session,
+    responses=problems(*AUTH, 400, 403, 413, 422),
+)
 async def create_session(body: NewSession, state: State, response: Response) -> dict[str, Any]:
     """Create a session and hand it to the workers; returns its row (status `queued`)."""
     session_id = await start_session(state, body)
@@ -117,7 +131,7 @@ async def create_session(body: NewSession, state: State, response: Response) -> 
     return state.runtime.session(session_id).to_dict()
 
 
-@router.get("/sessions")
+@router.get("/sessions", response_model=SessionList, responses=problems(*AUTH, 422))
 async def list_sessions(
     state: State,
     status: Annotated[list[SessionStatus] | None, Query()] = None,
@@ -147,15 +161,19 @@ async def list_sessions(
     }
 
 
-@router.get("/sessions/{session_id}")
-async def get_session(session_id: str, state: State) -> dict[str, Any]:
+@router.get("/sessions/{session_id}", response_model=Session, responses=problems(*AUTH, 404, 422))
+async def get_session(session_id: SessionId, state: State) -> dict[str, Any]:
     """One session."""
     return state.runtime.session(session_id).to_dict()
 
 
-@router.get("/sessions/{session_id}/events")
+@router.get(
+    "/sessions/{session_id}/events",
+    response_model=EventsPage,
+    responses=problems(*AUTH, 404, 422),
+)
 async def session_events(
-    session_id: str,
+    session_id: SessionId,
     state: State,
     after_seq: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
     limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
@@ -191,9 +209,11 @@ def _last_event_id(value: str | None) -> int:
     return parsed
 
 
-@router.get("/sessions/{session_id}/stream", response_class=EventStream, status_code=200)
+@router.get(
+    "/sessions/{session_id}/stream", response_class=EventStream, status_code=200, responses=STREAM
+)
 async def session_stream(
-    session_id: str,
+    session_id: SessionId,
     state: State,
     last_event_id: Annotated[str | None, Header()] = None,
     after: Annotated[int | None, After] = None,
@@ -232,7 +252,7 @@ async def session_stream(
     return EventStream(sub, sse.chunks(broadcaster, sub, final_frames))
 
 
-@router.get("/events/stream", response_class=EventStream, status_code=200)
+@router.get("/events/stream", response_class=EventStream, status_code=200, responses=STREAM)
 async def all_events_stream(
     state: State,
     last_event_id: Annotated[str | None, Header()] = None,
