@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import schemathesis
 from schemathesis.config import SchemathesisConfig
 from schemathesis.engine import Status, events, from_schema
@@ -48,14 +49,20 @@ def failures(event: events.ScenarioFinished) -> list[str]:
         case = event.recorder.cases[case_id].value
         for check in checks:
             if check.status == Status.FAILURE:
-                found.append(f"{check.name}: {case.method} {case.formatted_path}: {check.failure_info}")
+                failure = check.failure_info.failure if check.failure_info else None
+                what = f"{failure.title}: {failure.message}" if failure else "failed"
+                found.append(f"{check.name}: {case.method} {case.formatted_path}: {what}")
     return found
 
 
+# Hypothesis warns when it describes a large generated value (a 75 kB query string);
+# the value is fine, the warning is about the cost of printing it.
+@pytest.mark.filterwarnings("ignore:Generating overly large repr")
 def test_schemathesis_finds_no_server_error_schema_violation_or_undocumented_status() -> None:
     """All phases over every route but the two SSE streams (they stream until their
-    session ends, and no session runs here): zero failures, zero errors."""
-    with LiveServer(workers=False) as live:
+    session ends): zero failures, zero errors. The workers run, as in `nexus start`
+    (the sessions it creates fail at once: no LLM provider)."""
+    with LiveServer() as live:
         schema = schemathesis.openapi.from_url(
             f"{live.url}/api/v1/openapi.json", config=config(live.token), headers=live.headers
         ).exclude(path_regex=r"/stream$")
@@ -65,14 +72,12 @@ def test_schemathesis_finds_no_server_error_schema_violation_or_undocumented_sta
         for event in from_schema(schema).execute():
             if isinstance(event, events.ScenarioFinished):
                 found.extend(failures(event))
-            elif isinstance(event, events.NonFatalError | events.FatalError):
-                errors.append(repr(event.info if hasattr(event, "info") else event))
+            elif isinstance(event, events.NonFatalError):
+                errors.append(f"{event.label}: {event.info}")
+            elif isinstance(event, events.FatalError):
+                errors.append(f"fatal: {event.exception!r}")
             elif isinstance(event, events.PhaseFinished):
                 phases[event.phase.name.value] = event.status.value
-        assert (found, errors) == ([], [])
-        assert phases == {
-            "examples": "success",
-            "coverage": "success",
-            "fuzzing": "success",
-            "stateful": "success",
-        }
+        assert (sorted(set(found)), errors) == ([], [])
+        ran = {name: phases.get(name) for name in ("examples", "coverage", "fuzzing", "stateful")}
+        assert ran == dict.fromkeys(ran, "success")

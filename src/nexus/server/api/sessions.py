@@ -55,7 +55,19 @@ class Budget(BaseModel):
 class NewSession(BaseModel):
     """The body of `POST /api/v1/sessions`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "goal": "Summarise the notes in my workspace",
+                    "priority": 3,
+                    "labels": {"team": "ops"},
+                    "budget": {"max_steps": 10, "max_cost_usd": 0.5},
+                }
+            ]
+        },
+    )
 
     goal: str = Field(min_length=1, max_length=20_000)
     agent: str | None = Field(default=None, max_length=64)
