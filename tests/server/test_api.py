@@ -321,3 +321,26 @@ async def test_agents_audit_and_config(api: Api) -> None:
         "first_problem": None,
     }
     assert (await api.get("/api/v1/config")).json()["durability"] == "normal"
+
+
+async def test_an_unhandled_error_is_a_500_problem_logged_without_its_traceback_in_the_body(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A route whose store fails unexpectedly (here: closed under it) answers an RFC
+    9457 problem, not text/plain; the traceback goes to the log only."""
+    async for api in open_api(workers=False):
+        api.rt.store.close()
+        transport = httpx.ASGITransport(app=api.app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
+            resp = await c.get("/api/v1/sessions", headers=api.auth)
+        assert (resp.status_code, resp.headers["content-type"]) == (500, PROBLEM)
+        assert resp.json() == {
+            "type": "urn:nexus:problem:internal",
+            "title": "Internal error",
+            "status": 500,
+            "detail": "internal error",
+            "instance": "/api/v1/sessions",
+        }
+        [record] = [r for r in caplog.records if r.name == "nexus.server"]
+        assert record.getMessage() == "unhandled error answering GET /api/v1/sessions"
+        assert record.exc_info is not None and "closed database" in str(record.exc_info[1])

@@ -73,7 +73,7 @@ def test_schemathesis_finds_no_server_error_schema_violation_or_undocumented_sta
             if isinstance(event, events.ScenarioFinished):
                 found.extend(failures(event))
             elif isinstance(event, events.NonFatalError):
-                errors.append(f"{event.label}: {event.info}")
+                errors.append(f"{event.label}: {event.info}: {event.value!r} {getattr(event.value, 'exceptions', '')!r}")
             elif isinstance(event, events.FatalError):
                 errors.append(f"fatal: {event.exception!r}")
             elif isinstance(event, events.PhaseFinished):
