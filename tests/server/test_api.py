@@ -14,13 +14,12 @@ from fastapi import FastAPI
 
 import nexus
 from nexus.config import load_settings
-from nexus.examples import demo_recording
 from nexus.runtime.runtime import Runtime
 from nexus.server.app import create_app
 from nexus.server.auth import COOKIE
 
 ROOT = Path(__file__).resolve().parents[2]
-DEMO = str(demo_recording())
+DEMO = "demo.json"  # under NEXUS_HOME/recordings/ (conftest.py)
 PROBLEM = "application/problem+json"
 
 
@@ -195,7 +194,7 @@ async def test_readyz_without_workers_is_503(api: Api) -> None:
         (b'{"goal": "x", "priority": -1}', 422, "validation", "priority: Input should be"),
         (b'{"goal": "x", "budget": {"max_steps": 0}}', 422, "validation", "budget.max_steps"),
         (b'{"goal": "x", "agent": "ghost"}', 422, "invalid-request", "unknown agent 'ghost'"),
-        (b'{"goal": "x", "replay": "/no/such/file"}', 422, "invalid-request", "neither a file"),
+        (b'{"goal": "x", "replay": "/no/such/file"}', 422, "invalid-request", "replay must be"),
         (b"[1, 2]", 422, "validation", "Input should be a valid dictionary"),
     ],
 )
@@ -320,3 +319,26 @@ async def test_agents_audit_and_config(api: Api) -> None:
         "first_problem": None,
     }
     assert (await api.get("/api/v1/config")).json()["durability"] == "normal"
+
+
+async def test_an_unhandled_error_is_a_500_problem_logged_without_its_traceback_in_the_body(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A route whose store fails unexpectedly (here: closed under it) answers an RFC
+    9457 problem, not text/plain; the traceback goes to the log only."""
+    async for api in open_api(workers=False):
+        api.rt.store.close()
+        transport = httpx.ASGITransport(app=api.app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
+            resp = await c.get("/api/v1/sessions", headers=api.auth)
+        assert (resp.status_code, resp.headers["content-type"]) == (500, PROBLEM)
+        assert resp.json() == {
+            "type": "urn:nexus:problem:internal",
+            "title": "Internal error",
+            "status": 500,
+            "detail": "internal error",
+            "instance": "/api/v1/sessions",
+        }
+        [record] = [r for r in caplog.records if r.name == "nexus.server"]
+        assert record.getMessage() == "unhandled error answering GET /api/v1/sessions"
+        assert record.exc_info is not None and "closed database" in str(record.exc_info[1])

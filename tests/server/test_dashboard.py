@@ -29,8 +29,10 @@ from nexus.server.auth import COOKIE, COOKIE_TTL_S
 from nexus.server.dashboard import ACTIONS, PANELS, TEMPLATE_DIRS, Action, Panel, View
 from nexus.server.dashboard import format as fmt
 from nexus.server.dashboard.web import safe_next
+from nexus.server.recordings import REFUSED
 
-DEMO = str(demo_recording())
+DEMO = "demo.json"  # under NEXUS_HOME/recordings/ (conftest.py)
+DEMO_FILE = str(demo_recording())  # the runtime itself takes any local file
 BASE = "http://127.0.0.1"
 
 
@@ -281,7 +283,9 @@ async def test_the_form_offers_the_registry_agents_and_their_limits(signed_in: B
     assert 'placeholder="50" data-limit="max_steps"' in page.text  # the agent's default
 
 
-async def test_new_session_form_creates_and_submits_a_session(signed_in: Browser) -> None:
+async def test_new_session_form_creates_and_submits_a_session(
+    signed_in: Browser, demo_in_recordings: Path
+) -> None:
     csrf = await signed_in.csrf()
     resp = await signed_in.client.post(
         "/new",
@@ -311,7 +315,10 @@ async def test_new_session_form_creates_and_submits_a_session(signed_in: Browser
     )
     created = signed_in.rt.journal.events(session_id)[0].payload
     assert created["limits"] == {"max_steps": 7, "max_cost_usd": 0.5}
-    assert (created["replay"], created["replay_pace_s"]) == (DEMO, 0.5)
+    assert (created["replay"], created["replay_pace_s"]) == (
+        str(demo_in_recordings.resolve()),
+        0.5,
+    )
     assert "model" not in created
 
 
@@ -334,12 +341,27 @@ async def test_invalid_forms_come_back_with_messages_and_values(signed_in: Brows
     assert errors["goal"] == "Say what the session should do."
     assert 'name="model" value="kept-model"' in resp.text
     unknown = await signed_in.client.post(
-        "/new",
-        data={"csrf_token": csrf, "goal": "x", "agent": "nobody", "replay": "/no/such/file"},
+        "/new", data={"csrf_token": csrf, "goal": "x", "agent": "nobody"}
     )
     assert unknown.status_code == 422
     found = dict(re.findall(r'<span class="err" id="err-([a-z_]+)">([^<]*)</span>', unknown.text))
     assert "unknown agent" in html.unescape(found["agent"])
+    assert signed_in.rt.store.count_sessions() == 0
+
+
+@pytest.mark.parametrize("source", ["/etc/passwd", "/no/such/file", "../../etc/passwd"])
+async def test_the_form_refuses_replay_paths_outside_the_recordings_folder(
+    signed_in: Browser, source: str
+) -> None:
+    """The form follows the API's replay rules: a server-side path is refused on the
+    replay field, in the same words whether it exists or not."""
+    resp = await signed_in.client.post(
+        "/new", data={"csrf_token": await signed_in.csrf(), "goal": "x", "replay": source}
+    )
+    assert resp.status_code == 422
+    found = dict(re.findall(r'<span class="err" id="err-([a-z_]+)">([^<]*)</span>', resp.text))
+    assert {k: html.unescape(v) for k, v in found.items()} == {"replay": REFUSED}
+    assert f'name="replay" value="{source}"' in resp.text
     assert signed_in.rt.store.count_sessions() == 0
 
 
@@ -502,6 +524,38 @@ async def test_unknown_session_is_a_404_page(signed_in: Browser) -> None:
     assert (await signed_in.client.get("/sessions/s_nope/export.json")).status_code == 404
 
 
+PAGE = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
+
+
+@pytest.mark.parametrize("path", ["/nope", "/sessions/x/y", "/new/deeper"])
+async def test_an_unknown_page_is_the_dashboards_404_page(signed_in: Browser, path: str) -> None:
+    """A browser asking for a page that does not exist gets the dashboard's own error
+    page (its layout, security headers, 404), not raw problem+json."""
+    resp = await signed_in.client.get(path, headers=PAGE)
+    assert (resp.status_code, resp.headers["content-type"]) == (404, "text/html; charset=utf-8")
+    assert resp.headers["content-security-policy"].startswith("default-src 'self'")
+    visible = text_of(resp.text)
+    assert "404 Not found there is no such page Back to sessions" in visible
+    assert 'class="topbar"' in resp.text and "Sign out" in visible  # the usual bar
+
+
+@pytest.mark.parametrize("path", ["/api/v1/nope", "/api/v1/sessions/x/y", "/fragments/nope"])
+async def test_unknown_api_paths_stay_problem_json_for_browsers(
+    signed_in: Browser, path: str
+) -> None:
+    """Under the API (and the page fragments) a 404 is problem+json, whatever the
+    client accepts."""
+    resp = await signed_in.client.get(path, headers=PAGE)
+    assert (resp.status_code, resp.headers["content-type"]) == (404, "application/problem+json")
+    assert resp.json() == {
+        "type": "urn:nexus:problem:not-found",
+        "title": "Not found",
+        "status": 404,
+        "detail": "Not Found",
+        "instance": path,
+    }
+
+
 async def test_user_text_is_escaped(signed_in: Browser) -> None:
     evil = '<script>alert("x")</script><img src=x onerror=alert(1)>'
     sid = signed_in.rt.create_session(evil, labels={"k": "<b>v</b>"})
@@ -542,7 +596,7 @@ async def test_security_headers_on_every_kind_of_dashboard_response(signed_in: B
 async def test_pages_carry_no_inline_script_or_handlers(live_web: Browser) -> None:
     """CSP forbids inline script: every script is a same-origin file, no element has
     an on* handler or inline style, and the static assets are served."""
-    sid = live_web.rt.create_session("inline check", replay=DEMO)
+    sid = live_web.rt.create_session("inline check", replay=DEMO_FILE)
     await live_web.app.state.nexus.submit(sid, 0)
     await wait_status(live_web.rt, sid, "completed")
     for path in ("/", f"/sessions/{sid}", "/new", "/sessions/s_nope"):

@@ -30,7 +30,8 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "test-artifacts" / "screenshots"
-DEMO = str(demo_recording())
+DEMO = "demo.json"  # under NEXUS_HOME/recordings/ (conftest.py)
+DEMO_FILE = str(demo_recording())  # the runtime itself takes any local file
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless",
@@ -201,7 +202,7 @@ def test_sessions_watched_live_from_list_and_page(server: Server, browser: Any) 
 
     # 2. A session page opened while the session is still queued.
     second = server.call(
-        lambda: _create(server.rt, goal="Paced demo report", replay=DEMO, replay_pace_s=0.25)
+        lambda: _create(server.rt, goal="Paced demo report", replay=DEMO_FILE, replay_pace_s=0.25)
     )
     tab.goto(f"/sessions/{second}")
     page.locator(".live[data-state=live]").wait_for()

@@ -23,7 +23,6 @@ from typer.testing import CliRunner
 
 from nexus.cli.app import app as cli
 from nexus.config import load_settings
-from nexus.examples import demo_recording
 from nexus.runtime.runtime import Runtime
 from nexus.server.app import create_app
 from nexus.server.broadcast import Broadcaster
@@ -32,7 +31,7 @@ from tests.peers.openai_server import ThreadedPeerServer
 from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-DEMO = str(demo_recording())
+DEMO = "demo.json"  # under NEXUS_HOME/recordings/ (conftest.py)
 
 
 class LiveServer:

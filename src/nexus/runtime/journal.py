@@ -333,7 +333,7 @@ class Journal:
         expected_seq, prev = 1, ""
         for row in rows:
             if row.session_id != current:
-                if current is not None and (gap := self._tail_gap(current, expected_seq - 1)):
+                if current is not None and (gap := self._tail_gap(current, expected_seq - 1, prev)):
                     return AuditReport(sessions, events, gap)
                 current, expected_seq, prev = row.session_id, 1, ""
                 seen.add(current)
@@ -352,7 +352,7 @@ class Journal:
             if problem is not None:
                 return AuditReport(sessions, events, Tamper(row.session_id, at, problem))
             expected_seq, prev = row.seq + 1, row.hash
-        if current is not None and (gap := self._tail_gap(current, expected_seq - 1)):
+        if current is not None and (gap := self._tail_gap(current, expected_seq - 1, prev)):
             return AuditReport(sessions, events, gap)
         # A session whose every event was deleted leaves no row to walk; the index,
         # written in the same transactions, still lists it.
@@ -362,21 +362,27 @@ class Journal:
             else self.store.session_ids([s.value for s in SessionStatus])
         )
         for sid in indexed:
-            if sid not in seen and (gap := self._tail_gap(sid, 0)):
+            if sid not in seen and (gap := self._tail_gap(sid, 0, "")):
                 return AuditReport(sessions, events, gap)
         return AuditReport(sessions, events, None)
 
-    def _tail_gap(self, session_id: str, last_seen: int) -> Tamper | None:
+    def _tail_gap(self, session_id: str, last_seen: int, last_hash: str) -> Tamper | None:
         # Deleting a session's newest events leaves an intact chain; the index's
         # last_seq, written in the same transaction, still tells.
         row = self.store.session(session_id)
-        if row is not None and row.last_seq > last_seen:
-            return Tamper(
-                session_id,
-                last_seen + 1,
-                f"missing event: seq {last_seen + 1} to {row.last_seq} are gone",
-            )
-        return None
+        if row is None or row.last_seq <= last_seen:
+            return None
+        # The scan reads one snapshot, the index is read now: a live session (or one
+        # created since) has rows the scan did not see. Those are not missing if the
+        # next one is there and chains onto the last one seen.
+        after = self.store.events(session_id, last_seen, limit=1)
+        if after and after[0].seq == last_seen + 1 and after[0].prev_hash == last_hash:
+            return None
+        return Tamper(
+            session_id,
+            last_seen + 1,
+            f"missing event: seq {last_seen + 1} to {row.last_seq} are gone",
+        )
 
 
 def _creation(payload: JSON) -> JSON:

@@ -314,11 +314,13 @@ class Runtime:
         return prov
 
     def _replay_provider(self, source: str) -> ReplayProvider:
+        # A session id first: it must never depend on which files the working
+        # directory happens to hold.
+        if self.store.session(source) is not None:
+            return ReplayProvider.from_events(self.journal.events(source), source=source)
         path = Path(source).expanduser()
         if path.is_file():
             return ReplayProvider.from_file(path)
-        if self.store.session(source) is not None:
-            return ReplayProvider.from_events(self.journal.events(source), source=source)
         raise ConfigError(f"replay source {source!r} is neither a file nor a session id")
 
     async def aclose_providers(self) -> None:

@@ -17,6 +17,7 @@ from nexus import __version__
 from nexus.runtime.runtime import Runtime
 from nexus.server import problems
 from nexus.server.api import admin, agents, health, sessions
+from nexus.server.api.models import Problem
 from nexus.server.auth import Auth, TokenFile
 from nexus.server.bodylimit import BodyLimit
 from nexus.server.broadcast import Broadcaster
@@ -91,8 +92,21 @@ def create_app(
     app.state.nexus = state
     problems.install(app)
 
+    document = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        # Routes name the problem schema by reference (`models.problems`), only
+        # under its own media type; FastAPI would list it as application/json too.
+        doc = document()
+        doc.setdefault("components", {}).setdefault("schemas", {})["Problem"] = (
+            Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+        )
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
     @app.get("/api/v1/openapi.json", include_in_schema=False, dependencies=[Depends(require_auth)])
-    async def openapi() -> dict[str, Any]:
+    async def openapi_json() -> dict[str, Any]:
         return app.openapi()
 
     for router in ROUTERS:
@@ -100,5 +114,6 @@ def create_app(
     from nexus.server.dashboard import install as install_dashboard
 
     install_dashboard(app)
+    app.add_middleware(problems.Crashes)
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY)
     return app

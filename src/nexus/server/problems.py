@@ -3,18 +3,21 @@ stable `type` URI (`urn:nexus:problem:<slug>`) that clients may switch on."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from nexus.errors import ConfigError, SessionNotFound
 
 MEDIA_TYPE = "application/problem+json"
+log = logging.getLogger("nexus.server")
 
-_TITLES = {
+TITLES = {
     400: ("bad-request", "Bad request"),
     401: ("unauthorized", "Authentication required"),
     403: ("forbidden", "Forbidden"),
@@ -45,7 +48,7 @@ class Problem(Exception):
         super().__init__(detail)
         self.status = status
         self.detail = detail
-        self.slug = slug or _TITLES.get(status, ("error", ""))[0]
+        self.slug = slug or TITLES.get(status, ("error", ""))[0]
         self.headers = headers
         self.extra = extra
 
@@ -60,7 +63,7 @@ def problem_response(
     **extra: Any,
 ) -> JSONResponse:
     """A problem+json response."""
-    default_slug, title = _TITLES.get(status, ("error", "Error"))
+    default_slug, title = TITLES.get(status, ("error", "Error"))
     body: dict[str, Any] = {
         "type": f"urn:nexus:problem:{slug or default_slug}",
         "title": title,
@@ -114,16 +117,49 @@ def install(app: FastAPI) -> None:
             422, detail, slug="validation", instance=request.url.path, errors=fields
         )
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        detail = (
-            exc.detail
-            if isinstance(exc.detail, str)
-            else _TITLES.get(exc.status_code, ("", "Error"))[1]
-        )
-        return problem_response(
-            exc.status_code,
-            detail,
-            instance=request.url.path,
-            headers=getattr(exc, "headers", None),
-        )
+    app.add_exception_handler(StarletteHTTPException, http_problem)  # type: ignore[arg-type]
+
+
+async def http_problem(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """An HTTP error (no such route, method not allowed, ...) as problem+json."""
+    detail = (
+        exc.detail if isinstance(exc.detail, str) else TITLES.get(exc.status_code, ("", "Error"))[1]
+    )
+    return problem_response(
+        exc.status_code,
+        detail,
+        instance=request.url.path,
+        headers=getattr(exc, "headers", None),
+    )
+
+
+class Crashes:
+    """ASGI middleware: an error no handler took (a bug, a store that failed) is a
+    500 `urn:nexus:problem:internal` problem, logged with its traceback but never
+    showing it, instead of Starlette's text/plain "Internal Server Error".
+
+    A response already under way (a live stream) cannot become a problem: the
+    error goes on to the server, which closes the connection."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except Exception:
+            if started:
+                raise
+            log.exception("unhandled error answering %s %s", scope["method"], scope["path"])
+            response = problem_response(500, "internal error", instance=scope["path"])
+            await response(scope, receive, send)

@@ -58,7 +58,19 @@ class ReplayProvider:
         """Build from an exported session file (`nexus export`)."""
         try:
             data: Any = json.loads(path.read_text(encoding="utf-8"))
-            raw_events = data["events"]
+        except OSError as exc:
+            raise ConfigError(f"cannot read replay file {path}: {exc.strerror}") from None
+        except ValueError as exc:
+            raise ConfigError(
+                f"replay file {path} is not an exported session ({type(exc).__name__}: {exc})"
+            ) from None
+        return cls.from_document(data, source=str(path))
+
+    @classmethod
+    def from_document(cls, data: Any, *, source: str) -> ReplayProvider:
+        """Build from an export document already parsed (a file's, or one uploaded
+        to the API); `ConfigError` naming `source` if it is not one."""
+        try:
             events = [
                 Event(
                     session_id=str(e.get("session_id", "")),
@@ -69,18 +81,16 @@ class ReplayProvider:
                     tokens_in=int(e.get("tokens_in", 0)),
                     tokens_out=int(e.get("tokens_out", 0)),
                 )
-                for e in raw_events
+                for e in data["events"]
             ]
-        except OSError as exc:
-            raise ConfigError(f"cannot read replay file {path}: {exc.strerror}") from None
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
             raise ConfigError(
-                f"replay file {path} is not an exported session ({type(exc).__name__}: {exc})"
+                f"replay {source} is not an exported session ({type(exc).__name__}: {exc})"
             ) from None
         try:
-            return cls.from_events(events, source=str(path))
+            return cls.from_events(events, source=source)
         except ProviderResponseError as exc:
-            raise ConfigError(f"replay file {path}: {exc}") from None
+            raise ConfigError(f"replay {source}: {exc}") from None
 
     async def complete(self, request: ChatRequest) -> ChatResponse:
         """The recorded answer for this point of the conversation."""

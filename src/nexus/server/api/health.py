@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends
 
 from nexus import __version__
 from nexus.errors import NoProviderConfigured
+from nexus.server.api.models import AUTH, Health, Ready, Version, problems
 from nexus.server.problems import Problem
 from nexus.server.state import ServerState, get_state, require_auth
 
@@ -15,13 +16,13 @@ open_router = APIRouter(tags=["health"])
 router = APIRouter(prefix="/api/v1", tags=["health"], dependencies=[Depends(require_auth)])
 
 
-@open_router.get("/healthz")
+@open_router.get("/healthz", response_model=Health)
 async def healthz() -> dict[str, str]:
     """Liveness: the process answers. Needs no token."""
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", response_model=Ready, responses=problems(*AUTH, 503))
 async def readyz(state: Annotated[ServerState, Depends(get_state)]) -> dict[str, Any]:
     """Readiness: the database answers, the session workers run, and an LLM
     provider is configured (or Ollama answers): sessions without a replay need one."""
@@ -42,7 +43,7 @@ async def readyz(state: Annotated[ServerState, Depends(get_state)]) -> dict[str,
     return {"status": "ready", "checks": checks}
 
 
-@router.get("/version")
+@router.get("/version", response_model=Version, responses=problems(*AUTH))
 async def version() -> dict[str, str]:
     """The NEXUS version and API version."""
     return {"version": __version__, "api": "v1"}

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path as FilePath
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from nexus.errors import ConfigError
 from nexus.runtime.labels import KEY_PATTERN, MAX_LABELS, MAX_VALUE, parse_filter
+from nexus.runtime.runtime import Runtime
 from nexus.server import sse
+from nexus.server.api.models import AUTH, EventsPage, Session, SessionList, problems
 from nexus.server.broadcast import single
 from nexus.server.deflate import accepts_deflate
 from nexus.server.problems import Problem
+from nexus.server.recordings import resolve_replay, store_upload
 from nexus.server.sse import EventStream
 from nexus.server.state import ServerState, get_state, require_auth
 from nexus.storage.base import SessionQuery
@@ -26,6 +31,14 @@ After = Query(ge=0, le=MAX_INT, description="first connect: start after")
 
 router = APIRouter(prefix="/api/v1", tags=["sessions"], dependencies=[Depends(require_auth)])
 State = Annotated[ServerState, Depends(get_state)]
+SessionId = Annotated[str, Path(max_length=64)]
+STREAM = {
+    200: {
+        "description": "Server-Sent Events (`event: journal`, `event: end`, `event: resync`)",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    },
+    **problems(*AUTH, 400, 404, 422),
+}
 
 
 class Budget(BaseModel):
@@ -42,7 +55,19 @@ class Budget(BaseModel):
 class NewSession(BaseModel):
     """The body of `POST /api/v1/sessions`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "goal": "Summarise the notes in my workspace",
+                    "priority": 3,
+                    "labels": {"team": "ops"},
+                    "budget": {"max_steps": 10, "max_cost_usd": 0.5},
+                }
+            ]
+        },
+    )
 
     goal: str = Field(min_length=1, max_length=20_000)
     agent: str | None = Field(default=None, max_length=64)
@@ -53,7 +78,18 @@ class NewSession(BaseModel):
         description=f"at most {MAX_LABELS}; keys {KEY_PATTERN}, values up to {MAX_VALUE} chars",
     )
     budget: Budget | None = None
-    replay: str | None = Field(default=None, description="exported file path or session id")
+    replay: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1000,
+        description="a session id of this node, or a file under NEXUS_HOME/recordings/ "
+        "named relative to that folder",
+    )
+    recording: dict[str, Any] | None = Field(
+        default=None,
+        description="an uploaded recording: the JSON document `nexus export` writes "
+        "(instead of `replay`)",
+    )
     replay_pace_s: float = Field(default=0.0, ge=0, le=60, description="wait per replayed answer")
     model: str | None = Field(default=None, max_length=200)
 
@@ -61,22 +97,45 @@ class NewSession(BaseModel):
 async def start_session(state: ServerState, body: NewSession) -> str:
     """Journal a new session from a validated request and hand it to the workers
     (the API and the dashboard's form both come here). `ConfigError` if refused."""
-    budget = body.budget.model_dump(exclude_none=True) if body.budget else None
-    session_id = state.runtime.create_session(
-        body.goal,
-        agent=body.agent,
-        priority=body.priority,
-        labels=body.labels,
-        replay=body.replay,
-        replay_pace_s=body.replay_pace_s,
-        model=body.model,
-        limits=budget or None,
-    )
+    session_id = create(state.runtime, body)
     await state.submit(session_id, body.priority)
     return session_id
 
 
-@router.post("/sessions", status_code=201)
+def create(runtime: Runtime, body: NewSession) -> str:
+    """Journal a new `queued` session; a replay source must pass the API's rules
+    (`nexus.server.recordings`). `ConfigError` if refused, with nothing written."""
+    budget = body.budget.model_dump(exclude_none=True) if body.budget else None
+    replay, uploaded = None, False
+    if body.replay is not None and body.recording is not None:
+        raise ConfigError("give either replay or recording, not both")
+    if body.replay is not None:
+        replay = resolve_replay(runtime, body.replay)
+    elif body.recording is not None:
+        replay, uploaded = store_upload(runtime, body.recording)
+    try:
+        return runtime.create_session(
+            body.goal,
+            agent=body.agent,
+            priority=body.priority,
+            labels=body.labels,
+            replay=replay,
+            replay_pace_s=body.replay_pace_s,
+            model=body.model,
+            limits=budget or None,
+        )
+    except ConfigError:
+        if uploaded and replay is not None:  # refused: leave nothing behind
+            FilePath(replay).unlink(missing_ok=True)
+        raise
+
+
+@router.post(
+    "/sessions",
+    status_code=201,
+    response_model=Session,
+    responses=problems(*AUTH, 400, 403, 413, 422),
+)
 async def create_session(body: NewSession, state: State, response: Response) -> dict[str, Any]:
     """Create a session and hand it to the workers; returns its row (status `queued`)."""
     session_id = await start_session(state, body)
@@ -84,7 +143,7 @@ async def create_session(body: NewSession, state: State, response: Response) -> 
     return state.runtime.session(session_id).to_dict()
 
 
-@router.get("/sessions")
+@router.get("/sessions", response_model=SessionList, responses=problems(*AUTH, 422))
 async def list_sessions(
     state: State,
     status: Annotated[list[SessionStatus] | None, Query()] = None,
@@ -114,15 +173,19 @@ async def list_sessions(
     }
 
 
-@router.get("/sessions/{session_id}")
-async def get_session(session_id: str, state: State) -> dict[str, Any]:
+@router.get("/sessions/{session_id}", response_model=Session, responses=problems(*AUTH, 404, 422))
+async def get_session(session_id: SessionId, state: State) -> dict[str, Any]:
     """One session."""
     return state.runtime.session(session_id).to_dict()
 
 
-@router.get("/sessions/{session_id}/events")
+@router.get(
+    "/sessions/{session_id}/events",
+    response_model=EventsPage,
+    responses=problems(*AUTH, 404, 422),
+)
 async def session_events(
-    session_id: str,
+    session_id: SessionId,
     state: State,
     after_seq: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
     limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
@@ -158,9 +221,11 @@ def _last_event_id(value: str | None) -> int:
     return parsed
 
 
-@router.get("/sessions/{session_id}/stream", response_class=EventStream, status_code=200)
+@router.get(
+    "/sessions/{session_id}/stream", response_class=EventStream, status_code=200, responses=STREAM
+)
 async def session_stream(
-    session_id: str,
+    session_id: SessionId,
     state: State,
     last_event_id: Annotated[str | None, Header()] = None,
     after: Annotated[int | None, After] = None,
@@ -199,7 +264,7 @@ async def session_stream(
     return EventStream(sub, sse.chunks(broadcaster, sub, final_frames))
 
 
-@router.get("/events/stream", response_class=EventStream, status_code=200)
+@router.get("/events/stream", response_class=EventStream, status_code=200, responses=STREAM)
 async def all_events_stream(
     state: State,
     last_event_id: Annotated[str | None, Header()] = None,

@@ -12,6 +12,7 @@ from starlette.responses import RedirectResponse, Response
 from nexus.errors import ConfigError
 from nexus.server.api.sessions import NewSession, start_session
 from nexus.server.dashboard.web import page_router, render, require_csrf, require_login, state_of
+from nexus.server.recordings import ReplayRefused
 
 router = page_router()
 
@@ -85,9 +86,12 @@ def _field(loc: tuple[Any, ...]) -> str:
     return names[0] if names else "form"
 
 
-def _config_field(message: str) -> str:
+def _config_field(exc: ConfigError) -> str:
+    if isinstance(exc, ReplayRefused):
+        return "replay"
     # ConfigError messages of `Runtime.create_session`, mapped to the field at fault.
-    for prefix, name in (("unknown agent", "agent"), ("replay source", "replay")):
+    message = str(exc)
+    for prefix, name in (("unknown agent", "agent"), ("replay", "replay")):
         if prefix in message:
             return name
     return "budget" if "budget" in message else "form"
@@ -113,7 +117,7 @@ async def create(request: Request) -> Response:
         try:
             session_id = await start_session(state_of(request), parsed)
         except ConfigError as exc:
-            errors[_config_field(str(exc))] = str(exc)
+            errors[_config_field(exc)] = str(exc)
         else:
             return RedirectResponse(f"/sessions/{session_id}", 303)
     return render(request, "new.html", form_context(request, values, errors), status=422)

@@ -266,6 +266,26 @@ class PageRoute(APIRoute):
         return handler
 
 
+# Paths whose errors are for programs, never a page: the API, the OpenAI gateway,
+# the page fragments and the static files.
+NOT_PAGES = ("/api/", "/v1/", FRAGMENTS, "/static/", "/healthz", "/metrics")
+
+
+def wants_page(request: Request) -> bool:
+    """A browser asking for a page (`Accept: text/html`), outside the API's paths."""
+    path = request.url.path
+    return "text/html" in request.headers.get("accept", "") and not path.startswith(NOT_PAGES)
+
+
+def http_error_page(request: Request, exc: StarletteHTTPException) -> Response:
+    """A routing error (no such page: 404; 405) as the dashboard's error page."""
+    state = state_of(request)
+    request.state.principal = state.auth.identify(request)  # the bar as on every page
+    title = _TITLES.get(exc.status_code, "Error")
+    detail = "there is no such page" if exc.status_code == 404 else str(exc.detail)
+    return secure(error_page(request, exc.status_code, title, detail, exc.headers))
+
+
 def secure(response: Response) -> Response:
     """Stamp the dashboard's security headers; pages are never cached."""
     for name, value in SECURITY_HEADERS.items():

@@ -1,0 +1,158 @@
+"""What the API answers, as pydantic models: the OpenAPI document is generated from
+them, so it says what the routes really send (schemathesis holds it to that).
+
+Errors are RFC 9457 problem documents (`Problem`, media type
+`application/problem+json`); `problems(...)` documents the statuses a route can
+answer with one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from nexus.runtime.agents import Limits
+from nexus.server.problems import MEDIA_TYPE, TITLES
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document; `type` is stable (`urn:nexus:problem:<slug>`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(examples=["urn:nexus:problem:session-not-found"])
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+
+
+def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The `responses` of a route that may answer these statuses with a problem."""
+    return {
+        status: {
+            "description": TITLES[status][1],
+            "content": {MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }
+        for status in statuses
+    }
+
+
+# Every route behind the token: no or a wrong token (401), too many wrong ones (429).
+AUTH = (401, 429)
+
+
+class Session(BaseModel):
+    """A session's index row (a projection of its journal)."""
+
+    id: str
+    agent: str
+    goal: str
+    status: str
+    priority: int
+    labels: dict[str, str]
+    created_at: float
+    updated_at: float
+    reason: str | None
+    steps: int
+    tokens_in: int
+    tokens_out: int
+    cost_usd: float
+    last_seq: int
+
+
+class SessionList(BaseModel):
+    """One page of sessions, newest first; `next_offset` is set when there may be more."""
+
+    items: list[Session]
+    limit: int
+    offset: int
+    next_offset: int | None
+
+
+class Event(BaseModel):
+    """One journal event."""
+
+    id: int
+    session_id: str
+    seq: int
+    ts: float
+    kind: str
+    tokens_in: int
+    tokens_out: int
+    cost_usd: float
+    latency_ms: float
+    hash: str
+    payload: dict[str, Any]
+
+
+class EventsPage(BaseModel):
+    """A session's events after `after_seq`, in order; ask again from `next_after_seq`."""
+
+    items: list[Event]
+    next_after_seq: int
+
+
+class Tamper(BaseModel):
+    """The first row of the journal that fails its check."""
+
+    session_id: str
+    seq: int
+    problem: str
+
+
+class AuditReport(BaseModel):
+    """What a walk of the hash chains found."""
+
+    ok: bool
+    sessions: int
+    events: int
+    first_problem: Tamper | None
+
+
+class Config(BaseModel):
+    """The effective settings, secrets masked."""
+
+    model_config = ConfigDict(extra="allow")
+
+    home: str
+    durability: str
+    default_agent: str
+
+
+class Agent(BaseModel):
+    """An agent: its model preference, toolkits and limits."""
+
+    name: str
+    description: str
+    model: str | None
+    toolkits: list[str]
+    limits: Limits
+    source: str
+
+
+class Agents(BaseModel):
+    """Every agent."""
+
+    items: list[Agent]
+
+
+class Version(BaseModel):
+    """The NEXUS version and the API's."""
+
+    version: str
+    api: str
+
+
+class Health(BaseModel):
+    """The process answers."""
+
+    status: str
+
+
+class Ready(BaseModel):
+    """The database answers and the session workers run (each check "ok" or why not)."""
+
+    status: str
+    checks: dict[str, str]
