@@ -33,6 +33,7 @@ def defaults(home: Path) -> dict[str, object]:
         "default_agent": "assistant",
         "concurrency": 50,
         "queue_poll_s": 0.2,
+        "control_poll_s": 0.05,
         "worker_id": "local",
         "dbos_url": None,
         "app_version": "nexus-1",
