@@ -33,6 +33,25 @@ class SchemaVersionError(StorageError):
     """The database was written by a newer NEXUS than this one."""
 
 
+class StorageCorrupt(StorageError):
+    """The database file is damaged (or unexpectedly empty): NEXUS refuses to read or
+    write it, and says which file and what to do.
+
+    Args:
+        path: the damaged file.
+        detail: what is wrong with it, as SQLite or the check reported it.
+    """
+
+    def __init__(self, path: str, detail: str) -> None:
+        name = path.rsplit("/", 1)[-1]
+        super().__init__(
+            f"database {path} is damaged ({detail}): stop NEXUS, keep a copy, "
+            f"restore from backup or run `sqlite3 {name} .recover`"
+        )
+        self.path = path
+        self.detail = detail
+
+
 class JournalError(NexusError):
     """An append would break the journal (a conflicting sequence number)."""
 
