@@ -9,7 +9,17 @@ from collections.abc import Iterator, Sequence
 from dataclasses import replace
 
 from nexus.errors import JournalError, SchemaVersionError
-from nexus.storage.base import EventRow, Schema, SessionChange, SessionQuery, SessionRow
+from nexus.storage.base import (
+    CheckpointRow,
+    EventRow,
+    Head,
+    Schema,
+    SessionChange,
+    SessionQuery,
+    SessionRow,
+)
+
+KEEP_CHECKPOINTS = 8  # as the SQLite store
 
 
 class MemoryStore:
@@ -22,6 +32,7 @@ class MemoryStore:
         self._by_session: dict[str, list[EventRow]] = {}
         self._sessions: dict[str, SessionRow] = {}
         self._schemas: dict[str, int] = {}
+        self._checkpoints: list[CheckpointRow] = []
 
     # -- journal --------------------------------------------------------------------
 
@@ -131,6 +142,27 @@ class MemoryStore:
             rows = sorted(self._events, key=lambda r: (r.session_id, r.seq, r.id))
         yield from rows
 
+    def heads(self) -> list[Head]:
+        with self._lock:
+            lasts = [max(rows, key=lambda r: r.seq) for rows in self._by_session.values()]
+        return sorted(
+            (Head(r.session_id, r.seq, r.hash, r.key_id) for r in lasts),
+            key=lambda h: h.session_id,
+        )
+
+    def add_checkpoint(self, ts: float, key_id: str, body: str, signature: str) -> int:
+        with self._lock:
+            last = self._checkpoints[-1].id if self._checkpoints else 0
+            self._checkpoints.append(CheckpointRow(last + 1, ts, key_id, body, signature))
+            del self._checkpoints[:-KEEP_CHECKPOINTS]
+            return last + 1
+
+    def checkpoint(self, checkpoint_id: int | None = None) -> CheckpointRow | None:
+        with self._lock:
+            if checkpoint_id is None:
+                return self._checkpoints[-1] if self._checkpoints else None
+            return next((c for c in self._checkpoints if c.id == checkpoint_id), None)
+
     # -- session index --------------------------------------------------------------
 
     def session(self, session_id: str) -> SessionRow | None:
@@ -176,6 +208,10 @@ class MemoryStore:
 
     def ping(self) -> None:
         """Always answers: memory does not go away."""
+
+    def check_integrity(self) -> str | None:
+        """Memory is never damaged."""
+        return None
 
     def close(self) -> None:
         """Nothing to release."""
