@@ -121,7 +121,20 @@ def test_read_commands_speak_json(tmp_path: Path) -> None:
     exported = json.loads(out.read_text())
     assert exported["session"] == row and exported["events"] == events
     audit = json.loads(nexus("audit", "verify", "--json").stdout)
-    assert audit == {"ok": True, "sessions": 1, "events": len(events), "first_problem": None}
+    checkpoint = audit.pop("checkpoint")
+    assert audit == {
+        "ok": True,
+        "sessions": 1,
+        "events": len(events),
+        "first_problem": None,
+        "unkeyed_events": 0,
+    }
+    assert checkpoint == {
+        "id": checkpoint["id"],
+        "ts": checkpoint["ts"],
+        "key_id": checkpoint["key_id"],
+        "sessions": checkpoint["sessions"],
+    }
     agents = json.loads(nexus("agents", "list", "--json").stdout)
     assert [a["name"] for a in agents] == ["assistant"]
     config = json.loads(nexus("config", "show", "--json").stdout)

@@ -109,6 +109,9 @@ class SQLiteStore:
         self._lock = threading.Lock()
         try:
             try:
+                if path.stat().st_size == 0:
+                    # Before WAL mode writes a header into it.
+                    self._refuse_if_used_home()
                 _enable_wal(self._db)
                 self._db.execute(
                     f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}"
@@ -603,13 +606,20 @@ def check_sqlite_file(path: Path) -> str | None:
 def _quick_check(db: sqlite3.Connection) -> str | None:
     """`PRAGMA quick_check` on `db`: its first finding (and how many more), or None."""
     try:
-        found = [str(r[0]) for r in db.execute("PRAGMA quick_check(20)").fetchall()]
+        rows = db.execute("PRAGMA quick_check(20)").fetchall()
     except sqlite3.DatabaseError as exc:
         return str(exc)
+    # One finding per line; a "*** in database main ***" line heads them.
+    found = [
+        line.strip()
+        for (text,) in rows
+        for line in str(text).splitlines()
+        if line.strip() and not line.startswith("***")
+    ]
     if found == ["ok"]:
         return None
     more = f" and {len(found) - 1} more problems" if len(found) > 1 else ""
-    return f"{found[0].strip()}{more}"
+    return f"{found[0]}{more}" if found else "quick_check failed"
 
 
 def _session(r: tuple[object, ...]) -> SessionRow:
