@@ -99,9 +99,7 @@ def test_rotation_keeps_old_keys_so_old_events_still_verify(home: Path, store: S
     assert (report.ok, report.events) == (True, 4)
 
 
-def test_an_event_under_a_key_not_in_the_key_file_is_reported(
-    home: Path, journal: Journal
-) -> None:
+def test_an_event_under_a_key_not_in_the_key_file_is_reported(home: Path, journal: Journal) -> None:
     """Replacing the key file (old keys lost) makes the events signed with them
     unverifiable, named by key id."""
     fill(journal, "s1", 2)

@@ -12,7 +12,6 @@ import pytest
 from nexus.errors import JournalError
 from nexus.runtime.journal import (
     STATUS_BY_KIND,
-    AuditReport,
     Journal,
     Tamper,
     canonical,

@@ -295,7 +295,9 @@ def _trusted(store: Store, keys: AuditKeys) -> tuple[Tamper | None, Checkpoint |
         return _at_large(f"the anchor file {keys.anchor} is missing"), checkpoint
     try:
         data = json.loads(keys.anchor.read_text(encoding="utf-8"))
-        anchor = CheckpointRow(int(data["id"]), 0.0, data["key_id"], data["body"], data["signature"])
+        anchor = CheckpointRow(
+            int(data["id"]), 0.0, data["key_id"], data["body"], data["signature"]
+        )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return _at_large(f"the anchor file {keys.anchor} is unreadable: {exc}"), checkpoint
     anchored = _parse(anchor, keys)
@@ -424,9 +426,7 @@ def verify(store: Store, keys: AuditKeys, session_id: str | None = None) -> Audi
         return report(bad)
     # A session whose every event was deleted leaves no row to walk; the index and the
     # checkpoint, written apart from the events, still name it.
-    indexed = (
-        [session_id] if session_id is not None else store.session_ids(list(_STATUSES))
-    )
+    indexed = [session_id] if session_id is not None else store.session_ids(list(_STATUSES))
     checkpointed = [session_id] if session_id is not None else sorted(heads)
     for sid in [*indexed, *checkpointed]:
         if sid not in seen and (bad := _close(store, _Walk(sid), heads, at)):
@@ -435,6 +435,7 @@ def verify(store: Store, keys: AuditKeys, session_id: str | None = None) -> Audi
 
 
 _STATUSES = tuple(s.value for s in SessionStatus)
+_UNVOUCHED = "unkeyed event that no checkpoint vouches for (written without the key)"
 
 
 def _check_row(
@@ -462,9 +463,7 @@ def _check_row(
     else:
         vouched = legacy.get(sid)
         if vouched is None or row.seq > vouched[0]:
-            return Tamper(
-                sid, row.seq, "unkeyed event that no checkpoint vouches for (written without the key)"
-            )
+            return Tamper(sid, row.seq, _UNVOUCHED)
         key = None
     if chain_hash(row, key) != row.hash:
         return Tamper(sid, row.seq, "tampered: content does not match its hash")

@@ -78,13 +78,13 @@ def _diagnosed(
 ) -> Callable[Concatenate[SQLiteStore, P], R]:
     """Turn a database error of `method` into `StorageCorrupt` when the file is damaged."""
 
-    @functools.wraps(method)
-    def checked(self: SQLiteStore, *args: P.args, **kwargs: P.kwargs) -> R:
+    def checked(self: SQLiteStore, /, *args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return method(self, *args, **kwargs)
         except sqlite3.DatabaseError as exc:
             raise self._diagnose(exc) from exc
 
+    functools.update_wrapper(checked, method)
     return checked
 
 
