@@ -159,3 +159,14 @@ def test_check_sqlite_file_reads_any_sqlite_file_without_changing_it(tmp_path: P
     garbage = tmp_path / "garbage.sqlite"
     garbage.write_bytes(b"not a database at all" * 500)
     assert check_sqlite_file(garbage) == "file is not a database"
+
+
+def test_a_missing_database_beside_other_state_is_created(tmp_path: Path) -> None:
+    """Only a file that is there and empty is refused: a database that does not exist
+    yet is new, even beside an audit key (the audit's checkpoint notices lost sessions)."""
+    (tmp_path / "audit.key").write_text("{}")
+    store = SQLiteStore(tmp_path / "other.db")
+    try:
+        assert store.count_sessions() == 0
+    finally:
+        store.close()

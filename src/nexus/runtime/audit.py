@@ -99,24 +99,26 @@ class AuditKeys:
 
     Args:
         path: the key file; None keeps the keys in memory (the in-memory store).
+        anchor: where the newest checkpoint of the database is anchored (default:
+            `audit-anchor.json` beside the key file).
     """
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None, *, anchor: Path | None = None) -> None:
         self.path = path
+        self.anchor = anchor if anchor is not None or path is None else path.parent / ANCHOR_FILE
         self._keys: dict[str, bytes] = {}
         self._current: str | None = None
 
     @classmethod
     def beside(cls, store: Store) -> AuditKeys:
-        """The keys of the home holding `store`'s database (in memory for `:memory:`)."""
+        """The keys of the home holding `store`'s database (in memory for `:memory:`).
+        One key serves a folder; each database there has its own anchor
+        (`audit-anchor.json` for the home's `nexus.db`, `NAME-audit-anchor.json` else)."""
         if store.path == ":memory:":
             return cls(None)
-        return cls(Path(store.path).parent / KEY_FILE)
-
-    @property
-    def anchor(self) -> Path | None:
-        """Where the newest checkpoint is anchored outside the database."""
-        return None if self.path is None else self.path.parent / ANCHOR_FILE
+        db = Path(store.path)
+        anchor = ANCHOR_FILE if db.name == "nexus.db" else f"{db.stem}-{ANCHOR_FILE}"
+        return cls(db.parent / KEY_FILE, anchor=db.parent / anchor)
 
     def exists(self) -> bool:
         """True once a key was made (the file exists, or a key is held in memory)."""

@@ -100,6 +100,9 @@ class SQLiteStore:
         self.path = str(path)
         self._damage: str | None = None
         path.parent.mkdir(parents=True, exist_ok=True)
+        # A file that is not there yet is new; one that is there must hold a database.
+        self._existed = path.exists()
+        empty = self._existed and path.stat().st_size == 0
         try:
             self._db = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=30.0
@@ -109,7 +112,7 @@ class SQLiteStore:
         self._lock = threading.Lock()
         try:
             try:
-                if path.stat().st_size == 0:
+                if empty:
                     # Before WAL mode writes a header into it.
                     self._refuse_if_used_home()
                 _enable_wal(self._db)
@@ -206,7 +209,7 @@ class SQLiteStore:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             (tables,) = self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()
-            if tables == 0:
+            if tables == 0 and self._existed:
                 self._refuse_if_used_home()
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS schema_version "
