@@ -41,6 +41,25 @@ class DispatchError(NexusError):
     """A session could not be handed to the workers; it ended `failed` with the reason."""
 
 
+class StorageCorrupt(StorageError):
+    """The database file is damaged (or unexpectedly empty): NEXUS refuses to read or
+    write it, and says which file and what to do.
+
+    Args:
+        path: the damaged file.
+        detail: what is wrong with it, as SQLite or the check reported it.
+    """
+
+    def __init__(self, path: str, detail: str) -> None:
+        name = path.rsplit("/", 1)[-1]
+        super().__init__(
+            f"database {path} is damaged ({detail}): stop NEXUS, keep a copy, "
+            f"restore from backup or run `sqlite3 {name} .recover`"
+        )
+        self.path = path
+        self.detail = detail
+
+
 class JournalError(NexusError):
     """An append would break the journal (a conflicting sequence number)."""
 

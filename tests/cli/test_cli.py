@@ -121,7 +121,20 @@ def test_read_commands_speak_json(tmp_path: Path) -> None:
     exported = json.loads(out.read_text())
     assert exported["session"] == row and exported["events"] == events
     audit = json.loads(nexus("audit", "verify", "--json").stdout)
-    assert audit == {"ok": True, "sessions": 1, "events": len(events), "first_problem": None}
+    checkpoint = audit.pop("checkpoint")
+    assert audit == {
+        "ok": True,
+        "sessions": 1,
+        "events": len(events),
+        "first_problem": None,
+        "unkeyed_events": 0,
+    }
+    assert checkpoint == {
+        "id": checkpoint["id"],
+        "ts": checkpoint["ts"],
+        "key_id": checkpoint["key_id"],
+        "sessions": checkpoint["sessions"],
+    }
     agents = json.loads(nexus("agents", "list", "--json").stdout)
     assert [a["name"] for a in agents] == ["assistant"]
     config = json.loads(nexus("config", "show", "--json").stdout)
@@ -230,3 +243,95 @@ def test_a_label_key_with_a_quote_is_refused_clearly() -> None:
     result = nexus("sessions", "--label", 'a"b=1')
     assert result.exit_code == 2
     assert "label key 'a\"b' is invalid" in result.stderr
+
+
+# -- audit: damage and the keyed checks ------------------------------------------------
+
+
+def damaged_home(nexus_home: Path) -> tuple[str, Path]:
+    """A home whose one demo session's database then had pages zeroed in the middle."""
+    from tests.storage.damage import settle, zero_pages
+
+    sid = run_demo()["id"]
+    db = nexus_home / "nexus.db"
+    settle(db)
+    pages = db.stat().st_size // 4096
+    zero_pages(db, min(20, pages - 4))
+    return sid, db
+
+
+def test_every_read_path_on_a_damaged_database_exits_2_in_one_line(nexus_home: Path) -> None:
+    """sessions, status, logs and audit verify on a damaged nexus.db: exit 2 and one line
+    naming the file and what to do, never a traceback; `run` refuses to write into it."""
+    sid, db = damaged_home(nexus_home)
+    before = db.read_bytes()
+    for cmd in (
+        ["sessions"],
+        ["status", sid],
+        ["logs", sid],
+        ["audit", "verify"],
+        ["audit", "verify", "--json"],
+        ["run", "more", "--replay", str(DEMO)],
+    ):
+        result = nexus(*cmd)
+        assert result.exit_code == 2, (cmd, result.output)
+        message = result.stderr.strip()
+        assert len(message.splitlines()) == 1, (cmd, message)
+        assert message.startswith(f"error: database {db} is damaged ("), (cmd, message)
+        assert message.endswith("restore from backup or run `sqlite3 nexus.db .recover`")
+        assert result.stdout == ""
+    assert db.read_bytes() == before
+
+
+def test_an_emptied_database_is_refused_not_taken_for_new(nexus_home: Path) -> None:
+    """A zero-length nexus.db in a home with an audit key: every command exits 2 saying
+    so, and the file stays empty (no new database over the lost sessions)."""
+    from tests.storage.damage import empty
+
+    run_demo()
+    db = nexus_home / "nexus.db"
+    empty(db)
+    for cmd in (["sessions"], ["audit", "verify"], ["run", "again", "--replay", str(DEMO)]):
+        result = nexus(*cmd)
+        assert result.exit_code == 2, (cmd, result.output)
+        assert f"database {db} is damaged (it is empty, but {nexus_home} holds" in result.stderr
+    assert db.read_bytes() == b""
+
+
+def test_deleting_a_whole_session_exits_4(nexus_home: Path) -> None:
+    """A checkpoint signs every session's head: deleting a session's events and index
+    row, which the unkeyed chain let pass, is TAMPERED."""
+    sid = run_demo()["id"]
+    result = nexus("audit", "checkpoint")
+    assert result.exit_code == 0 and result.stdout.endswith(": 1 sessions signed\n")
+    db = sqlite3.connect(nexus_home / "nexus.db")
+    db.execute("DELETE FROM events WHERE session_id = ?", (sid,))
+    db.execute("DELETE FROM sessions WHERE id = ?", (sid,))
+    db.commit()
+    db.close()
+    result = nexus("audit", "verify")
+    assert result.exit_code == 4
+    assert f"TAMPERED session {sid} seq 1: missing event: the whole session is gone" in (
+        result.stdout
+    )
+
+
+def test_rotate_key_keeps_old_events_verifiable(nexus_home: Path) -> None:
+    """`audit rotate-key` adds a key, keeps the old one and signs a checkpoint; the audit
+    still passes, and sessions after it are signed with the new key."""
+    run_demo()
+    old = json.loads((nexus_home / "audit.key").read_text())
+    result = nexus("audit", "rotate-key")
+    assert result.exit_code == 0, result.output
+    new = json.loads((nexus_home / "audit.key").read_text())
+    assert new["current"] != old["current"]
+    assert set(new["keys"]) == {old["current"], new["current"]}
+    assert new["current"] in result.stdout
+    sid = run_demo()["id"]
+    db = sqlite3.connect(nexus_home / "nexus.db")
+    key_ids = {k for (k,) in db.execute("SELECT key_id FROM events WHERE session_id = ?", (sid,))}
+    db.close()
+    assert key_ids == {new["current"]}
+    verified = nexus("audit", "verify")
+    assert verified.exit_code == 0, verified.output
+    assert "2 sessions, chains intact, checkpoint #" in verified.stdout

@@ -12,7 +12,6 @@ import pytest
 from nexus.errors import JournalError
 from nexus.runtime.journal import (
     STATUS_BY_KIND,
-    AuditReport,
     Journal,
     Tamper,
     canonical,
@@ -115,11 +114,15 @@ def test_payload_is_stored_as_canonical_json(journal: Journal, store: Store) -> 
 
 def test_hash_chain_links_every_event_to_the_previous(journal: Journal, store: Store) -> None:
     """Each event's prev_hash is the previous event's hash (empty for the first), and
-    each hash is the SHA-256 of its own fields and prev_hash."""
+    each hash is the HMAC-SHA256, under the current audit key, of its own fields and
+    prev_hash; each row names that key."""
     events = fill(journal, "s1", 5)
     assert [e.prev_hash for e in events] == ["", *[e.hash for e in events[:-1]]]
     rows = store.events("s1")
-    assert [chain_hash(r) for r in rows] == [e.hash for e in events]
+    key_id, key = journal.keys.current()
+    assert [r.key_id for r in rows] == [key_id] * 5
+    assert [chain_hash(r, key) for r in rows] == [e.hash for e in events]
+    assert [chain_hash(r) for r in rows] != [e.hash for e in events]
     assert len({e.hash for e in events}) == 5
     assert all(len(e.hash) == 64 for e in events)
 
@@ -157,13 +160,24 @@ def test_verify_passes_on_clean_data(journal: Journal) -> None:
     """verify() over untouched sessions reports every session and event, no problem."""
     fill(journal, "a", 3)
     fill(journal, "b", 4)
-    assert journal.verify().to_dict() == {
+    report = journal.verify().to_dict()
+    checkpoint = report.pop("checkpoint")
+    assert report == {
         "ok": True,
         "sessions": 2,
         "events": 7,
         "first_problem": None,
+        "unkeyed_events": 0,
     }
-    assert journal.verify("b") == AuditReport(sessions=1, events=4, first_problem=None)
+    # The home's first checkpoint, written before its first keyed event.
+    assert checkpoint == {
+        "id": 1,
+        "ts": checkpoint["ts"],
+        "key_id": journal.keys.current()[0],
+        "sessions": 0,
+    }
+    only_b = journal.verify("b")
+    assert (only_b.sessions, only_b.events, only_b.first_problem) == (1, 4, None)
     assert journal.verify("unknown").ok
 
 
@@ -197,15 +211,29 @@ def test_verify_detects_edited_accounting_columns(
     )
 
 
-def test_verify_detects_an_edit_whose_hash_was_recomputed(
+def test_verify_detects_an_edit_whose_hash_was_recomputed_without_the_key(
     journal: Journal, store: Store, db_path: Path
 ) -> None:
-    """Recomputing an edited row's hash does not help: the next row's prev_hash no
-    longer matches."""
+    """Recomputing an edited row's hash without the audit key (plain SHA-256) is caught
+    at that row."""
     fill(journal, "s1", 3)
     sql(db_path, "UPDATE events SET payload = '{\"i\":0}' WHERE seq = 2")
     edited = store.events("s1", after_seq=1, limit=1)[0]
     sql(db_path, "UPDATE events SET hash = ? WHERE seq = 2", chain_hash(edited))
+    assert journal.verify().first_problem == Tamper(
+        "s1", 2, "tampered: content does not match its hash"
+    )
+
+
+def test_verify_detects_an_edit_whose_hash_was_recomputed_with_the_key(
+    journal: Journal, store: Store, db_path: Path
+) -> None:
+    """Even with the key, recomputing one row's hash breaks the next row's prev_hash."""
+    fill(journal, "s1", 3)
+    sql(db_path, "UPDATE events SET payload = '{\"i\":0}' WHERE seq = 2")
+    edited = store.events("s1", after_seq=1, limit=1)[0]
+    key = journal.keys.get(edited.key_id)
+    sql(db_path, "UPDATE events SET hash = ? WHERE seq = 2", chain_hash(edited, key))
     problem = journal.verify().first_problem
     assert problem is not None
     assert (problem.session_id, problem.seq) == ("s1", 3)
@@ -270,7 +298,8 @@ def test_verify_by_session_checks_only_that_session(journal: Journal, db_path: P
     fill(journal, "a", 3)
     fill(journal, "b", 3)
     sql(db_path, "UPDATE events SET payload = '{}' WHERE session_id = 'b' AND seq = 2")
-    assert journal.verify("a") == AuditReport(sessions=1, events=3, first_problem=None)
+    only_a = journal.verify("a")
+    assert (only_a.sessions, only_a.events, only_a.first_problem) == (1, 3, None)
     bad = Tamper("b", 2, "tampered: content does not match its hash")
     assert journal.verify("b").first_problem == bad
     assert journal.verify().first_problem == bad

@@ -312,11 +312,19 @@ async def test_agents_audit_and_config(api: Api) -> None:
     assert [a["name"] for a in agents] == ["assistant"]
     assert (await api.get("/api/v1/agents/assistant")).json() == agents[0]
     await api.post("/api/v1/sessions", json={"goal": "x"})
-    assert (await api.get("/api/v1/audit/verify")).json() == {
+    audit = (await api.get("/api/v1/audit/verify")).json()
+    assert audit == {
         "ok": True,
         "sessions": 1,
         "events": 1,
         "first_problem": None,
+        "checkpoint": {
+            "id": 1,
+            "ts": audit["checkpoint"]["ts"],
+            "key_id": audit["checkpoint"]["key_id"],
+            "sessions": 0,
+        },
+        "unkeyed_events": 0,
     }
     assert (await api.get("/api/v1/config")).json()["durability"] == "normal"
 

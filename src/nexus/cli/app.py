@@ -46,7 +46,9 @@ agents_app = typer.Typer(
     help="The agents NEXUS knows.", no_args_is_help=True, rich_markup_mode=None
 )
 audit_app = typer.Typer(
-    help="Check the journal's hash chains.", no_args_is_help=True, rich_markup_mode=None
+    help="Check the journal's keyed chains and checkpoints; manage the audit key.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
 )
 token_app = typer.Typer(help="The API token.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(config_app, name="config")
@@ -528,21 +530,49 @@ def audit_verify(
     as_json: JsonOpt = False,
     server: ServerOpt = None,
 ) -> None:
-    """Verify the hash chains; report the first tampered, reordered or missing row."""
+    """Verify the database file, the keyed chains, the session index and the newest
+    signed checkpoint; report the first tampered, reordered or missing row.
+    Exit 4 on tampering, 2 when the database file is damaged."""
     src = _source(server)
     report = _read(lambda: src.verify(session_id))
     bad = report["first_problem"]
     if as_json:
         _print_json(report)
     elif bad is None:
+        checkpoint = report.get("checkpoint")
+        held = "" if not checkpoint else f", checkpoint #{checkpoint['id']} holds"
         _console().print(
             f"[green]ok[/]: {report['events']} events in {report['sessions']} sessions, "
-            "chains intact"
+            f"chains intact{held}"
         )
     else:
-        where = f"session {bad['session_id']} seq {bad['seq']}"
+        where = f"session {bad['session_id']} seq {bad['seq']}" if bad["session_id"] else "audit"
         _console().print(f"[bold red]TAMPERED[/] {where}: {bad['problem']}")
     raise typer.Exit(0 if bad is None else EXIT_TAMPERED)
+
+
+@audit_app.command("rotate-key")
+def audit_rotate_key() -> None:
+    """Make a new audit key (old ones are kept, so old events still verify) and sign a
+    checkpoint with it. Running workers sign with the new key after a restart."""
+    from nexus.runtime.audit import AuditKeys, write_checkpoint
+
+    rt = _runtime()
+    keys = AuditKeys.beside(rt.store)
+    key_id = _read(keys.rotate)
+    checkpoint = _read(lambda: write_checkpoint(rt.store, keys))
+    _console().print(f"audit key {key_id} in {keys.path}; checkpoint #{checkpoint.id} signed")
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint() -> None:
+    """Sign every session's head now (the server and workers do it periodically)."""
+    from nexus.runtime.audit import write_checkpoint
+
+    rt = _runtime()
+    checkpoint = _read(lambda: write_checkpoint(rt.store, rt.journal.keys))
+    sessions = json.loads(checkpoint.body)["sessions"]
+    _console().print(f"checkpoint #{checkpoint.id}: {sessions} sessions signed")
 
 
 @config_app.command("show")

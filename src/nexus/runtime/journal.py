@@ -1,21 +1,24 @@
 """The journal: one append-only, hash-chained log of everything a session does.
 
-Each session's events form a SHA-256 chain: an event's hash covers its own
-fields (payload as canonical JSON) and the previous event's hash, so editing,
-dropping or reordering a row is detected by `Journal.verify`.
+Each session's events form a keyed chain (HMAC-SHA256 under the home's audit key):
+an event's hash covers its own fields (payload as canonical JSON) and the previous
+event's hash, so editing, dropping or reordering a row is detected by
+`Journal.verify`, which also holds the chains against the session index and the
+signed checkpoints (`nexus.runtime.audit`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from nexus.events import STATUS_BY_KIND, STEP_OUTCOME_KINDS
+from nexus.runtime import audit
+from nexus.runtime.audit import AuditKeys, AuditReport, Tamper, chain_hash, event_hash
 from nexus.runtime.redact import Redactor
 from nexus.storage.base import EventRow, SessionChange, Store
 from nexus.types import JSON, Event, SessionStatus
@@ -27,76 +30,6 @@ _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_asci
 def canonical(data: Any) -> str:
     """Canonical JSON: sorted keys, no whitespace, UTF-8 kept as is."""
     return _CANONICAL.encode(data)
-
-
-def chain_hash(row: EventRow) -> str:
-    """The hash an event must carry, given its fields and `prev_hash`."""
-    return _hash(
-        row.session_id,
-        row.seq,
-        row.ts,
-        row.kind,
-        row.tokens_in,
-        row.tokens_out,
-        row.cost_usd,
-        row.latency_ms,
-        row.prev_hash,
-        row.payload,
-    )
-
-
-def _hash(
-    session_id: str,
-    seq: int,
-    ts: float,
-    kind: str,
-    tokens_in: int,
-    tokens_out: int,
-    cost_usd: float,
-    latency_ms: float,
-    prev_hash: str,
-    payload: str,
-) -> str:
-    header = _CANONICAL.encode(
-        [session_id, seq, ts, kind, tokens_in, tokens_out, cost_usd, latency_ms, prev_hash]
-    )
-    return hashlib.sha256(f"{header}\n{payload}".encode()).hexdigest()
-
-
-@dataclass(frozen=True, slots=True)
-class Tamper:
-    """The first bad row found by an audit."""
-
-    session_id: str
-    seq: int
-    problem: str
-
-    def to_dict(self) -> JSON:
-        """As plain data."""
-        return {"session_id": self.session_id, "seq": self.seq, "problem": self.problem}
-
-
-@dataclass(frozen=True, slots=True)
-class AuditReport:
-    """The result of `Journal.verify`."""
-
-    sessions: int
-    events: int
-    first_problem: Tamper | None
-
-    @property
-    def ok(self) -> bool:
-        """True when every chain is intact."""
-        return self.first_problem is None
-
-    def to_dict(self) -> JSON:
-        """As plain data."""
-        return {
-            "ok": self.ok,
-            "sessions": self.sessions,
-            "events": self.events,
-            "first_problem": None if self.first_problem is None else self.first_problem.to_dict(),
-        }
 
 
 @dataclass(eq=False, slots=True)
@@ -112,12 +45,25 @@ class _Entry:
     carried: list[_Entry] = field(default_factory=list)  # deferred events it commits
 
 
-class Journal:
-    """Append and read journal events; redacts before writing."""
+__all__ = ["STATUS_BY_KIND", "AuditReport", "Journal", "Tamper", "canonical", "chain_hash"]
 
-    def __init__(self, store: Store, redactor: Redactor | None = None) -> None:
+
+class Journal:
+    """Append and read journal events; redacts before writing, signs with the audit key.
+
+    Args:
+        store: where events go.
+        redactor: masks secrets before anything is written.
+        keys: the audit keys (default: `audit.key` beside the store's database).
+    """
+
+    def __init__(
+        self, store: Store, redactor: Redactor | None = None, *, keys: AuditKeys | None = None
+    ) -> None:
         self.store = store
         self.redactor = redactor or Redactor()
+        self.keys = keys or AuditKeys.beside(store)
+        self._signer: tuple[str, bytes] | None = None
         # Chain heads of sessions this process writes; a session is written by one
         # worker at a time, and a miss falls back to the database.
         self._heads: dict[str, tuple[int, str]] = {}
@@ -234,15 +180,17 @@ class Journal:
         head = self._heads.get(session_id)
         if head is None:
             head = self.store.head(session_id)
+        key_id, key = self._signer or self._first_signer()
         text = canonical(payload)
         clean = payload
         if self.redactor.needed(text):
             clean = self.redactor.data(payload)
             text = canonical(clean)
         seq, prev, ts, latency = head[0] + 1, head[1], time.time(), round(latency_ms, 3)
-        digest = _hash(
-            session_id, seq, ts, kind, tokens_in, tokens_out, cost_usd, latency, prev, text
-        )
+        digest = event_hash(
+            key, key_id, session_id, seq, ts, kind, tokens_in, tokens_out, cost_usd, latency,
+            prev, text,
+        )  # fmt: skip
         row = EventRow(
             0,
             session_id,
@@ -256,6 +204,7 @@ class Journal:
             latency,
             prev,
             digest,
+            key_id,
         )
         status = STATUS_BY_KIND.get(kind)
         change = SessionChange(
@@ -268,6 +217,14 @@ class Journal:
         # (group commit); a failed commit drops the cached head.
         self._heads[session_id] = (row.seq, row.hash)
         return _Entry(row, change, clean)
+
+    def _first_signer(self) -> tuple[str, bytes]:
+        """Resolve the signing key once per journal (creating it on first use), after
+        making sure a checkpoint vouches for the rows written before keys."""
+        signer = self.keys.current()
+        audit.ensure_checkpoint(self.store, self.keys)
+        self._signer = signer
+        return signer
 
     def _commit(self, batch: list[_Entry]) -> None:
         results = self.store.append_many([(e.row, e.change) for e in batch])
@@ -323,66 +280,13 @@ class Journal:
                 await asyncio.sleep(poll_s)
 
     def verify(self, session_id: str | None = None) -> AuditReport:
-        """Walk the chain(s); report the first tampered, reordered or missing row."""
-        rows: Iterable[EventRow] = (
-            self.store.iter_all_events() if session_id is None else self.store.events(session_id)
-        )
-        sessions = events = 0
-        seen: set[str] = set()
-        current: str | None = None
-        expected_seq, prev = 1, ""
-        for row in rows:
-            if row.session_id != current:
-                if current is not None and (gap := self._tail_gap(current, expected_seq - 1, prev)):
-                    return AuditReport(sessions, events, gap)
-                current, expected_seq, prev = row.session_id, 1, ""
-                seen.add(current)
-                sessions += 1
-            events += 1
-            problem, at = None, row.seq
-            if row.seq > expected_seq:
-                problem = f"missing event: expected seq {expected_seq}, found {row.seq}"
-                at = expected_seq  # report the first missing row, as _tail_gap does
-            elif row.seq < expected_seq:
-                problem = f"unexpected seq {row.seq} where {expected_seq} was expected"
-            elif row.prev_hash != prev:
-                problem = "chain broken: prev_hash does not match the previous event (reordered?)"
-            elif chain_hash(row) != row.hash:
-                problem = "tampered: content does not match its hash"
-            if problem is not None:
-                return AuditReport(sessions, events, Tamper(row.session_id, at, problem))
-            expected_seq, prev = row.seq + 1, row.hash
-        if current is not None and (gap := self._tail_gap(current, expected_seq - 1, prev)):
-            return AuditReport(sessions, events, gap)
-        # A session whose every event was deleted leaves no row to walk; the index,
-        # written in the same transactions, still lists it.
-        indexed = (
-            [session_id]
-            if session_id is not None
-            else self.store.session_ids([s.value for s in SessionStatus])
-        )
-        for sid in indexed:
-            if sid not in seen and (gap := self._tail_gap(sid, 0, "")):
-                return AuditReport(sessions, events, gap)
-        return AuditReport(sessions, events, None)
+        """Audit the chains (all, or one session's) under the audit keys, against the
+        session index and the newest signed checkpoint; report the first problem.
 
-    def _tail_gap(self, session_id: str, last_seen: int, last_hash: str) -> Tamper | None:
-        # Deleting a session's newest events leaves an intact chain; the index's
-        # last_seq, written in the same transaction, still tells.
-        row = self.store.session(session_id)
-        if row is None or row.last_seq <= last_seen:
-            return None
-        # The scan reads one snapshot, the index is read now: a live session (or one
-        # created since) has rows the scan did not see. Those are not missing if the
-        # next one is there and chains onto the last one seen.
-        after = self.store.events(session_id, last_seen, limit=1)
-        if after and after[0].seq == last_seen + 1 and after[0].prev_hash == last_hash:
-            return None
-        return Tamper(
-            session_id,
-            last_seen + 1,
-            f"missing event: seq {last_seen + 1} to {row.last_seq} are gone",
-        )
+        Raises:
+            StorageCorrupt: the database file is damaged.
+        """
+        return audit.verify(self.store, self.keys, session_id)
 
 
 def _creation(payload: JSON) -> JSON:

@@ -10,7 +10,11 @@ from typing import Any, Literal, Protocol
 
 @dataclass(frozen=True, slots=True)
 class EventRow:
-    """A journal row exactly as stored (payload as its canonical JSON text)."""
+    """A journal row exactly as stored (payload as its canonical JSON text).
+
+    `key_id` names the audit key whose HMAC is `hash`; `""` marks a row written
+    before the chain was keyed (plain SHA-256, `nexus.runtime.audit`).
+    """
 
     id: int
     session_id: str
@@ -24,6 +28,29 @@ class EventRow:
     latency_ms: float
     prev_hash: str
     hash: str
+    key_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """The newest event of one session's chain."""
+
+    session_id: str
+    seq: int
+    hash: str
+    key_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointRow:
+    """A signed audit checkpoint as stored: `body` is its canonical JSON text and
+    `signature` the HMAC of `body` under the key `key_id` (`nexus.runtime.audit`)."""
+
+    id: int
+    ts: float
+    key_id: str
+    body: str
+    signature: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +169,10 @@ class EventStore(Protocol):
         """Every event, ordered by session then seq (for audits)."""
         ...
 
+    def heads(self) -> list[Head]:
+        """The newest event of every session that has events, by session id."""
+        ...
+
 
 class SessionIndex(Protocol):
     """The session index: one row per session, a projection of its journal kept
@@ -203,6 +234,18 @@ class Store(EventStore, SessionIndex, CommandStore, Protocol):
 
     def ping(self) -> None:
         """A trivial query: raises if the database is unusable."""
+        ...
+
+    def check_integrity(self) -> str | None:
+        """A full check of the database file: what is damaged, or None when sound."""
+        ...
+
+    def add_checkpoint(self, ts: float, key_id: str, body: str, signature: str) -> int:
+        """Store a signed audit checkpoint, dropping all but the newest few; returns its id."""
+        ...
+
+    def checkpoint(self, checkpoint_id: int | None = None) -> CheckpointRow | None:
+        """One checkpoint by id, or the newest (None when there is none)."""
         ...
 
     def close(self) -> None:

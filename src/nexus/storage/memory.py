@@ -11,13 +11,17 @@ from dataclasses import replace
 
 from nexus.errors import JournalError, SchemaVersionError
 from nexus.storage.base import (
+    CheckpointRow,
     CommandRow,
     EventRow,
+    Head,
     Schema,
     SessionChange,
     SessionQuery,
     SessionRow,
 )
+
+KEEP_CHECKPOINTS = 8  # as the SQLite store
 
 
 class MemoryStore:
@@ -31,6 +35,7 @@ class MemoryStore:
         self._sessions: dict[str, SessionRow] = {}
         self._schemas: dict[str, int] = {}
         self._commands: list[CommandRow] = []
+        self._checkpoints: list[CheckpointRow] = []
 
     # -- journal --------------------------------------------------------------------
 
@@ -140,6 +145,27 @@ class MemoryStore:
             rows = sorted(self._events, key=lambda r: (r.session_id, r.seq, r.id))
         yield from rows
 
+    def heads(self) -> list[Head]:
+        with self._lock:
+            lasts = [max(rows, key=lambda r: r.seq) for rows in self._by_session.values()]
+        return sorted(
+            (Head(r.session_id, r.seq, r.hash, r.key_id) for r in lasts),
+            key=lambda h: h.session_id,
+        )
+
+    def add_checkpoint(self, ts: float, key_id: str, body: str, signature: str) -> int:
+        with self._lock:
+            last = self._checkpoints[-1].id if self._checkpoints else 0
+            self._checkpoints.append(CheckpointRow(last + 1, ts, key_id, body, signature))
+            del self._checkpoints[:-KEEP_CHECKPOINTS]
+            return last + 1
+
+    def checkpoint(self, checkpoint_id: int | None = None) -> CheckpointRow | None:
+        with self._lock:
+            if checkpoint_id is None:
+                return self._checkpoints[-1] if self._checkpoints else None
+            return next((c for c in self._checkpoints if c.id == checkpoint_id), None)
+
     # -- session index --------------------------------------------------------------
 
     def session(self, session_id: str) -> SessionRow | None:
@@ -209,6 +235,10 @@ class MemoryStore:
     def latest_command_id(self) -> int:
         with self._lock:
             return len(self._commands)
+
+    def check_integrity(self) -> str | None:
+        """Memory is never damaged."""
+        return None
 
     def close(self) -> None:
         """Nothing to release."""

@@ -60,6 +60,24 @@ MIGRATIONS.append(
 
 MIGRATIONS.append(
     (
+        3,
+        # The keyed audit chain: the key id each event's HMAC used ('' = a row written
+        # before keys, plain SHA-256), and signed checkpoints of every session's head.
+        """
+        ALTER TABLE events ADD COLUMN key_id TEXT NOT NULL DEFAULT '';
+        CREATE TABLE checkpoints (
+            id          INTEGER PRIMARY KEY,
+            ts          REAL NOT NULL,
+            key_id      TEXT NOT NULL,
+            body        TEXT NOT NULL,
+            signature   TEXT NOT NULL
+        );
+        """,
+    )
+)
+
+MIGRATIONS.append(
+    (
         4,
         # The control channel: commands for a session (kill, pause, resume, …) posted
         # by any process; the session's runner applies them and journals the effect.
