@@ -33,6 +33,8 @@ def defaults(home: Path) -> dict[str, object]:
         "default_agent": "assistant",
         "concurrency": 50,
         "queue_poll_s": 0.2,
+        "audit_checkpoint_events": 1000,
+        "audit_checkpoint_s": 60.0,
         "control_poll_s": 0.05,
         "worker_id": "local",
         "dbos_url": None,

@@ -91,6 +91,14 @@ class Settings(BaseSettings):
     default_agent: str = "assistant"
     concurrency: int = Field(default=50, ge=1, le=10_000, description="Sessions in flight.")
     queue_poll_s: float = Field(default=0.2, gt=0, le=60)
+    audit_checkpoint_events: int = Field(
+        default=1000,
+        ge=1,
+        description="A worker signs a checkpoint of every session's head after this many events.",
+    )
+    audit_checkpoint_s: float = Field(
+        default=60.0, gt=0, description="…or after this many seconds with any event."
+    )
     control_poll_s: float = Field(
         default=0.05,
         gt=0,

@@ -437,3 +437,19 @@ async def main(sid):
 
 asyncio.run(main(sys.argv[1]))
 """
+
+
+async def test_a_worker_signs_a_checkpoint_of_what_it_ran_when_it_stops() -> None:
+    """A worker's clean stop signs a checkpoint holding the head of each session it
+    ran, so deleting one of them afterwards fails the audit."""
+    rt = Runtime(load_settings(), provider=ScriptedProvider([{"content": "a"}, {"content": "b"}]))
+    ids = [rt.create_session("one"), rt.create_session("two")]
+    async with Dispatcher(rt) as d:
+        for sid in ids:
+            assert await d.wait(sid) is SessionStatus.COMPLETED
+    report = rt.journal.verify()
+    assert report.ok and report.checkpoint is not None
+    assert {sid: report.checkpoint.heads[sid][0] for sid in ids} == {
+        sid: rt.session(sid).last_seq for sid in ids
+    }
+    await rt.aclose()

@@ -69,3 +69,27 @@ async def test_readyz_is_ready_with_a_provider(
         200,
         {"status": "ready", "checks": {"database": "ok", "workers": "ok", "provider": "ok"}},
     )
+
+
+async def test_a_database_damaged_under_a_running_server_is_reported_not_served(
+    client: tuple[httpx.AsyncClient, Runtime],
+) -> None:
+    """20 pages of `nexus.db` zeroed while the server runs: `/readyz` is 503 naming
+    the damage (it said ready), and the audit answers a 503 problem in one line
+    saying which file and what to do (it was a 500 with a traceback)."""
+    from tests.storage.damage import zero_pages
+
+    c, rt = client
+    for i in range(300):
+        rt.create_session(f"goal {i} " + "x" * 500)  # journaled, never submitted
+    zero_pages(rt.settings.db_path)
+    ready = await c.get("/api/v1/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["database"].startswith("damaged: ")
+    audit = await c.get("/api/v1/audit/verify")
+    assert (audit.status_code, audit.headers["content-type"]) == (503, "application/problem+json")
+    body = audit.json()
+    assert body["type"] == "urn:nexus:problem:storage-corrupt"
+    assert body["detail"].startswith(f"database {rt.settings.db_path} is damaged (")
+    assert body["detail"].endswith("restore from backup or run `sqlite3 nexus.db .recover`")
+    assert "\n" not in body["detail"]

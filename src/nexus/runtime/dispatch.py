@@ -50,6 +50,7 @@ from dbos._error import DBOSNonExistentWorkflowError
 
 from nexus import events as ev
 from nexus.errors import ConfigError, DispatchError
+from nexus.runtime.audit import Checkpointer
 from nexus.runtime.control import RESUME, resume_pending
 from nexus.runtime.runtime import Runtime
 from nexus.storage.base import CommandRow
@@ -142,6 +143,8 @@ class Dispatcher:
         # a long-running server holds as many as it runs, not as many as it ever ran.
         self._running: dict[str, asyncio.Task[Any]] = {}
         self._adopter: asyncio.Task[None] | None = None
+        self._checkpointer: Checkpointer | None = None
+        self._checkpoints: asyncio.Task[None] | None = None
 
     @classmethod
     def solo(cls, runtime: Runtime, session_id: str) -> Dispatcher:
@@ -200,6 +203,13 @@ class Dispatcher:
         await self._queue_unknown()
         await self.adopt_orphans()
         self._adopter = asyncio.create_task(self._adopt_forever(), name="nexus-adopt")
+        self._checkpointer = Checkpointer(
+            self.runtime.store,
+            self.runtime.journal.keys,
+            every_appends=s.audit_checkpoint_events,
+            every_s=s.audit_checkpoint_s,
+        )
+        self._checkpoints = asyncio.create_task(self._checkpointer.run(), name="nexus-audit")
 
     async def _queue_unknown(self) -> None:
         # Sessions journaled as queued whose creator died before handing them to
@@ -323,14 +333,21 @@ class Dispatcher:
         from their journal, at the next start of this executor (or, for `nexus
         run`, at the next worker of the home)."""
         global _active
-        if self._adopter is not None:
-            self._adopter.cancel()
-            await asyncio.gather(self._adopter, return_exceptions=True)
-            self._adopter = None
+        for task in (self._adopter, self._checkpoints):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._adopter = self._checkpoints = None
         running = [t for t in self._running.values() if not t.done()]
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
+        if self._checkpointer is not None:
+            try:
+                await self._checkpointer.aclose()  # the clean-shutdown checkpoint
+            except Exception:
+                log.exception("the shutdown checkpoint of the audit failed")
+            self._checkpointer = None
         DBOS.destroy(workflow_completion_timeout_sec=0)
         # DBOS leaves its shut-down thread pool as the loop's default executor.
         asyncio.get_running_loop().set_default_executor(concurrent.futures.ThreadPoolExecutor())

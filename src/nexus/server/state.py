@@ -20,6 +20,8 @@ class ServerState:
     auth: Auth
     broadcaster: Broadcaster
     dispatcher: Any = None  # nexus.runtime.dispatch.Dispatcher once workers run
+    integrity: str | None = None  # the database's damage at the last full check
+    integrity_checked_at: float | None = None
 
     async def submit(self, session_id: str, priority: int) -> None:
         """Hand a new session to the workers (if this server runs them)."""

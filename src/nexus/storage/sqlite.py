@@ -151,16 +151,22 @@ class SQLiteStore:
     def check_integrity(self) -> str | None:
         """Check every page of the file (`PRAGMA quick_check`, about 1.3 ms per MB):
         what is damaged, or None when the file is sound. For `/readyz` and the audit."""
-        with self._lock:
-            detail = self._damage or _quick_check(self._db)
+        detail = self._damage
+        if detail is None:
+            # On a connection of its own: a WAL reader does not hold up the appends.
+            db = sqlite3.connect(self.path, check_same_thread=False, timeout=30.0)
+            try:
+                detail = _quick_check(db)
+            finally:
+                db.close()
         self._damage = detail
         return detail
 
     def _diagnose(self, exc: sqlite3.DatabaseError) -> Exception:
         """The error to raise for `exc`: `StorageCorrupt` when the file turns out to be
         damaged, else `exc` itself (a busy or locked database is not damage)."""
-        if isinstance(exc, sqlite3.IntegrityError):
-            return exc
+        if isinstance(exc, sqlite3.IntegrityError | sqlite3.ProgrammingError):
+            return exc  # a refused row, or a closed connection: the file is not at fault
         if self._damage is None:
             with self._lock:
                 self._damage = _quick_check(self._db)
@@ -654,6 +660,10 @@ def _quick_check(db: sqlite3.Connection) -> str | None:
     """`PRAGMA quick_check` on `db`: its first finding (and how many more), or None."""
     try:
         rows = db.execute("PRAGMA quick_check(20)").fetchall()
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            return None  # another writer holds it: that is not damage
+        return str(exc)
     except sqlite3.DatabaseError as exc:
         return str(exc)
     # One finding per line; a "*** in database main ***" line heads them.

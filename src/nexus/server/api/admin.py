@@ -15,7 +15,7 @@ router = APIRouter(prefix="/api/v1", tags=["admin"], dependencies=[Depends(requi
 State = Annotated[ServerState, Depends(get_state)]
 
 
-@router.get("/audit/verify", response_model=AuditReport, responses=problems(*AUTH, 404, 422))
+@router.get("/audit/verify", response_model=AuditReport, responses=problems(*AUTH, 404, 422, 503))
 async def audit_verify(
     state: State, session_id: Annotated[str | None, Query(max_length=64)] = None
 ) -> dict[str, Any]:

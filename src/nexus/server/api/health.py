@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 
 from nexus import __version__
-from nexus.errors import NoProviderConfigured
+from nexus.errors import NoProviderConfigured, StorageCorrupt
 from nexus.server.api.models import AUTH, Health, Ready, Version, problems
 from nexus.server.problems import Problem
 from nexus.server.state import ServerState, get_state, require_auth
@@ -29,7 +31,10 @@ async def readyz(state: Annotated[ServerState, Depends(get_state)]) -> dict[str,
     checks: dict[str, str] = {}
     try:
         state.runtime.store.ping()
-        checks["database"] = "ok"
+        damage = await _integrity(state)
+        checks["database"] = "ok" if damage is None else f"damaged: {damage}"
+    except StorageCorrupt as exc:
+        checks["database"] = f"damaged: {exc.detail}"
     except Exception as exc:
         checks["database"] = f"error: {type(exc).__name__}"
     checks["workers"] = "ok" if state.dispatcher is not None else "not running"
@@ -41,6 +46,19 @@ async def readyz(state: Annotated[ServerState, Depends(get_state)]) -> dict[str,
     if any(v != "ok" for v in checks.values()):
         raise Problem(503, "not ready", checks=checks)
     return {"status": "ready", "checks": checks}
+
+
+INTEGRITY_EVERY_S = 300.0  # a full check reads the whole file: not on every probe
+
+
+async def _integrity(state: ServerState) -> str | None:
+    """The database file's damage, or None: checked at the first probe and then at
+    most every `INTEGRITY_EVERY_S` (a database error found meanwhile is known at once)."""
+    now = time.monotonic()
+    if state.integrity_checked_at is None or now - state.integrity_checked_at > INTEGRITY_EVERY_S:
+        state.integrity = await asyncio.to_thread(state.runtime.store.check_integrity)
+        state.integrity_checked_at = now
+    return state.integrity
 
 
 @router.get("/version", response_model=Version, responses=problems(*AUTH))

@@ -102,13 +102,25 @@ class Tamper(BaseModel):
     problem: str
 
 
+class CheckpointSeen(BaseModel):
+    """The signed checkpoint the chains were held against."""
+
+    id: int
+    ts: float
+    key_id: str
+    sessions: int
+
+
 class AuditReport(BaseModel):
-    """What a walk of the hash chains found."""
+    """What a walk of the hash chains found, against the index and the newest
+    signed checkpoint (docs/audit.md)."""
 
     ok: bool
     sessions: int
     events: int
     first_problem: Tamper | None
+    checkpoint: CheckpointSeen | None
+    unkeyed_events: int = Field(description="events from before audit keys, vouched for")
 
 
 class Config(BaseModel):
