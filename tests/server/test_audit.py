@@ -96,7 +96,7 @@ def test_a_long_verify_does_not_hold_up_other_requests_or_concurrent_writers() -
         assert body["sessions"] in (SESSIONS, SESSIONS + 1)
         assert SESSIONS * (EVENTS_EACH + 1) <= body["events"] <= SESSIONS * (EVENTS_EACH + 1) + 2
         after = httpx.get(f"{live.url}/api/v1/audit/verify", headers=live.headers).json()
-        assert after == {
+        assert {k: after[k] for k in ("ok", "sessions", "events", "first_problem")} == {
             "ok": True,
             "sessions": SESSIONS + 1,
             "events": SESSIONS * (EVENTS_EACH + 1) + 2,
