@@ -335,3 +335,20 @@ def test_rotate_key_keeps_old_events_verifiable(nexus_home: Path) -> None:
     verified = nexus("audit", "verify")
     assert verified.exit_code == 0, verified.output
     assert "2 sessions, chains intact, checkpoint #" in verified.stdout
+
+
+def test_a_damaged_dbos_database_is_named_by_worker_and_start(nexus_home: Path) -> None:
+    """`dbos.sqlite` cut in half: `nexus worker` exited 1 and `nexus start` 3, with a
+    DBOS traceback naming no file. Both now exit 2 with one line naming the file."""
+    from tests.storage.damage import truncate
+
+    for i in range(40):  # enough workflows for a file of many pages
+        run_demo() if i == 0 else nexus("run", f"job {i} " + "x" * 2000, "--replay", str(DEMO))
+    dbos = nexus_home / "dbos.sqlite"
+    truncate(dbos)
+    for cmd in (["worker"], ["start", "--port", "0"]):
+        result = nexus(*cmd)
+        assert result.exit_code == 2, (cmd, result.output)
+        message = result.stderr.strip()
+        assert len(message.splitlines()) == 1, (cmd, message)
+        assert message.startswith(f"error: database {dbos} is damaged ("), (cmd, message)

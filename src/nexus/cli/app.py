@@ -379,11 +379,15 @@ def worker(
     """Run queued sessions durably until SIGINT/SIGTERM; resumes unfinished ones first."""
     import asyncio
 
+    from nexus.errors import NexusError
     from nexus.runtime.dispatch import serve_forever
 
     rt = _runtime()
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve_forever(rt, concurrency=concurrency))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve_forever(rt, concurrency=concurrency))
+    except NexusError as exc:
+        _die(str(exc), EXIT_USAGE)
 
 
 ServerOpt = Annotated[
@@ -633,7 +637,7 @@ def start(
     ] = False,
 ) -> None:
     """Start the server: REST API, live events, dashboard, and the session workers."""
-    from nexus.errors import ConfigError
+    from nexus.errors import ConfigError, StorageError
 
     rt = _runtime()
     if demo:
@@ -644,12 +648,14 @@ def start(
             DEMO_GOAL, replay=str(demo_recording()), replay_pace_s=1.5, labels={"demo": "true"}
         )
     try:
+        from nexus.runtime.dispatch import check_system_database
         from nexus.server.app import create_app, token_file
         from nexus.server.run import check_bind, serve
 
+        check_system_database(rt.settings)
         check_bind(host, auth=not no_auth)
         app_ = create_app(rt, auth=not no_auth)
-    except ConfigError as exc:
+    except (ConfigError, StorageError) as exc:
         _die(str(exc), EXIT_USAGE)
     shown = f"[{host}]" if ":" in host else host
     console = _console()

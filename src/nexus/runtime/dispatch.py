@@ -49,11 +49,13 @@ from dbos import DBOS, SetEnqueueOptions, SetWorkflowID, WorkflowHandleAsync
 from dbos._error import DBOSNonExistentWorkflowError
 
 from nexus import events as ev
-from nexus.errors import ConfigError, DispatchError
+from nexus.config import Settings
+from nexus.errors import ConfigError, DispatchError, StorageCorrupt
 from nexus.runtime.audit import Checkpointer
 from nexus.runtime.control import RESUME, resume_pending
 from nexus.runtime.runtime import Runtime
 from nexus.storage.base import CommandRow
+from nexus.storage.sqlite import check_sqlite_file
 from nexus.types import Event, SessionStatus
 
 QUEUE = "nexus-sessions"
@@ -176,6 +178,7 @@ class Dispatcher:
         session's failure, never the worker's."""
         global _active, _synchronous
         s = self.runtime.settings
+        check_system_database(s)
         self._lock_file = _lock_executor(s.home, self.executor_id)
         _active = self
         _synchronous = "FULL" if s.durability == "full" else "NORMAL"
@@ -357,6 +360,15 @@ class Dispatcher:
             # A solo run that ended leaves nothing for a worker to adopt.
             _release(self._lock_file, remove=not self.serves_queue and not running)
             self._lock_file = None
+
+
+def check_system_database(settings: Settings) -> None:
+    """Refuse a damaged DBOS system database in one line naming it (`StorageCorrupt`),
+    before DBOS opens it: DBOS would fail with a traceback that names no file."""
+    if settings.dbos_url is None:
+        damage = check_sqlite_file(settings.dbos_path)
+        if damage is not None:
+            raise StorageCorrupt(str(settings.dbos_path), damage)
 
 
 def segment_id(session_id: str, events: list[Event]) -> str:
