@@ -413,24 +413,36 @@ async def enqueue(
     from dbos import DBOSClient
 
     s = runtime.settings
+    check_system_database(s)
     url = s.dbos_url
     if url is None:
         _enable_wal(s.dbos_path)
         url = f"sqlite:///{s.dbos_path}"
-    client = await asyncio.to_thread(DBOSClient, system_database_url=url, application_name="nexus")
     try:
-        await client.enqueue_async(
-            {
-                "queue_name": QUEUE,
-                "workflow_name": WORKFLOW,
-                "workflow_id": workflow_id or session_id,
-                "app_version": s.app_version,
-                "priority": priority + 1,
-            },
-            session_id,
+        # A client never creates DBOS's tables; on a home no worker has run yet,
+        # this does (idempotent).
+        await asyncio.to_thread(DBOS.migrate, url)
+        client = await asyncio.to_thread(
+            DBOSClient, system_database_url=url, application_name="nexus"
         )
-    finally:
-        await asyncio.to_thread(client.destroy)
+        try:
+            await client.enqueue_async(
+                {
+                    "queue_name": QUEUE,
+                    "workflow_name": WORKFLOW,
+                    "workflow_id": workflow_id or session_id,
+                    "app_version": s.app_version,
+                    "priority": priority + 1,
+                },
+                session_id,
+            )
+        finally:
+            await asyncio.to_thread(client.destroy)
+    except Exception as exc:
+        reason = f"could not queue: {type(exc).__name__}: {exc}"
+        if workflow_id in (None, session_id):  # a new session: never leave it queued for no one
+            await runtime.fail_session(session_id, reason)
+        raise DispatchError(f"session {session_id}: {reason}") from exc
 
 
 def _release(lock: IO[str], *, remove: bool) -> None:
