@@ -18,7 +18,7 @@ A kill's two moments come from the journal, which both processes can read:
 * (b) `session.killed`: its `ts`, stamped just before its commit.
 
 The side effects are checked against (a): a file written after it is a
-violation. File times come from the kernel's coarse clock (a tick, 1–4 ms, late
+violation. File times come from the kernel's coarse clock (a tick, 1-4 ms, late
 at most: a violation found is real, one closer than a tick can be missed).
 """
 
@@ -57,7 +57,11 @@ def write_agent(home: Path) -> None:
 def script_peer(peer_url: str) -> None:
     """Make every answer of the peer (`.../v1`) a `write_file` call of a new file."""
     script = [
-        {"tool_calls": [{"name": "write_file", "arguments": {"path": f"e{t:04d}.txt", "content": "x"}}]}
+        {
+            "tool_calls": [
+                {"name": "write_file", "arguments": {"path": f"e{t:04d}.txt", "content": "x"}}
+            ]
+        }
         for t in range(TURNS)
     ]
     root = peer_url.removesuffix("/v1")
@@ -97,7 +101,8 @@ class Sample:
     cut: str  # what the kill cut short: "llm", "tool" or "between steps"
     effects: int  # files the session wrote
     effects_after_kill_call: int  # written after the kill call started, before (a)
-    effects_after_stop: int  # written after (a): violations
+    late_ms: tuple[float, ...]  # files written after (a): violations, ms after it
+    story: tuple[str, ...] = ()  # for a violation: the journal around the kill
 
 
 def _reaction(event: Event) -> bool:
@@ -108,6 +113,12 @@ def _reaction(event: Event) -> bool:
         or "interrupted" in payload
         or (isinstance(error, str) and error.startswith("interrupted:"))
     )
+
+
+def _brief(event: Event) -> str:
+    payload = event.payload if isinstance(event.payload, dict) else {}
+    shown = {k: payload[k] for k in ("name", "interrupted", "error", "result") if k in payload}
+    return json.dumps(shown, default=str)[:200]
 
 
 def _cut(event: Event) -> str:
@@ -128,6 +139,12 @@ def sample(kill: Kill, events: list[Event], workspace: Path) -> Sample:
         raise RuntimeError(f"session {kill.session_id} ended with {last.kind}: {payload}")
     reaction = next(e for e in events if e.ts >= kill.start and _reaction(e))
     mtimes = [p.stat().st_mtime for p in workspace.glob("e*.txt")]
+    late = tuple(round((t - reaction.ts) * 1000, 2) for t in mtimes if t > reaction.ts)
+    story = tuple(
+        f"{(e.ts - kill.start) * 1000:+.2f} ms {e.kind} {_brief(e)}"
+        for e in events
+        if late and e.ts >= kill.start - 1.0
+    )
     return Sample(
         session_id=kill.session_id,
         post_ms=(kill.posted - kill.start) * 1000,
@@ -136,7 +153,8 @@ def sample(kill: Kill, events: list[Event], workspace: Path) -> Sample:
         cut=_cut(reaction),
         effects=len(mtimes),
         effects_after_kill_call=sum(kill.start < t <= reaction.ts for t in mtimes),
-        effects_after_stop=sum(t > reaction.ts for t in mtimes),
+        late_ms=late,
+        story=story,
     )
 
 
@@ -162,6 +180,17 @@ def summary(samples: list[Sample], wall_s: float, llm_calls: int) -> dict[str, A
         "cut": cuts,
         "effects": sum(s.effects for s in samples),
         "effects_after_kill_call": sum(s.effects_after_kill_call for s in samples),
-        "effects_after_stop": sum(s.effects_after_stop for s in samples),
+        "effects_after_stop": sum(len(s.late_ms) for s in samples),
+        "late_effects": [
+            {
+                "session_id": s.session_id,
+                "cut": s.cut,
+                "ms_after_a": list(s.late_ms),
+                "post_ms": round(s.post_ms, 2),
+                "journal_from_kill_call": list(s.story),
+            }
+            for s in samples
+            if s.late_ms
+        ],
         "llm_calls_per_s": round(llm_calls / wall_s, 1) if wall_s > 0 else None,
     }

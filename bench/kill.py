@@ -44,8 +44,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench._common import RESULTS, ROOT, PeerProcess, machine, percentile, source, terminate
-from bench._common import write_json
+from bench._common import (
+    RESULTS,
+    ROOT,
+    PeerProcess,
+    machine,
+    percentile,
+    process_cpu_s,
+    source,
+    terminate,
+    write_json,
+)
 from bench._kill_sessions import (
     AGENT,
     KILLED_BY,
@@ -98,18 +107,28 @@ async def _kill_all(rt: Runtime, ids: list[str], args: argparse.Namespace) -> li
 
 
 async def _run_and_kill(
-    rt: Runtime, ids: list[str], args: argparse.Namespace, timeout_s: float
+    rt: Runtime, ids: list[str], args: argparse.Namespace, runner_pid: int, peer_pid: int
 ) -> dict[str, Any]:
-    """Wait until every session runs, let them settle, kill them, read the outcome."""
-    n = len(ids)
+    """Wait until every session runs, let them settle, kill them, read the outcome.
+
+    While they settle, the CPU (in cores) of the process that runs them and of the
+    peer says how loaded the machine was when the kills came."""
+    n, timeout_s = len(ids), args.case_timeout
     await _until(
-        lambda: rt.store.count_sessions([SessionStatus.RUNNING.value]) == n, "all running", timeout_s
+        lambda: rt.store.count_sessions([SessionStatus.RUNNING.value]) == n,
+        "all running",
+        timeout_s,
     )
     settled = time.time()
+    cpu0 = process_cpu_s(runner_pid), process_cpu_s(peer_pid)
     await asyncio.sleep(args.settle_s)
+    cpu1 = process_cpu_s(runner_pid), process_cpu_s(peer_pid)
+    cores = [round((b - a) / (time.time() - settled), 2) for a, b in zip(cpu0, cpu1, strict=True)]
     kills = await _kill_all(rt, ids, args)
     await _until(lambda: rt.store.count_sessions(FINISHED) == n, "all ended", timeout_s)
-    samples = [sample(k, rt.journal.events(k.session_id), rt.workspace(k.session_id)) for k in kills]
+    samples = [
+        sample(k, rt.journal.events(k.session_id), rt.workspace(k.session_id)) for k in kills
+    ]
     first_kill = kills[0].start
     calls = sum(
         e.kind == ev.LLM_REQUEST and settled <= e.ts < first_kill
@@ -119,6 +138,7 @@ async def _run_and_kill(
     result = summary(samples, first_kill - settled, calls)
     result["llm_calls_per_s_ideal"] = round(n / (args.latency_ms / 1000), 1)
     result["kill_phase_s"] = round(kills[-1].start - first_kill, 2)
+    result["runner_cores"], result["peer_cores"] = cores
     return result
 
 
@@ -130,11 +150,11 @@ async def _loop_lag(samples: list[float], every_s: float = 0.01) -> None:
         samples.append((time.perf_counter() - t0 - every_s) * 1000)
 
 
-async def in_process(args: argparse.Namespace, home: Path, peer_url: str) -> dict[str, Any]:
+async def in_process(args: argparse.Namespace, home: Path, peer: PeerProcess) -> dict[str, Any]:
     """The sessions run on a Dispatcher in this process; kills are handed over in memory."""
     from nexus.runtime.dispatch import Dispatcher
 
-    rt = _runtime(home, peer_url, args.sessions + 50)
+    rt = _runtime(home, peer.url, args.sessions + 50)
     lag: list[float] = []
     try:
         async with Dispatcher(rt) as dispatcher:
@@ -143,7 +163,7 @@ async def in_process(args: argparse.Namespace, home: Path, peer_url: str) -> dic
                 await dispatcher.submit(sid)
             lagger = asyncio.create_task(_loop_lag(lag))
             try:
-                result = await _run_and_kill(rt, ids, args, args.case_timeout)
+                result = await _run_and_kill(rt, ids, args, os.getpid(), peer.pid)
             finally:
                 lagger.cancel()
                 await asyncio.gather(lagger, return_exceptions=True)
@@ -185,12 +205,12 @@ class WorkerProcess:
             self.proc.stdout.close()
 
 
-async def cross_process(args: argparse.Namespace, home: Path, peer_url: str) -> dict[str, Any]:
+async def cross_process(args: argparse.Namespace, home: Path, peer: PeerProcess) -> dict[str, Any]:
     """The sessions run in a `nexus worker` process; this one only creates and kills."""
     from nexus.runtime.dispatch import enqueue
 
-    rt = _runtime(home, peer_url, args.sessions + 50)
-    worker = WorkerProcess(home, peer_url, args.sessions + 50)
+    rt = _runtime(home, peer.url, args.sessions + 50)
+    worker = WorkerProcess(home, peer.url, args.sessions + 50)
     try:
         worker.wait_ready(60)
         ids = [rt.create_session(f"write files {i}", agent=AGENT) for i in range(args.sessions)]
@@ -201,7 +221,7 @@ async def cross_process(args: argparse.Namespace, home: Path, peer_url: str) -> 
                 await enqueue(rt, sid)
 
         await asyncio.gather(*(queue(sid) for sid in ids))
-        return await _run_and_kill(rt, ids, args, args.case_timeout)
+        return await _run_and_kill(rt, ids, args, worker.proc.pid, peer.pid)
     finally:
         worker.close()
         await rt.aclose()
@@ -244,11 +264,19 @@ def print_report(cases: dict[str, dict[str, Any]], poll: dict[str, Any] | None) 
 
     console = Console(highlight=False, width=150)
     table = Table(title="kill latency, ms from the start of control.post (p50 / p99 / max)")
-    for col in ("case", "(a) no further\nside effect", "(b) session.killed\njournaled",
-                "post call", "cut short\n(llm/tool/between)", "files after (a)",
-                "LLM calls/s\n(of ideal)"):
+    for col in (
+        "case",
+        "(a) no further\nside effect",
+        "(b) session.killed\njournaled",
+        "post call",
+        "cut short\n(llm/tool/between)",
+        "files after (a)",
+        "LLM calls/s\n(of ideal)",
+        "CPU cores\nrunner/peer",
+    ):
         table.add_column(col, justify="left" if col == "case" else "right")
     for name, c in cases.items():
+
         def trio(key: str, c: dict[str, Any] = c) -> str:
             s = c[key]
             return f"{s['p50_ms']:.1f} / {s['p99_ms']:.1f} / {s['max_ms']:.1f}"
@@ -262,13 +290,16 @@ def print_report(cases: dict[str, dict[str, Any]], poll: dict[str, Any] | None) 
             f"{cut.get('llm', 0)}/{cut.get('tool', 0)}/{cut.get('between steps', 0)}",
             f"{c['effects_after_stop']} of {c['effects']}",
             f"{c['llm_calls_per_s']} ({c['llm_calls_per_s'] / c['llm_calls_per_s_ideal']:.0%})",
+            f"{c['runner_cores']:.2f} / {c['peer_cores']:.2f}",
         )
     console.print(table)
     for name, c in cases.items():
         if "loop_lag_ms" in c:
             lag = c["loop_lag_ms"]
-            console.print(f"{name}: event-loop lag p50 {lag['p50']} ms, p99 {lag['p99']} ms "
-                          f"(a 10 ms sleeper, while the sessions ran and were killed)")
+            console.print(
+                f"{name}: event-loop lag p50 {lag['p50']} ms, p99 {lag['p99']} ms "
+                f"(a 10 ms sleeper, while the sessions ran and were killed)"
+            )
     if poll is not None:
         console.print(
             f"poll query commands_after(last id) on {poll['commands']:,} commands: "
@@ -285,16 +316,20 @@ def targets(cases: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     found = []
     for name, c in cases.items():
         p99 = c["a_no_further_effect"]["p99_ms"]
-        found.append({
-            "name": f"{name}: p99 of (a) <= {TARGET_A_P99_MS:.0f} ms",
-            "ok": p99 <= TARGET_A_P99_MS,
-            "detail": f"p99 {p99:.1f} ms over {c['sessions']} kills",
-        })
-        found.append({
-            "name": f"{name}: no side effect after (a)",
-            "ok": c["effects_after_stop"] == 0,
-            "detail": f"{c['effects_after_stop']} of {c['effects']} files written after (a)",
-        })
+        found.append(
+            {
+                "name": f"{name}: p99 of (a) <= {TARGET_A_P99_MS:.0f} ms",
+                "ok": p99 <= TARGET_A_P99_MS,
+                "detail": f"p99 {p99:.1f} ms over {c['sessions']} kills",
+            }
+        )
+        found.append(
+            {
+                "name": f"{name}: no side effect after (a)",
+                "ok": c["effects_after_stop"] == 0,
+                "detail": f"{c['effects_after_stop']} of {c['effects']} files written after (a)",
+            }
+        )
     return found
 
 
@@ -304,7 +339,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sessions", type=int, default=200, help="live sessions per case")
     p.add_argument("--latency-ms", type=float, default=200, help="the peer's answer delay")
     p.add_argument("--spacing-ms", type=float, default=20, help="pause between two kills")
-    p.add_argument("--settle-s", type=float, default=2.0, help="run time once all run, before kills")
+    p.add_argument(
+        "--settle-s", type=float, default=2.0, help="run time once all run, before kills"
+    )
     p.add_argument("--seed", type=int, default=7, help="of the random kill order")
     p.add_argument("--only", choices=("in-process", "cross-process"), default=None)
     p.add_argument("--poll-commands", type=int, default=POLL_COMMANDS)
@@ -332,10 +369,13 @@ def main(argv: list[str] | None = None) -> None:
                 if args.only not in (None, name):
                     continue
                 t0 = time.perf_counter()
-                cases[name] = asyncio.run(run(args, tmp / name, peer.url))
+                cases[name] = asyncio.run(run(args, tmp / name, peer))
                 a = cases[name]["a_no_further_effect"]
-                print(f"{name:14} (a) p50 {a['p50_ms']:.1f} ms p99 {a['p99_ms']:.1f} ms "
-                      f"({time.perf_counter() - t0:.1f} s)", flush=True)
+                print(
+                    f"{name:14} (a) p50 {a['p50_ms']:.1f} ms p99 {a['p99_ms']:.1f} ms "
+                    f"({time.perf_counter() - t0:.1f} s)",
+                    flush=True,
+                )
         poll = None if args.no_poll else poll_cost(tmp / "poll", args.poll_commands)
     print()
     print_report(cases, poll)
