@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import random
 import select
@@ -68,7 +69,7 @@ from bench._kill_sessions import (
 from nexus import events as ev
 from nexus.config import load_settings
 from nexus.runtime.runtime import Runtime
-from nexus.types import SessionStatus
+from nexus.types import Event, SessionStatus
 
 TARGET_A_P99_MS = 200.0
 POLL_COMMANDS = 10_000
@@ -130,16 +131,30 @@ async def _run_and_kill(
         sample(k, rt.journal.events(k.session_id), rt.workspace(k.session_id)) for k in kills
     ]
     first_kill = kills[0].start
+    journals = [rt.journal.events(sid) for sid in ids]
     calls = sum(
-        e.kind == ev.LLM_REQUEST and settled <= e.ts < first_kill
-        for sid in ids
-        for e in rt.journal.events(sid)
+        e.kind == ev.LLM_REQUEST and settled <= e.ts < first_kill for es in journals for e in es
     )
     result = summary(samples, first_kill - settled, calls)
+    tool_ms = [ms for es in journals for ms in _tool_steps_ms(es, settled, first_kill)]
+    result["tool_step_ms"] = {
+        "p50": round(percentile(tool_ms, 0.5), 2),
+        "p99": round(percentile(tool_ms, 0.99), 2),
+    }
     result["llm_calls_per_s_ideal"] = round(n / (args.latency_ms / 1000), 1)
     result["kill_phase_s"] = round(kills[-1].start - first_kill, 2)
     result["runner_cores"], result["peer_cores"] = cores
     return result
+
+
+def _tool_steps_ms(events: list[Event], start: float, end: float) -> list[float]:
+    """From `tool.call` to its `tool.result`, for the calls made in [start, end): a
+    one-byte `write_file`, so what this measures is waiting for a thread and the GIL."""
+    found = []
+    for call, result in itertools.pairwise(events):
+        if call.kind == ev.TOOL_CALL and result.kind == ev.TOOL_RESULT and start <= call.ts < end:
+            found.append((result.ts - call.ts) * 1000)
+    return found
 
 
 async def _loop_lag(samples: list[float], every_s: float = 0.01) -> None:
@@ -294,6 +309,11 @@ def print_report(cases: dict[str, dict[str, Any]], poll: dict[str, Any] | None) 
         )
     console.print(table)
     for name, c in cases.items():
+        tool = c["tool_step_ms"]
+        console.print(
+            f"{name}: a one-byte write_file step (tool.call to tool.result) took p50 "
+            f"{tool['p50']} ms, p99 {tool['p99']} ms while the sessions settled"
+        )
         if "loop_lag_ms" in c:
             lag = c["loop_lag_ms"]
             console.print(
