@@ -411,7 +411,10 @@ def main(argv: list[str] | None = None) -> None:
         "elapsed_s": round(time.perf_counter() - started, 1),
     }
     path = write_json("kill", data)
-    print(f"\nwrote {path.relative_to(RESULTS.parent.parent)} in {data['elapsed_s']} s")
+    print(
+        f"\nwrote {path.relative_to(RESULTS.parent.parent)} in {data['elapsed_s']} s "
+        f"(load average at the end {data['machine']['loadavg_1m']:.2f} on {os.cpu_count()} cpus)"
+    )
 
 
 if __name__ == "__main__":
