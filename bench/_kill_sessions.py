@@ -9,12 +9,12 @@ with no bench code inside it.
 
 A kill's two moments come from the journal, which both processes can read:
 
-* (a) *no further side effect*: the runner's first reaction to the kill, the
-  earliest event after the kill call that is either a step cut short
+* (a) *no further side effect*: `noticed_at` of `session.killed`, the moment the
+  runner's process saw the kill and set the session's stop flag (from then on no
+  step starts and the workspace tools, even in a thread, make no effect); or, if
+  earlier, the runner's first reaction in the journal: a step cut short
   (`interrupted` in `llm.failed`, or a `tool.result` whose error says
-  `interrupted:`) or `session.killed` itself. From then on the guard refuses
-  every step. Its `ts` is stamped as the event is sealed, just after the
-  runner has taken the kill and cancelled the step, so (a) is an upper bound.
+  `interrupted:`) or `session.killed` itself.
 * (b) `session.killed`: its `ts`, stamped just before its commit.
 
 The side effects are checked against (a): a file written after it is a
@@ -138,8 +138,14 @@ def sample(kill: Kill, events: list[Event], workspace: Path) -> Sample:
     if last.kind != ev.SESSION_KILLED or payload.get("command") != kill.command_id:
         raise RuntimeError(f"session {kill.session_id} ended with {last.kind}: {payload}")
     reaction = next(e for e in events if e.ts >= kill.start and _reaction(e))
+    # The runner's process stamps when it noticed the kill (and refused every
+    # further effect, a sync tool's included): earlier than any journal row.
+    noticed = payload.get("noticed_at")
+    stopped_at = reaction.ts
+    if isinstance(noticed, int | float):
+        stopped_at = min(stopped_at, float(noticed))
     mtimes = [p.stat().st_mtime for p in workspace.glob("e*.txt")]
-    late = tuple(round((t - reaction.ts) * 1000, 2) for t in mtimes if t > reaction.ts)
+    late = tuple(round((t - stopped_at) * 1000, 2) for t in mtimes if t > stopped_at)
     story = tuple(
         f"{(e.ts - kill.start) * 1000:+.2f} ms {e.kind} {_brief(e)}"
         for e in events
@@ -148,11 +154,11 @@ def sample(kill: Kill, events: list[Event], workspace: Path) -> Sample:
     return Sample(
         session_id=kill.session_id,
         post_ms=(kill.posted - kill.start) * 1000,
-        stopped_ms=(reaction.ts - kill.start) * 1000,
+        stopped_ms=(stopped_at - kill.start) * 1000,
         killed_ms=(last.ts - kill.start) * 1000,
         cut=_cut(reaction),
         effects=len(mtimes),
-        effects_after_kill_call=sum(kill.start < t <= reaction.ts for t in mtimes),
+        effects_after_kill_call=sum(kill.start < t <= stopped_at for t in mtimes),
         late_ms=late,
         story=story,
     )

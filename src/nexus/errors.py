@@ -127,6 +127,10 @@ class ToolCallRefused(RecoverableError):
     calls in one turn than the agent allows): the model is told why and may retry."""
 
 
+class ToolStopped(NexusError):
+    """A tool noticed that its session was killed, and made no side effect."""
+
+
 class ToolResultTooLarge(RecoverableError):
     """A tool returned more than `max_tool_result_bytes`: the model should ask for less."""
 
@@ -141,6 +145,8 @@ class ControlFlow(NexusError):
             the effect, so a command is applied once).
         interrupted: what happened to a step cut short by it (journaled with the
             step's outcome), e.g. "the tool ran in a thread and was abandoned".
+        noticed_at: when (epoch seconds) the session's process learned of it and
+            refused every further effect (a kill), if earlier than its journaling.
     """
 
     def __init__(
@@ -150,12 +156,14 @@ class ControlFlow(NexusError):
         by: str = "kernel",
         command: int | None = None,
         interrupted: str | None = None,
+        noticed_at: float | None = None,
     ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.by = by
         self.command = command
         self.interrupted = interrupted
+        self.noticed_at = noticed_at
 
 
 class SessionKilled(ControlFlow):

@@ -18,7 +18,7 @@ from nexus.errors import ConfigError, SessionFinished, SessionNotFound
 from nexus.runtime.agents import Agent, AgentRegistry
 from nexus.runtime.dispatch import Dispatcher, resume_session
 from nexus.runtime.runtime import Runtime
-from nexus.runtime.tools import Toolkit, tool
+from nexus.runtime.tools import ToolContext, Toolkit, tool
 from nexus.types import SessionStatus
 from tests.peers.openai_server import ThreadedPeerServer
 from tests.waiting import until
@@ -51,10 +51,11 @@ def registry(home: Path) -> AgentRegistry:
         return tag
 
     @tool(effect="read")
-    def block_then_write(tag: str) -> str:
-        """Block a thread until released, then record an effect."""
+    def block_then_write(ctx: ToolContext, tag: str) -> str:
+        """Block a thread until released, then record an effect unless killed."""
         _effect(home, f"start {tag}")
         released.wait(30)
+        ctx.check_stopped()
         _effect(home, f"end {tag}")
         return tag
 
@@ -113,13 +114,16 @@ async def test_a_kill_aborts_the_llm_call_in_flight(
     events = rt.journal.events(sid)
     assert [e.kind for e in events][-3:] == ["llm.request", "llm.failed", "session.killed"]
     assert events[-2].payload["interrupted"] == "the LLM request in flight was aborted"
-    assert events[-1].payload == {
+    killed = dict(events[-1].payload)
+    noticed = killed.pop("noticed_at")
+    assert killed == {
         "reason": "runaway",
         "by": "user:ops",
         "steps": 0,
         "command": command.id,
         "interrupted": "the LLM request in flight was aborted",
     }
+    assert command.ts <= noticed <= events[-1].ts
     row = rt.session(sid)
     assert (row.status, row.reason, len(peer.requests)) == ("killed", "runaway", 1)
     assert rt.journal.verify(sid).ok
@@ -150,7 +154,8 @@ async def test_a_kill_abandons_a_sync_tool_thread_and_says_so(
     world: tuple[Runtime, Dispatcher, ThreadedPeerServer], nexus_home: Path
 ) -> None:
     """A sync tool runs in a thread, which Python cannot stop: the session ends at
-    once, the journal says the thread was abandoned, and no later step runs."""
+    once, the journal says the thread was abandoned, and no later step runs. The
+    thread, checking `ctx.check_stopped()` before its effect, makes none."""
     rt, d, peer = world
     peer.config.script = [{"tool_calls": [call("block_then_write", tag="t")]}, {"content": "x"}]
     sid = rt.create_session("block", agent="c")
@@ -162,6 +167,9 @@ async def test_a_kill_abandons_a_sync_tool_thread_and_says_so(
     assert result["error"] == (
         "interrupted: the tool ran in a thread, which cannot be stopped: it was abandoned"
     )
+    released.set()  # the abandoned thread goes on, checks the stop flag, writes nothing
+    await asyncio.sleep(0.1)
+    assert effects(nexus_home) == ["start t"]
     assert len(peer.requests) == 1  # no step after the kill
     assert rt.journal.verify(sid).ok
 

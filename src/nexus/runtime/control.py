@@ -36,9 +36,10 @@ them in their own guard or hook.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -92,7 +93,12 @@ class Applied(Projection[int]):
 
 @dataclass(eq=False)
 class RunControl:
-    """The runner's end of the channel for one session running in this process."""
+    """The runner's end of the channel for one session running in this process.
+
+    A kill is taken in two moves. `notice` (any thread: the watcher's, or the
+    sender's) sets `stopped` at once: from then on no step starts and a sync tool
+    checking `ToolContext.check_stopped` makes no effect, however busy the event
+    loop is. `deliver` (on the loop) then cancels the step in flight."""
 
     session_id: str
     applied: int = 0  # the newest command id delivered or applied
@@ -101,11 +107,21 @@ class RunControl:
     resumes: list[CommandRow] = field(default_factory=list)
     step_task: asyncio.Task[Any] | None = None  # set while a step runs
     step_tool: Any = None  # the Tool of a running tool step (how it can be stopped)
+    stopped: threading.Event = field(default_factory=threading.Event)
+    noticed: CommandRow | None = None  # the kill, as soon as any thread saw it
+    noticed_at: float | None = None
+
+    def notice(self, command: CommandRow) -> None:
+        """Any thread: a kill stops every further effect now."""
+        if command.kind == KILL and self.noticed is None and command.id > self.applied:
+            self.noticed, self.noticed_at = command, time.time()
+            self.stopped.set()
 
     def deliver(self, command: CommandRow) -> None:
-        """Take a command (once: redelivery by the poller is ignored)."""
+        """On the loop: take a command (once: redelivery by the poller is ignored)."""
         if command.id <= self.applied:
             return
+        self.notice(command)
         self.applied = command.id
         if command.kind == KILL:
             if self.kill is None:
@@ -120,15 +136,22 @@ class RunControl:
 
     def stop_now(self) -> None:
         """Raise the control-flow exit a pending kill or pause asks for."""
-        if self.kill is not None:
-            raise _killed(self.kill)
+        kill = self.kill or self.noticed
+        if kill is not None:
+            raise self.killed(kill)
         if self.pause is not None:
             cmd = self.pause
             raise SessionSuspended(cmd.reason, by=cmd.by, command=cmd.id)
 
-
-def _killed(cmd: CommandRow, interrupted: str | None = None) -> SessionKilled:
-    return SessionKilled(cmd.reason, by=cmd.by, command=cmd.id, interrupted=interrupted)
+    def killed(self, cmd: CommandRow, interrupted: str | None = None) -> SessionKilled:
+        """The exit for `cmd`, saying when this process noticed it."""
+        return SessionKilled(
+            cmd.reason,
+            by=cmd.by,
+            command=cmd.id,
+            interrupted=interrupted,
+            noticed_at=self.noticed_at,
+        )
 
 
 class Control(Guard, SessionHook):
@@ -149,8 +172,11 @@ class Control(Guard, SessionHook):
         self.poll_s = poll_s
         self._runs: dict[str, RunControl] = {}
         self._seen = 0
-        self._poller: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
+        self._seen_lock = threading.Lock()
+        self._watcher: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake = threading.Event()  # set while sessions run here
+        self._closing = False
 
     # -- sending --------------------------------------------------------------------
 
@@ -229,16 +255,25 @@ class Control(Guard, SessionHook):
 
     async def session_ended(self, run: RunContext, status: SessionStatus) -> None:
         self._runs.pop(run.session_id, None)
+        if not self._runs:
+            self._wake.clear()
+
+    def stop_event(self, session_id: str) -> threading.Event:
+        """The event set when the session running here is killed (for its tools)."""
+        ctl = self._runs.get(session_id)
+        return ctl.stopped if ctl is not None else threading.Event()
 
     async def _attach(self, run: RunContext) -> None:
         sid = run.session_id
         if not self._runs:
-            # From idle: the poller starts at the newest command; this session's
+            # From idle: the watcher starts at the newest command; this session's
             # older ones are read just below.
-            self._seen = max(self._seen, self.store.latest_command_id())
+            latest = self.store.latest_command_id()
+            with self._seen_lock:
+                self._seen = max(self._seen, latest)
         ctl = RunControl(sid)
         self._runs[sid] = ctl
-        self._ensure_poller()
+        self._ensure_watcher()
         applied = run.view(Applied) if Applied.name in run.state else 0
         ctl.applied = applied
         for command in self.store.commands(sid, applied):
@@ -272,54 +307,71 @@ class Control(Guard, SessionHook):
             if ctl.kill is None or task is None:
                 raise  # the worker stops: the step is tried again on resume
             task.uncancel()
-            raise _killed(ctl.kill, _what_was_cut(step, ctl.step_tool)) from None
+            raise ctl.killed(ctl.kill, _what_was_cut(step, ctl.step_tool)) from None
         finally:
             ctl.step_task = None
             ctl.step_tool = None
 
-    # -- the poller ----------------------------------------------------------------------
+    # -- the watcher -------------------------------------------------------------------
 
-    def _ensure_poller(self) -> None:
+    def _ensure_watcher(self) -> None:
+        # A thread, not a task: a busy event loop (hundreds of sessions) must not
+        # delay the moment a kill stops every further effect.
+        self._loop = asyncio.get_running_loop()
         self._wake.set()
-        if self._poller is None or self._poller.done():
-            self._poller = asyncio.get_running_loop().create_task(
-                self._poll_forever(), name="nexus-control"
-            )
+        if self._watcher is None or not self._watcher.is_alive():
+            self._closing = False
+            self._watcher = threading.Thread(target=self._watch, name="nexus-control", daemon=True)
+            self._watcher.start()
 
-    async def _poll_forever(self) -> None:
-        while True:
-            if not self._runs:
-                self._wake.clear()
-                await self._wake.wait()
+    def _watch(self) -> None:
+        while not self._closing:
+            if not self._wake.wait(timeout=1.0):
                 continue
             try:
                 self.poll()
             except Exception:  # a busy or briefly broken database: try again
                 log.exception("reading the control channel failed")
-            await asyncio.sleep(self.poll_s)
+            time.sleep(self.poll_s)
 
     def poll(self) -> int:
-        """Hand commands posted since the last poll to their runners here; returns
-        how many were for this process's sessions."""
+        """Hand commands posted since the last poll to their runners here (any
+        thread); returns how many were for this process's sessions."""
         handed = 0
         while True:
-            batch = self.store.commands_after(self._seen, 1000)
+            with self._seen_lock:
+                seen = self._seen
+            batch = self.store.commands_after(seen, 1000)
             for command in batch:
-                self._seen = command.id
                 run = self._runs.get(command.session_id)
                 if run is not None:
-                    run.deliver(command)
+                    run.notice(command)  # effects stop now, in this thread
+                    self._hand(run, command)
                     handed += 1
+            if batch:
+                with self._seen_lock:
+                    self._seen = max(self._seen, batch[-1].id)
             if len(batch) < 1000:
                 return handed
 
+    def _hand(self, run: RunControl, command: CommandRow) -> None:
+        loop = self._loop
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if loop is None or running is loop:
+            run.deliver(command)
+        elif not loop.is_closed():
+            loop.call_soon_threadsafe(run.deliver, command)
+
     async def aclose(self) -> None:
-        """Stop the poller."""
-        if self._poller is not None:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
-            self._poller = None
+        """Stop the watcher."""
+        self._closing = True
+        self._wake.set()
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            await asyncio.to_thread(watcher.join, 5.0)
 
 
 def resume_pending(store: Store, events: list[Event]) -> bool:

@@ -177,6 +177,8 @@ async def _stop(run: RunContext, exc: ControlFlow) -> SessionStatus:
         payload["command"] = exc.command
     if exc.interrupted is not None:
         payload["interrupted"] = exc.interrupted
+    if exc.noticed_at is not None:
+        payload["noticed_at"] = round(exc.noticed_at, 6)
     if isinstance(exc, SessionKilled):
         await run.record(ev.SESSION_KILLED, payload, reason=exc.reason)
         return SessionStatus.KILLED

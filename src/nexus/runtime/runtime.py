@@ -247,6 +247,7 @@ class Runtime:
                 attempt=step.attempt,
                 settings=None if kit is None else kit_settings.get(kit.name),
                 secrets=EnvSecrets(() if tool is None else tool.secrets, redactor=self.redactor),
+                stopped=self.control.stop_event(session_id),
             )
 
         run = RunContext(

@@ -18,6 +18,7 @@ import inspect
 import json
 import os
 import re
+import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any, Protocol, get_type_hints, overload
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
-from nexus.errors import ConfigError, SecretNotFound, ToolArgumentsError
+from nexus.errors import ConfigError, SecretNotFound, ToolArgumentsError, ToolStopped
 from nexus.runtime.redact import Redactor
 from nexus.types import JSON, Effect
 
@@ -87,7 +88,10 @@ class ToolContext:
     `retry` is True when the journal shows this call started before but never
     finished (the worker crashed mid-call); `attempt` counts the tries.
     `settings` is the tool's toolkit's settings section (validated by the
-    toolkit's `settings_model`), `secrets` its credentials accessor.
+    toolkit's `settings_model`), `secrets` its credentials accessor. `stopped` is
+    set (from any thread) the moment the session is killed: a sync tool, which
+    runs in a thread that cannot be cancelled, calls `check_stopped()` before each
+    side effect so that nothing happens after a kill.
     """
 
     session_id: str
@@ -98,6 +102,13 @@ class ToolContext:
     attempt: int = 1
     settings: Any = None
     secrets: Secrets = field(default_factory=EnvSecrets)
+    stopped: threading.Event = field(default_factory=threading.Event)
+
+    def check_stopped(self) -> None:
+        """Raise `ToolStopped` if the session was killed: call it just before a side
+        effect (a write, a request that changes something)."""
+        if self.stopped.is_set():
+            raise ToolStopped(f"session {self.session_id} was killed: the effect was not made")
 
 
 class _NotGiven:

@@ -108,6 +108,7 @@ def write_file(ctx: ToolContext, path: str, content: str) -> dict[str, Any]:
     recorded = ctx.retry and _backup_recorded(ctx)
     backup = _existing_backup(ctx) if recorded else _backup(ctx, target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    ctx.check_stopped()  # killed while this thread ran: no write after the kill
     target.write_text(content, encoding="utf-8")
     return {"path": path, "bytes": len(content.encode()), "backup": backup}
 
@@ -140,6 +141,7 @@ def delete_file(ctx: ToolContext, path: str) -> dict[str, Any]:
             return {"path": path, "deleted": True, "backup": backup}
         raise ToolExecutionError(f"no such file: {path}")
     backup = _backup(ctx, target)
+    ctx.check_stopped()
     target.unlink()
     return {"path": path, "deleted": True, "backup": backup}
 
