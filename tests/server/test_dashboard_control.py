@@ -179,6 +179,7 @@ async def test_pause_then_resume_with_a_note_from_the_page(live_web: Browser) ->
     page = (await b.client.get(f"/sessions/{sid}")).text
     assert re.search(r'<input type="text" name="note" maxlength="20000"', page)
     assert "Paused by " + me(b) in text_of(page)
+    assert "Paused — no step runs until it is resumed." in text_of(page)
 
     note = "Write the report in report.md & keep it short."
     resp = await post(b, sid, "resume", note=note)
