@@ -385,7 +385,7 @@ async def test_the_dispatcher_holds_nothing_for_sessions_that_ended() -> None:
         for sid in ids:
             await d.wait(sid)
             most = max(most, d.in_flight)
-        assert (d.in_flight, vars(d).get("_handles"), vars(d).get("_tasks")) == (0, None, None)
+        assert (d.in_flight, len(d._running), len(d._handles)) == (0, 0, 0)
     assert 0 < most <= concurrency
     assert rt.store.count_sessions(["completed"]) == n
     await rt.aclose()

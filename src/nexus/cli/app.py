@@ -144,7 +144,9 @@ def run(
     if as_json:
         _print_json(row.to_dict())
     elif detach:
-        _console().print(f"queued: a worker of {rt.settings.home} runs it (nexus logs -f {row.id})")
+        _console().print(
+            f"session {row.id} queued for a worker of {rt.settings.home} (nexus logs -f {row.id})"
+        )
     if detach:
         raise typer.Exit(0)
     if status is SessionStatus.KILLED and "SIGINT" in stopped_by:

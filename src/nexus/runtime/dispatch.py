@@ -144,6 +144,7 @@ class Dispatcher:
         # The tasks of the sessions running here: each leaves when its run ends, so
         # a long-running server holds as many as it runs, not as many as it ever ran.
         self._running: dict[str, asyncio.Task[Any]] = {}
+        self._handles: dict[str, WorkflowHandleAsync[str]] = {}  # direct starts in flight
         self._adopter: asyncio.Task[None] | None = None
         self._checkpointer: Checkpointer | None = None
         self._checkpoints: asyncio.Task[None] | None = None
@@ -297,7 +298,8 @@ class Dispatcher:
             free = not self.slots.locked()
             with SetWorkflowID(workflow_id or session_id):
                 if direct and (free or not self.serves_queue):
-                    await DBOS.start_workflow_async(session_workflow, session_id)
+                    handle = await DBOS.start_workflow_async(session_workflow, session_id)
+                    self._track(workflow_id or session_id, handle)
                 else:
                     with SetEnqueueOptions(priority=priority + 1):
                         await DBOS.enqueue_workflow_async(QUEUE, session_workflow, session_id)
@@ -305,6 +307,14 @@ class Dispatcher:
             reason = f"could not dispatch: {type(exc).__name__}: {exc}"
             await self.runtime.fail_session(session_id, reason)
             raise DispatchError(f"session {session_id}: {reason}") from exc
+
+    def _track(self, workflow_id: str, handle: WorkflowHandleAsync[str]) -> None:
+        # A direct start's handle awaits its task (a polling one would add up to a
+        # polling interval to every wait); kept only until that task ends.
+        future = getattr(handle, "task", None)
+        if isinstance(future, asyncio.Future) and not future.done():
+            self._handles[workflow_id] = handle
+            future.add_done_callback(lambda _f: self._handles.pop(workflow_id, None))
 
     @property
     def in_flight(self) -> int:
@@ -323,8 +333,11 @@ class Dispatcher:
         """Wait for the session's current run to end; returns its status then
         (`paused` if it was paused: it runs again only when resumed)."""
         workflow_id = segment_id(session_id, self.runtime.journal.events(session_id))
+        handle = self._handles.get(workflow_id)
+        if handle is not None:
+            return SessionStatus(await handle.get_result())
         try:
-            handle: WorkflowHandleAsync[str] = await DBOS.retrieve_workflow_async(workflow_id)
+            handle = await DBOS.retrieve_workflow_async(workflow_id)
         except DBOSNonExistentWorkflowError:
             if workflow_id == session_id:
                 raise
@@ -356,6 +369,7 @@ class Dispatcher:
         asyncio.get_running_loop().set_default_executor(concurrent.futures.ThreadPoolExecutor())
         _active = None
         self._running.clear()
+        self._handles.clear()
         if self._lock_file is not None:
             # A solo run that ended leaves nothing for a worker to adopt.
             _release(self._lock_file, remove=not self.serves_queue and not running)
@@ -413,24 +427,36 @@ async def enqueue(
     from dbos import DBOSClient
 
     s = runtime.settings
+    check_system_database(s)
     url = s.dbos_url
     if url is None:
         _enable_wal(s.dbos_path)
         url = f"sqlite:///{s.dbos_path}"
-    client = await asyncio.to_thread(DBOSClient, system_database_url=url, application_name="nexus")
     try:
-        await client.enqueue_async(
-            {
-                "queue_name": QUEUE,
-                "workflow_name": WORKFLOW,
-                "workflow_id": workflow_id or session_id,
-                "app_version": s.app_version,
-                "priority": priority + 1,
-            },
-            session_id,
+        # A client never creates DBOS's tables; on a home no worker has run yet,
+        # this does (idempotent).
+        await asyncio.to_thread(DBOS.migrate, url)
+        client = await asyncio.to_thread(
+            DBOSClient, system_database_url=url, application_name="nexus"
         )
-    finally:
-        await asyncio.to_thread(client.destroy)
+        try:
+            await client.enqueue_async(
+                {
+                    "queue_name": QUEUE,
+                    "workflow_name": WORKFLOW,
+                    "workflow_id": workflow_id or session_id,
+                    "app_version": s.app_version,
+                    "priority": priority + 1,
+                },
+                session_id,
+            )
+        finally:
+            await asyncio.to_thread(client.destroy)
+    except Exception as exc:
+        reason = f"could not queue: {type(exc).__name__}: {exc}"
+        if workflow_id in (None, session_id):  # a new session: never leave it queued for no one
+            await runtime.fail_session(session_id, reason)
+        raise DispatchError(f"session {session_id}: {reason}") from exc
 
 
 def _release(lock: IO[str], *, remove: bool) -> None:
