@@ -78,12 +78,13 @@ def assert_problem(resp: httpx.Response, status: int, slug: str) -> dict[str, An
 async def test_healthz_is_open_and_everything_else_needs_the_token(api: Api) -> None:
     """Only /healthz answers without credentials; every other API route is 401."""
     assert (await api.client.get("/healthz")).json() == {"status": "ok"}
-    urls = sorted(p for p in api.app.openapi()["paths"] if p.startswith("/api/"))
-    urls.append("/api/v1/openapi.json")
-    assert "/api/v1/sessions" in urls and len(urls) >= 10
-    for url in urls:
+    paths = api.app.openapi()["paths"]
+    urls = sorted((p, m) for p in paths if p.startswith("/api/") for m in paths[p])
+    urls.append(("/api/v1/openapi.json", "get"))
+    assert ("/api/v1/sessions", "get") in urls and len(urls) >= 10
+    for url, method in urls:  # every method of every path (kill, pause... are POST only)
         concrete = url.replace("{session_id}", "s_x").replace("{name}", "assistant")
-        resp = await api.client.get(concrete)
+        resp = await api.client.request(method.upper(), concrete)
         body = assert_problem(resp, 401, "unauthorized")
         assert body["detail"] == "authentication required"  # says nothing more
         assert resp.headers["www-authenticate"] == 'Bearer realm="nexus"'

@@ -624,8 +624,8 @@ async def test_a_registered_panel_and_action_show_without_touching_the_pages(
         "<p class='probe'>{{ session.id }} has {{ n }} events</p>"
     )
     (tmp_path / "actions").mkdir()
-    (tmp_path / "actions" / "kill.html").write_text(
-        '<button data-post="/api/v1/sessions/{{ session.id }}/kill">Kill</button>'
+    (tmp_path / "actions" / "probe.html").write_text(
+        '<button data-post="/api/v1/sessions/{{ session.id }}/probe">Probe</button>'
     )
 
     def probe(view: View) -> dict[str, Any]:
@@ -635,20 +635,20 @@ async def test_a_registered_panel_and_action_show_without_touching_the_pages(
     monkeypatch.setattr("nexus.server.dashboard.registry.TEMPLATE_DIRS", [*TEMPLATE_DIRS, tmp_path])
     monkeypatch.setattr("nexus.server.dashboard.web.TEMPLATE_DIRS", [*TEMPLATE_DIRS, tmp_path])
     PANELS.append(Panel("probe", "Probe", "panels/probe.html", context=probe, order=0))
-    ACTIONS.append(Action("kill", "actions/kill.html", when=lambda v: v.session is not None))
+    ACTIONS.append(Action("probe", "actions/probe.html", when=lambda v: v.session is not None))
     try:
         sid = signed_in.rt.create_session("extend me")
         page = (await signed_in.client.get(f"/sessions/{sid}")).text
         assert re.search(r'id="panel-probe">\s*<h2 class="panel-title">Probe</h2>', page)
         assert f"{sid} has 1 events" in page
         assert page.index('id="panel-probe"') < page.index('id="panel-budget"')  # order=0
-        assert f'data-post="/api/v1/sessions/{sid}/kill"' in page
+        assert f'data-post="/api/v1/sessions/{sid}/probe"' in page
         frag = (await signed_in.client.get(f"/fragments/sessions/{sid}")).json()
         assert f"{sid} has 1 events" in frag["replace"]["panel:probe"]
-        assert "Kill" in frag["replace"]["actions"]
+        assert "Probe" in frag["replace"]["actions"]
     finally:
         PANELS.remove(next(p for p in PANELS if p.name == "probe"))
-        ACTIONS.remove(next(a for a in ACTIONS if a.name == "kill"))
+        ACTIONS.remove(next(a for a in ACTIONS if a.name == "probe"))
 
 
 async def test_a_registered_page_gets_the_login_wall_error_pages_and_headers(

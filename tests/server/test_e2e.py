@@ -327,3 +327,52 @@ async def _create(rt: Runtime, **kw: Any) -> str:
     """Journal a session without submitting it (the test submits it later)."""
     goal = kw.pop("goal")
     return rt.create_session(goal, **kw)
+
+
+def test_kill_confirmed_and_pause_resume_with_a_note_from_a_live_session_page(
+    server: Server, browser: Any
+) -> None:
+    """Kill… opens its confirmation; confirming kills the running session and the
+    page says killed, by whom and why. Pause turns the live page to paused, whose
+    bar then offers Resume with a note; the session completes. No CSP violation."""
+    context = browser.new_context(viewport=DESKTOP)
+    tab = Tab(context, server.url)
+    sign_in(tab, server.token)
+    page = tab.page
+
+    slow = server.post_session(goal="Kill me", replay=DEMO, replay_pace_s=30)
+    tab.goto(f"/sessions/{slow}")
+    page.locator('.session-head .badge[data-status="running"]').wait_for()
+    page.click("text=Kill…")
+    page.wait_for_url(f"{server.url}/sessions/{slow}/kill")
+    assert page.locator("h1").inner_text() == "Kill this session?"
+    shoot(tab, "kill-confirm")
+    page.fill("input[name=reason]", "looping on one tool")
+    page.click("button:has-text('Kill session')")
+    page.wait_for_url(f"{server.url}/sessions/{slow}")
+    assert page.locator(".session-head .badge").get_attribute("data-status") == "killed"
+    killed = page.locator('.timeline > li[data-kind="session.killed"]')
+    text = killed.inner_text()
+    assert "by dashboard:login-" in text and "looping on one tool" in text, text
+    assert "the LLM request in flight was aborted" in text
+    assert (
+        page.locator(
+            "[data-fragment=actions] form, [data-fragment=actions] a[href$='/kill']"
+        ).count()
+        == 0
+    )
+
+    paced = server.post_session(goal="Pause me", replay=DEMO, replay_pace_s=1)
+    tab.goto(f"/sessions/{paced}")
+    page.locator('.session-head .badge[data-status="running"]').wait_for()
+    page.click("button:has-text('Pause')")
+    page.locator('.session-head .badge[data-status="paused"]').wait_for()
+    page.locator("input[name=note]").wait_for()  # the bar, refreshed live, offers Resume
+    shoot(tab, "session-paused")
+    page.fill("input[name=note]", "Keep the report short.")
+    page.click("button:has-text('Resume')")
+    page.locator('.timeline > li[data-kind="session.completed"]').wait_for()
+    note = page.locator('.timeline > li[data-kind="session.control"]').inner_text()
+    assert "Keep the report short." in note, note
+    assert tab.errors == []
+    context.close()

@@ -16,14 +16,21 @@ from fastapi import Depends, FastAPI
 from nexus import __version__
 from nexus.runtime.runtime import Runtime
 from nexus.server import problems
-from nexus.server.api import admin, agents, health, sessions
+from nexus.server.api import admin, agents, control, health, sessions
 from nexus.server.api.models import Problem
 from nexus.server.auth import Auth, TokenFile
 from nexus.server.bodylimit import BodyLimit
 from nexus.server.broadcast import Broadcaster
 from nexus.server.state import ServerState, require_auth
 
-ROUTERS = [health.open_router, health.router, sessions.router, agents.router, admin.router]
+ROUTERS = [
+    health.open_router,
+    health.router,
+    sessions.router,
+    control.router,
+    agents.router,
+    admin.router,
+]
 MAX_BODY = 1024 * 1024
 
 

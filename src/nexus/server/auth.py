@@ -78,6 +78,18 @@ class Principal:
     via: str  # "bearer" | "cookie" | "open"
     sid: str | None = None
 
+    def sender(self, surface: str) -> str:
+        """Who a command comes from, as the journal records it: `api:token`,
+        `dashboard:login-1a2b3c4d`, `api:open` (auth off).
+
+        A login is named by a digest of its sid, never the sid itself: the journal
+        is exported and shared, and the sid is half of a live cookie."""
+        if self.via == "bearer":
+            return f"{surface}:token"
+        if self.via == "cookie" and self.sid is not None:
+            return f"{surface}:login-{hashlib.sha256(self.sid.encode()).hexdigest()[:8]}"
+        return f"{surface}:open"
+
 
 class FailureLimiter:
     """Counts authentication failures per client; blocks past the limit."""

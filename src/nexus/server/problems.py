@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from nexus.errors import ConfigError, SessionNotFound, StorageCorrupt
+from nexus.errors import ConfigError, SessionFinished, SessionNotFound, StorageCorrupt
 
 MEDIA_TYPE = "application/problem+json"
 log = logging.getLogger("nexus.server")
@@ -93,6 +93,12 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(SessionNotFound)
     async def _missing(request: Request, exc: SessionNotFound) -> JSONResponse:
         return problem_response(404, str(exc), slug="session-not-found", instance=request.url.path)
+
+    @app.exception_handler(SessionFinished)
+    async def _ended(request: Request, exc: SessionFinished) -> JSONResponse:
+        # A command for a session that has already ended: the request was valid, the
+        # session's state refuses it.
+        return problem_response(409, str(exc), slug="session-ended", instance=request.url.path)
 
     @app.exception_handler(StorageCorrupt)
     async def _corrupt(request: Request, exc: StorageCorrupt) -> JSONResponse:

@@ -62,6 +62,27 @@ class Session(BaseModel):
     last_seq: int
 
 
+class Command(BaseModel):
+    """A command posted on a session's control channel (`kill`, `pause`, `resume`).
+
+    `id` is 0 for the kill of a session that a guard killed without a command."""
+
+    id: int
+    session_id: str
+    kind: str
+    by: str
+    reason: str
+    data: dict[str, Any] = Field(description="`note` for a resume that carries one")
+    ts: float
+
+
+class ControlResult(BaseModel):
+    """A command as stored and the session as it stands after the route's wait."""
+
+    command: Command
+    session: Session
+
+
 class SessionList(BaseModel):
     """One page of sessions, newest first; `next_offset` is set when there may be more."""
 

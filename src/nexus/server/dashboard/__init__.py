@@ -7,6 +7,8 @@ Pages:
 * `/` — sessions, live; `/sessions/{id}` — one session's header, actions bar,
   panels and live journal timeline (`sessions.py`).
 * `/new` — start a session (`new.py`).
+* `POST /sessions/{id}/kill|pause|resume` — the control forms of a session's
+  actions bar; a kill confirms first (`GET /sessions/{id}/kill`) (`control.py`).
 
 Every page needs a login (cookie or bearer) unless auth is off; see `web.py`
 for the headers (CSP without inline script, no framing) and error pages.
@@ -17,10 +19,10 @@ Extending it — add an entry, never rewrite a page (`registry.py`):
   (`page="sessions"`): `Panel(name, title, template, context=fn, when=fn)`. A
   costs breakdown, a trace tree or pending approvals is one `Panel` and one
   template under `templates/panels/`.
-* `ACTIONS` — controls in the actions bar: `Action(name, template, when=fn)`. A
-  kill switch is a template holding `<button data-post="/api/v1/sessions/{id}/kill"
-  data-confirm="Kill?">`; `static/nexus.js` POSTs it with the CSRF header and
-  refreshes the page's live parts.
+* `ACTIONS` — controls in the actions bar: `Action(name, template, when=fn)`,
+  e.g. kill, pause and resume: a form with the page's `csrf_token` posting to a
+  page route (`control.py`), or a `<button data-post="/api/v1/...">` that
+  `static/nexus.js` POSTs with the CSRF header before refreshing the page.
 * Timeline entries — one template per event kind, `templates/events/<kind>.html`
   (falling back to `events/default.html`): `approval.requested` or `tool.undone`
   get their look by adding a file.

@@ -107,3 +107,21 @@ def details(view: View) -> dict[str, Any]:
 def replayable(view: View) -> bool:
     """A session can be replayed once it has ended (its LLM answers are all recorded)."""
     return view.session is not None and SessionStatus(view.session.status).finished
+
+
+def killable(view: View) -> bool:
+    """Kill applies to a session that has not ended."""
+    return view.session is not None and not SessionStatus(view.session.status).finished
+
+
+def pausable(view: View) -> bool:
+    """Pause applies to a session that runs or waits for a worker."""
+    return view.session is not None and view.session.status in (
+        SessionStatus.RUNNING.value,
+        SessionStatus.QUEUED.value,
+    )
+
+
+def resumable(view: View) -> bool:
+    """Resume applies to a paused session."""
+    return view.session is not None and view.session.status == SessionStatus.PAUSED.value

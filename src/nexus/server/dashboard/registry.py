@@ -91,6 +91,9 @@ PANELS: list[Panel] = [
 """Boxes beside the session timeline or above the sessions list."""
 
 ACTIONS: list[Action] = [
+    Action("pause", "actions/pause.html", when=panels.pausable, order=10),
+    Action("resume", "actions/resume.html", when=panels.resumable, order=10),
+    Action("kill", "actions/kill.html", when=panels.killable, order=40),
     Action("replay", "actions/replay.html", when=panels.replayable, order=50),
     Action("export", "actions/export.html", order=90),
 ]

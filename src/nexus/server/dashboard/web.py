@@ -232,6 +232,7 @@ _TITLES = {
     401: "Sign-in required",
     403: "Not allowed",
     404: "Not found",
+    409: "Already ended",
     422: "Invalid request",
     429: "Too many attempts",
 }
