@@ -98,7 +98,9 @@ async def test_kill_of_a_running_session_answers_killed_and_journals_who_and_why
     assert resp.json() == {"command": cmd, "session": row.to_dict()}
     assert (row.status, row.reason) == ("killed", "runaway loop")
     last = live_api.rt.journal.events(sid)[-1]
-    assert (last.kind, last.payload) == (
+    payload = dict(last.payload)
+    noticed = payload.pop("noticed_at")  # when the runner's process stopped every effect
+    assert (last.kind, payload) == (
         "session.killed",
         {
             "reason": "runaway loop",
@@ -108,6 +110,7 @@ async def test_kill_of_a_running_session_answers_killed_and_journals_who_and_why
             "interrupted": "the LLM request in flight was aborted",
         },
     )
+    assert cmd["ts"] <= noticed <= last.ts
 
 
 async def test_kill_of_a_queued_session_is_killed_at_once(api: Api) -> None:
