@@ -23,6 +23,7 @@ import hmac
 import json
 import os
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -559,6 +560,7 @@ class Checkpointer:
         self.every_appends, self.every_s, self.poll_s = every_appends, every_s, poll_s
         self._at_id = store.latest_event_id()
         self._at_time = time.monotonic()
+        self._writing = threading.RLock()
 
     def due(self) -> bool:
         """True when enough was appended, or enough time passed with any append."""
@@ -567,11 +569,18 @@ class Checkpointer:
         return grown >= self.every_appends or (grown > 0 and late)
 
     def write(self) -> CheckpointRow:
-        """Write a checkpoint now."""
-        latest = self.store.latest_event_id()
-        row = write_checkpoint(self.store, self.keys)
-        self._at_id, self._at_time = latest, time.monotonic()
-        return row
+        """Write a checkpoint now (one at a time: a write left running by a
+        cancelled `run()` finishes before `aclose` looks)."""
+        with self._writing:
+            latest = self.store.latest_event_id()
+            row = write_checkpoint(self.store, self.keys)
+            self._at_id, self._at_time = latest, time.monotonic()
+            return row
+
+    def _write_if_new(self) -> None:
+        with self._writing:
+            if self.store.latest_event_id() != self._at_id:
+                self.write()
 
     async def run(self) -> None:
         """Check every `poll_s` and write when due (in a thread: it is O(sessions))."""
@@ -582,5 +591,4 @@ class Checkpointer:
 
     async def aclose(self) -> None:
         """The clean-shutdown checkpoint, if anything was appended since the last."""
-        if self.store.latest_event_id() != self._at_id:
-            await asyncio.to_thread(self.write)
+        await asyncio.to_thread(self._write_if_new)
