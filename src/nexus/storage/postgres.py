@@ -261,8 +261,7 @@ class PostgresStore:
     def iter_all_events(self) -> Iterator[EventRow]:
         # A server-side cursor on a connection of its own, outside the pool: audits
         # may walk millions of rows and must not hold a pooled connection meanwhile.
-        with self.connect() as db, db.transaction():
-            cursor = db.cursor(name="nexus_audit")
+        with self.connect() as db, db.transaction(), db.cursor(name="nexus_audit") as cursor:
             cursor.itersize = 2000
             cursor.execute(f"SELECT {_EVENT_COLS} FROM events ORDER BY session_id, seq, id")
             for r in cursor:
