@@ -94,9 +94,7 @@ class Runtime:
         for p in self.settings.providers:
             if p.api_key is not None and len(p.api_key.get_secret_value()) >= 4:
                 self.redactor.register(p.api_key.get_secret_value())
-        # A database behind a URL has no folder to keep the audit key beside: the home's.
-        keys = AuditKeys(self.settings.home / KEY_FILE) if "://" in self.store.path else None
-        self.journal = Journal(self.store, self.redactor, keys=keys)
+        self.journal = Journal(self.store, self.redactor, keys=_url_store_keys(self))
         self.toolkits = toolkits or ToolkitRegistry(self.settings.toolkits)
         self.agents = agents or AgentRegistry.load(self.settings.agents_dir, self.toolkits)
         self.control = Control(self.store, self.journal, poll_s=self.settings.control_poll_s)
@@ -383,3 +381,13 @@ def export_document(session: JSON, events: Iterable[Event]) -> JSON:
 def dump_export(data: JSON) -> str:
     """An export as pretty JSON text."""
     return json.dumps(data, indent=2, ensure_ascii=False)
+
+
+def _url_store_keys(rt: Runtime) -> AuditKeys | None:
+    """The audit keys of a store behind a URL (PostgreSQL): it has no folder to keep
+    them beside, so they live in the home, which nothing else may have created yet.
+    None for a store in a file (the keys beside it)."""
+    if "://" not in rt.store.path:
+        return None
+    rt.settings.home.mkdir(parents=True, exist_ok=True)
+    return AuditKeys(rt.settings.home / KEY_FILE)
