@@ -89,9 +89,7 @@ def masked(url: str) -> str:
         if parts.password is not None:
             user, _, host = netloc.rpartition("@")
             netloc = f"{user.partition(':')[0]}:***@{host}"
-        query = urlencode(
-            [(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query)]
-        )
+        query = urlencode([(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query)])
         return urlunsplit(parts._replace(netloc=netloc, query=query))
     except ValueError:
         return "postgresql://***"  # unparsable: show nothing that could be a secret
@@ -151,9 +149,7 @@ class PostgresStore:
             for version, sql in POSTGRES_MIGRATIONS:
                 if version > current:
                     db.execute(sql)
-                    db.execute(
-                        "INSERT INTO schema_version VALUES (%s, %s)", (version, time.time())
-                    )
+                    db.execute("INSERT INTO schema_version VALUES (%s, %s)", (version, time.time()))
 
     def migrate(self, schema: Schema) -> int:
         """Apply a subsystem's pending migrations (one transaction, under the schema
@@ -427,8 +423,7 @@ def _transaction(
     except _REFUSED as exc:
         row = items[len(ids)][0]
         raise JournalError(
-            f"cannot append {row.kind} #{row.seq} to session {row.session_id}: "
-            f"{_one_line(exc)}"
+            f"cannot append {row.kind} #{row.seq} to session {row.session_id}: {_one_line(exc)}"
         ) from None
     return ids
 
