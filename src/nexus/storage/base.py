@@ -259,9 +259,7 @@ class Store(EventStore, SessionIndex, CommandStore, Protocol):
 Durability = Literal["normal", "full"]
 
 
-def open_store(
-    path: Path, durability: Durability = "normal", *, url: str | None = None
-) -> Store:
+def open_store(path: Path, durability: Durability = "normal", *, url: str | None = None) -> Store:
     """Open (creating and migrating if needed) the store at `path`; `":memory:"`
     gives the in-memory store.
 
