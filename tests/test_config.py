@@ -37,6 +37,7 @@ def defaults(home: Path) -> dict[str, object]:
         "audit_checkpoint_s": 60.0,
         "control_poll_s": 0.05,
         "worker_id": "local",
+        "database_url": None,
         "dbos_url": None,
         "app_version": "nexus-1",
         "toolkits": {},

@@ -113,6 +113,14 @@ class Settings(BaseSettings):
             "`run-` is kept for `nexus run`)."
         ),
     )
+    database_url: SecretStr | None = Field(
+        default=None,
+        description=(
+            "The journal, session index and commands: default SQLite (nexus.db in "
+            "NEXUS_HOME); postgresql://user:pass@host/db to keep them in PostgreSQL "
+            "(the `postgres` extra)."
+        ),
+    )
     dbos_url: str | None = Field(
         default=None,
         description=(
@@ -147,6 +155,15 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(
+            ("postgresql://", "postgres://")
+        ):
+            raise ValueError("must start with postgresql:// (unset: SQLite in NEXUS_HOME)")
+        return value
 
     @field_validator("dbos_url")
     @classmethod
@@ -228,12 +245,17 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigError(f"invalid settings:\n  {name}: {exc} (expected JSON)") from None
 
 
+# Settings whose value may hold a password: a refusal names them, never echoes them.
+_SECRET_SETTINGS = frozenset({"database_url"})
+
+
 def _describe(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
         name = "NEXUS_" + "__".join(str(p).upper() for p in err["loc"])
         got = err.get("input")
-        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        secret = bool(err["loc"]) and err["loc"][0] in _SECRET_SETTINGS
+        shown = "" if isinstance(got, dict) or secret else f" (got {got!r})"
         lines.append(f"{name}: {err['msg']}{shown}")
     return "invalid settings:\n  " + "\n  ".join(lines)
 

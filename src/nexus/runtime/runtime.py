@@ -19,6 +19,7 @@ from nexus import events as ev
 from nexus.config import Settings, load_settings
 from nexus.errors import ConfigError, NexusError, SessionNotFound
 from nexus.runtime.agents import Agent, AgentRegistry, Limits
+from nexus.runtime.audit import KEY_FILE, AuditKeys
 from nexus.runtime.control import Applied, Control, resume_pending
 from nexus.runtime.fold import Conversation, CounterFold
 from nexus.runtime.journal import Journal
@@ -83,12 +84,17 @@ class Runtime:
         toolkits: ToolkitRegistry | None = None,
     ) -> None:
         self.settings = settings or load_settings()
-        self.store = store or open_store(self.settings.db_path, self.settings.durability)
+        url = self.settings.database_url
+        self.store = store or open_store(
+            self.settings.db_path,
+            self.settings.durability,
+            url=None if url is None else url.get_secret_value(),
+        )
         self.redactor = Redactor()
         for p in self.settings.providers:
             if p.api_key is not None and len(p.api_key.get_secret_value()) >= 4:
                 self.redactor.register(p.api_key.get_secret_value())
-        self.journal = Journal(self.store, self.redactor)
+        self.journal = Journal(self.store, self.redactor, keys=_url_store_keys(self))
         self.toolkits = toolkits or ToolkitRegistry(self.settings.toolkits)
         self.agents = agents or AgentRegistry.load(self.settings.agents_dir, self.toolkits)
         self.control = Control(self.store, self.journal, poll_s=self.settings.control_poll_s)
@@ -376,3 +382,13 @@ def export_document(session: JSON, events: Iterable[Event]) -> JSON:
 def dump_export(data: JSON) -> str:
     """An export as pretty JSON text."""
     return json.dumps(data, indent=2, ensure_ascii=False)
+
+
+def _url_store_keys(rt: Runtime) -> AuditKeys | None:
+    """The audit keys of a store behind a URL (PostgreSQL): it has no folder to keep
+    them beside, so they live in the home, which nothing else may have created yet.
+    None for a store in a file (the keys beside it)."""
+    if "://" not in rt.store.path:
+        return None
+    rt.settings.home.mkdir(parents=True, exist_ok=True)
+    return AuditKeys(rt.settings.home / KEY_FILE)

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from nexus.storage.migrations import Sql
+
 
 @dataclass(frozen=True, slots=True)
 class EventRow:
@@ -124,11 +126,12 @@ class Schema:
     Attributes:
         subsystem: its name, e.g. `"breakers"`.
         migrations: `(version, sql)` pairs, versions from 1, never edited once released;
-            `sql` may hold several statements separated by `;`.
+            `sql` may hold several statements separated by `;`. It is one text when the
+            SQL is portable, else a mapping `{"sqlite": ..., "postgresql": ...}`.
     """
 
     subsystem: str
-    migrations: tuple[tuple[int, str], ...]
+    migrations: tuple[tuple[int, Sql], ...]
 
 
 class EventStore(Protocol):
@@ -256,9 +259,24 @@ class Store(EventStore, SessionIndex, CommandStore, Protocol):
 Durability = Literal["normal", "full"]
 
 
-def open_store(path: Path, durability: Durability = "normal") -> Store:
+def open_store(path: Path, durability: Durability = "normal", *, url: str | None = None) -> Store:
     """Open (creating and migrating if needed) the store at `path`; `":memory:"`
-    gives the in-memory store."""
+    gives the in-memory store.
+
+    `url` is `settings.database_url`: a `postgresql://` URL selects the PostgreSQL
+    store (and `path` is not used); a database that cannot be reached fails with one
+    `StorageError` line naming NEXUS_DATABASE_URL.
+    """
+    if url is not None:
+        from nexus.errors import SchemaVersionError, StorageError
+        from nexus.storage.postgres import PostgresStore
+
+        try:
+            return PostgresStore(url)
+        except SchemaVersionError:
+            raise
+        except StorageError as exc:
+            raise StorageError(f"NEXUS_DATABASE_URL: {exc}") from None
     if str(path) == ":memory:":
         from nexus.storage.memory import MemoryStore
 

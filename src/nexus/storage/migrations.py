@@ -1,10 +1,25 @@
-"""Versioned schema migrations for the SQLite store.
+"""Versioned schema migrations: one history for both stores.
 
 Append new versions; never edit a released one. Each applied version is recorded
 in `schema_version`; an older database is migrated on open, a newer one refused.
+
+`MIGRATIONS` holds SQLite's statements, byte for byte as released (existing files
+must not change); `POSTGRES_MIGRATIONS` holds the same versions in PostgreSQL's
+types (BIGINT counters and identity ids, DOUBLE PRECISION for REAL, JSONB for
+labels and command data). `events.payload` stays TEXT on both: the chain hashes its
+exact canonical text, so it must come back byte for byte.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal, TypeAlias
+
+from nexus.errors import StorageError
+
+Dialect: TypeAlias = Literal["sqlite", "postgresql"]
+# A migration's SQL: one text for both stores, or one per dialect where types differ.
+Sql: TypeAlias = str | Mapping[str, str]
 
 MIGRATIONS: list[tuple[int, str]] = [
     (
@@ -96,4 +111,100 @@ MIGRATIONS.append(
     )
 )
 
+POSTGRES_MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        CREATE TABLE sessions (
+            id          TEXT COLLATE "C" PRIMARY KEY,
+            agent       TEXT NOT NULL,
+            goal        TEXT NOT NULL,
+            status      TEXT NOT NULL,
+            priority    BIGINT NOT NULL DEFAULT 0,
+            labels      JSONB NOT NULL DEFAULT '{}',
+            created_at  DOUBLE PRECISION NOT NULL,
+            updated_at  DOUBLE PRECISION NOT NULL,
+            reason      TEXT,
+            steps       BIGINT NOT NULL DEFAULT 0,
+            tokens_in   BIGINT NOT NULL DEFAULT 0,
+            tokens_out  BIGINT NOT NULL DEFAULT 0,
+            cost_usd    DOUBLE PRECISION NOT NULL DEFAULT 0,
+            last_seq    BIGINT NOT NULL DEFAULT 0
+        );
+        CREATE INDEX sessions_created ON sessions (created_at DESC);
+        CREATE INDEX sessions_status ON sessions (status, created_at DESC);
+        -- The label filter is a JSONB containment test (`labels @> {key: value}`).
+        CREATE INDEX sessions_labels ON sessions USING gin (labels jsonb_path_ops);
+        CREATE TABLE events (
+            id          BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            session_id  TEXT COLLATE "C" NOT NULL,
+            seq         BIGINT NOT NULL,
+            ts          DOUBLE PRECISION NOT NULL,
+            kind        TEXT NOT NULL,
+            payload     TEXT NOT NULL,
+            tokens_in   BIGINT NOT NULL DEFAULT 0,
+            tokens_out  BIGINT NOT NULL DEFAULT 0,
+            cost_usd    DOUBLE PRECISION NOT NULL DEFAULT 0,
+            latency_ms  DOUBLE PRECISION NOT NULL DEFAULT 0,
+            prev_hash   TEXT NOT NULL,
+            hash        TEXT NOT NULL,
+            UNIQUE (session_id, seq)
+        );
+        """,
+    ),
+    (
+        2,
+        """
+        DROP INDEX sessions_created;
+        CREATE INDEX sessions_created ON sessions (created_at DESC, id);
+        """,
+    ),
+    (
+        3,
+        """
+        ALTER TABLE events ADD COLUMN key_id TEXT NOT NULL DEFAULT '';
+        CREATE TABLE checkpoints (
+            id          BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            ts          DOUBLE PRECISION NOT NULL,
+            key_id      TEXT NOT NULL,
+            body        TEXT NOT NULL,
+            signature   TEXT NOT NULL
+        );
+        """,
+    ),
+    (
+        4,
+        """
+        CREATE TABLE commands (
+            id          BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            session_id  TEXT COLLATE "C" NOT NULL,
+            kind        TEXT NOT NULL,
+            by          TEXT NOT NULL,
+            reason      TEXT NOT NULL,
+            data        JSONB NOT NULL DEFAULT '{}',
+            ts          DOUBLE PRECISION NOT NULL
+        );
+        CREATE INDEX commands_session ON commands (session_id, id);
+        """,
+    ),
+]
+
 LATEST = MIGRATIONS[-1][0]
+
+
+def migrations(dialect: Dialect) -> list[tuple[int, str]]:
+    """The kernel's migrations in `dialect`'s SQL, oldest first."""
+    return MIGRATIONS if dialect == "sqlite" else POSTGRES_MIGRATIONS
+
+
+def dialect_sql(sql: Sql, dialect: Dialect, *, subsystem: str = "kernel") -> str:
+    """The text of one migration for `dialect`: `sql` itself when it is portable,
+    else its entry for the dialect (a `StorageError` names a missing one)."""
+    if isinstance(sql, str):
+        return sql
+    try:
+        return sql[dialect]
+    except KeyError:
+        raise StorageError(
+            f"the {subsystem} schema has no {dialect} SQL for one of its migrations"
+        ) from None

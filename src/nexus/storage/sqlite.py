@@ -29,7 +29,7 @@ from nexus.storage.base import (
     SessionQuery,
     SessionRow,
 )
-from nexus.storage.migrations import LATEST, MIGRATIONS
+from nexus.storage.migrations import LATEST, MIGRATIONS, dialect_sql
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -275,7 +275,7 @@ class SQLiteStore:
         for version, sql in sorted(schema.migrations):
             if version > current:
                 self._apply(
-                    sql,
+                    dialect_sql(sql, "sqlite", subsystem=name),
                     (
                         "SELECT 1 FROM subsystem_schema WHERE subsystem = ? AND version = ?",
                         (name, version),

@@ -1,0 +1,502 @@
+"""The shared store: PostgreSQL through psycopg 3 and a small connection pool.
+
+The same contract as `SQLiteStore`, statement for statement: an event and its
+session change commit in one transaction, a group commit retries each session's rows
+as a group when one row is refused, and a repeated `(session_id, seq)` is a
+`JournalError` (the UNIQUE constraint decides between processes).
+
+Appends take one transaction-scoped advisory lock before they insert. SQLite's
+single writer gives row ids in commit order for free; PostgreSQL hands out identity
+values when a row is inserted, so without the lock a transaction could commit id 11
+before another commits id 10, and a reader following `events_after(10)` would skip
+10 for ever. The lock costs one statement per transaction and serialises writers,
+as SQLite's write lock does.
+
+Needs the `postgres` extra: `pip install 'nexus-runtime[postgres]'`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from nexus.errors import JournalError, SchemaVersionError, StorageError
+from nexus.storage.base import (
+    CheckpointRow,
+    CommandRow,
+    EventRow,
+    Head,
+    Schema,
+    SessionChange,
+    SessionQuery,
+    SessionRow,
+)
+from nexus.storage.migrations import LATEST, POSTGRES_MIGRATIONS, dialect_sql
+
+# Advisory lock keys (any bigint; these spell "nxevents", "nxcmnds", "nxschema").
+EVENTS_LOCK = 0x6E786576656E7473
+COMMANDS_LOCK = 0x6E78636D6E6473
+SCHEMA_LOCK = 0x6E78736368656D61
+
+# As the SQLite store: the newest checkpoint counts, a few more cover racing writers.
+KEEP_CHECKPOINTS = 8
+CONNECT_TIMEOUT_S = 10
+
+_EVENT_COLS = (
+    "id, session_id, seq, ts, kind, payload, tokens_in, tokens_out, cost_usd, "
+    "latency_ms, prev_hash, hash, key_id"
+)
+_SESSION_COLS = (
+    "id, agent, goal, status, priority, labels, created_at, updated_at, reason, steps, "
+    "tokens_in, tokens_out, cost_usd, last_seq"
+)
+_COMMAND_COLS = "id, session_id, kind, by, reason, data, ts"
+_INSERT_SESSION = (
+    f"INSERT INTO sessions ({_SESSION_COLS}) "
+    "VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s, %s, NULL, 0, 0, 0, 0, 0)"
+)
+_INSERT_EVENT = (
+    f"INSERT INTO events ({_EVENT_COLS.removeprefix('id, ')}) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id"
+)
+_COUNTERS = (
+    "UPDATE sessions SET updated_at = %s, last_seq = %s, steps = steps + %s, "
+    "tokens_in = tokens_in + %s, tokens_out = tokens_out + %s, cost_usd = cost_usd + %s"
+)
+_UPDATE_COUNTERS = _COUNTERS + " WHERE id = %s"
+_UPDATE_STATUS = (
+    _COUNTERS + ", status = coalesce(%s, status), "
+    "reason = CASE WHEN %s::text IS NULL THEN reason ELSE %s END WHERE id = %s"
+)
+
+# What a row of a refused append raises: a constraint (a repeated seq or session) or
+# a value PostgreSQL cannot store (a NUL character in a text column).
+_REFUSED = (psycopg.IntegrityError, psycopg.DataError)
+
+
+def masked(url: str) -> str:
+    """`url` with its password replaced by `***` (in the user part and in a
+    `password=` query parameter), for messages and `Store.path`."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            user, _, host = netloc.rpartition("@")
+            netloc = f"{user.partition(':')[0]}:***@{host}"
+        query = urlencode([(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query)])
+        return urlunsplit(parts._replace(netloc=netloc, query=query))
+    except ValueError:
+        return "postgresql://***"  # unparsable: show nothing that could be a secret
+
+
+class PostgresStore:
+    """`Store` on one PostgreSQL database.
+
+    Args:
+        url: a libpq URL, `postgresql://user:password@host:port/dbname`.
+        min_size: connections the pool keeps open.
+        max_size: connections it may open (a worker's appends are serialised by the
+            events lock anyway; reads of the API share the rest).
+
+    Raises:
+        StorageError: the database cannot be reached or migrated (one line, the
+            password masked).
+        SchemaVersionError: the database was migrated by a newer NEXUS.
+    """
+
+    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 4) -> None:
+        self._url = url
+        self.path = masked(url)
+        try:
+            with psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as db:
+                self._migrate(db)
+        except psycopg.Error as exc:
+            raise StorageError(f"cannot open database {self.path}: {_one_line(exc)}") from None
+        self._pool = ConnectionPool(
+            url,
+            min_size=min_size,
+            max_size=max_size,
+            kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
+            open=False,
+            name="nexus-store",
+        )
+        self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
+
+    # -- schema -----------------------------------------------------------------
+
+    def _migrate(self, db: psycopg.Connection[Any]) -> None:
+        """Bring the kernel's tables to `LATEST` in one transaction under the schema
+        lock: workers opening a fresh database together wait for the first, then find
+        nothing left to do (DDL is transactional in PostgreSQL)."""
+        with db.transaction():
+            db.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version "
+                "(version BIGINT PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
+            )
+            current = _scalar(db, "SELECT coalesce(max(version), 0) FROM schema_version")
+            if current > LATEST:
+                raise SchemaVersionError(
+                    f"database {self.path} has schema version {current}, but this NEXUS "
+                    f"knows versions up to {LATEST}: upgrade NEXUS (pip install -U nexus-runtime)"
+                )
+            for version, sql in POSTGRES_MIGRATIONS:
+                if version > current:
+                    db.execute(sql)
+                    db.execute("INSERT INTO schema_version VALUES (%s, %s)", (version, time.time()))
+
+    def migrate(self, schema: Schema) -> int:
+        """Apply a subsystem's pending migrations (one transaction, under the schema
+        lock); returns its version."""
+        known = max((v for v, _ in schema.migrations), default=0)
+        name = schema.subsystem
+        with self._pool.connection() as db, db.transaction():
+            db.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS subsystem_schema (subsystem TEXT NOT NULL, "
+                "version BIGINT NOT NULL, applied_at DOUBLE PRECISION NOT NULL, "
+                "PRIMARY KEY (subsystem, version))"
+            )
+            current = _scalar(
+                db,
+                "SELECT coalesce(max(version), 0) FROM subsystem_schema WHERE subsystem = %s",
+                (name,),
+            )
+            if current > known:
+                raise SchemaVersionError(
+                    f"database {self.path}: the {name} tables have schema version "
+                    f"{current}, but this NEXUS knows versions up to {known}: upgrade NEXUS"
+                )
+            for version, sql in sorted(schema.migrations, key=lambda m: m[0]):
+                if version > current:
+                    db.execute(dialect_sql(sql, "postgresql", subsystem=name))
+                    db.execute(
+                        "INSERT INTO subsystem_schema VALUES (%s, %s, %s)",
+                        (name, version, time.time()),
+                    )
+        return max(current, known)
+
+    def schema_version(self) -> int:
+        """The highest applied migration."""
+        with self._pool.connection() as db:
+            return _scalar(db, "SELECT max(version) FROM schema_version")
+
+    def connect(self) -> psycopg.Connection[Any]:
+        """A new connection to this database (autocommit), for a subsystem's own
+        queries; the caller closes it."""
+        return psycopg.connect(self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+
+    # -- journal ------------------------------------------------------------------
+
+    def append(self, row: EventRow, change: SessionChange) -> int:
+        (result,) = self.append_many([(row, change)])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def append_many(self, items: Sequence[tuple[EventRow, SessionChange]]) -> list[int | Exception]:
+        with self._pool.connection() as db:
+            try:
+                return _transaction(db, items)
+            except JournalError as exc:
+                if len(items) == 1:
+                    return [exc]
+            # One row was refused: isolate its session's rows so the other sessions'
+            # still commit; a session's rows stay all or nothing (they chain).
+            results: list[int | Exception] = [0] * len(items)
+            for indexes in _by_session(items):
+                try:
+                    ids = _transaction(db, [items[i] for i in indexes])
+                except JournalError as exc:
+                    ids = [exc] * len(indexes)
+                for i, result in zip(indexes, ids, strict=True):
+                    results[i] = result
+            return results
+
+    def head(self, session_id: str) -> tuple[int, str]:
+        if _has_nul(session_id):
+            return (0, "")
+        with self._pool.connection() as db:
+            found = db.execute(
+                "SELECT seq, hash FROM events WHERE session_id = %s ORDER BY seq DESC LIMIT 1",
+                (session_id,),
+            ).fetchone()
+        return (0, "") if found is None else (int(found[0]), str(found[1]))
+
+    def events(
+        self, session_id: str, after_seq: int = 0, limit: int | None = None
+    ) -> list[EventRow]:
+        if _has_nul(session_id):
+            return []
+        with self._pool.connection() as db:
+            rows = db.execute(
+                f"SELECT {_EVENT_COLS} FROM events WHERE session_id = %s AND seq > %s "
+                "ORDER BY seq LIMIT %s",
+                (session_id, after_seq, limit),
+            ).fetchall()
+        return [EventRow(*r) for r in rows]
+
+    def events_after(self, after_id: int, limit: int = 1000) -> list[EventRow]:
+        with self._pool.connection() as db:
+            rows = db.execute(
+                f"SELECT {_EVENT_COLS} FROM events WHERE id > %s ORDER BY id LIMIT %s",
+                (after_id, limit),
+            ).fetchall()
+        return [EventRow(*r) for r in rows]
+
+    def latest_event_id(self) -> int:
+        with self._pool.connection() as db:
+            return _scalar(db, "SELECT coalesce(max(id), 0) FROM events")
+
+    def iter_all_events(self) -> Iterator[EventRow]:
+        # A server-side cursor on a connection of its own, outside the pool: audits
+        # may walk millions of rows and must not hold a pooled connection meanwhile.
+        with self.connect() as db, db.transaction(), db.cursor(name="nexus_audit") as cursor:
+            cursor.itersize = 2000
+            cursor.execute(f"SELECT {_EVENT_COLS} FROM events ORDER BY session_id, seq, id")
+            for r in cursor:
+                yield EventRow(*r)
+
+    def heads(self) -> list[Head]:
+        # Driven by the events, not the index: a session whose index row was deleted
+        # still has a head to checkpoint.
+        with self._pool.connection() as db:
+            rows = db.execute(
+                "SELECT DISTINCT ON (session_id) session_id, seq, hash, key_id FROM events "
+                "ORDER BY session_id, seq DESC"
+            ).fetchall()
+        return [Head(*r) for r in rows]
+
+    # -- audit checkpoints ----------------------------------------------------------
+
+    def add_checkpoint(self, ts: float, key_id: str, body: str, signature: str) -> int:
+        with self._pool.connection() as db, db.transaction():
+            checkpoint_id = _scalar(
+                db,
+                "INSERT INTO checkpoints (ts, key_id, body, signature) "
+                "VALUES (%s, %s, %s, %s) RETURNING id",
+                (ts, key_id, body, signature),
+            )
+            db.execute(
+                "DELETE FROM checkpoints WHERE id <= %s", (checkpoint_id - KEEP_CHECKPOINTS,)
+            )
+        return checkpoint_id
+
+    def checkpoint(self, checkpoint_id: int | None = None) -> CheckpointRow | None:
+        sql = "SELECT id, ts, key_id, body, signature FROM checkpoints"
+        with self._pool.connection() as db:
+            if checkpoint_id is None:
+                r = db.execute(sql + " ORDER BY id DESC LIMIT 1").fetchone()
+            else:
+                r = db.execute(sql + " WHERE id = %s", (checkpoint_id,)).fetchone()
+        return None if r is None else CheckpointRow(*r)
+
+    # -- session index --------------------------------------------------------------
+
+    def session(self, session_id: str) -> SessionRow | None:
+        if _has_nul(session_id):
+            return None
+        with self._pool.connection() as db:
+            r = db.execute(
+                f"SELECT {_SESSION_COLS} FROM sessions WHERE id = %s", (session_id,)
+            ).fetchone()
+        return None if r is None else SessionRow(*r)
+
+    def sessions(self, query: SessionQuery) -> list[SessionRow]:
+        if _has_nul(query.agent or "", *query.status, *(query.label or ())):
+            return []  # PostgreSQL text holds no NUL: no session can match
+        where: list[str] = []
+        args: list[object] = []
+        if query.status:
+            where.append("status = ANY(%s)")
+            args.append(list(query.status))
+        if query.agent:
+            where.append("agent = %s")
+            args.append(query.agent)
+        if query.label:
+            # User text is only ever a bound value, never a JSON path.
+            where.append("labels @> jsonb_build_object(%s::text, %s::text)")
+            args.extend(query.label)
+        sql = f"SELECT {_SESSION_COLS} FROM sessions"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC, id LIMIT %s OFFSET %s"
+        args.extend([query.limit, query.offset])
+        with self._pool.connection() as db:
+            rows = db.execute(sql, args).fetchall()
+        return [SessionRow(*r) for r in rows]
+
+    def session_ids(self, status: Sequence[str]) -> list[str]:
+        with self._pool.connection() as db:
+            rows = db.execute(
+                "SELECT id FROM sessions WHERE status = ANY(%s) ORDER BY created_at, id",
+                (list(status),),
+            ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    def count_sessions(self, status: Sequence[str] = ()) -> int:
+        """How many sessions (optionally with one of these statuses)."""
+        with self._pool.connection() as db:
+            if not status:
+                return _scalar(db, "SELECT count(*) FROM sessions")
+            return _scalar(
+                db, "SELECT count(*) FROM sessions WHERE status = ANY(%s)", (list(status),)
+            )
+
+    # -- control channel ------------------------------------------------------------
+
+    def post_command(
+        self, session_id: str, kind: str, by: str, reason: str, data: dict[str, Any]
+    ) -> CommandRow:
+        ts = time.time()
+        with self._pool.connection() as db, db.transaction():
+            # Ids in commit order, for `commands_after` (see the module docstring).
+            db.execute("SELECT pg_advisory_xact_lock(%s)", (COMMANDS_LOCK,))
+            command_id = _scalar(
+                db,
+                "INSERT INTO commands (session_id, kind, by, reason, data, ts) "
+                "VALUES (%s, %s, %s, %s, %s::jsonb, %s) RETURNING id",
+                (session_id, kind, by, reason, json.dumps(data), ts),
+            )
+        return CommandRow(command_id, session_id, kind, by, reason, dict(data), ts)
+
+    def commands(self, session_id: str, after_id: int = 0) -> list[CommandRow]:
+        if _has_nul(session_id):
+            return []
+        with self._pool.connection() as db:
+            rows = db.execute(
+                f"SELECT {_COMMAND_COLS} FROM commands WHERE session_id = %s AND id > %s "
+                "ORDER BY id",
+                (session_id, after_id),
+            ).fetchall()
+        return [CommandRow(*r) for r in rows]
+
+    def commands_after(self, after_id: int, limit: int = 1000) -> list[CommandRow]:
+        with self._pool.connection() as db:
+            rows = db.execute(
+                f"SELECT {_COMMAND_COLS} FROM commands WHERE id > %s ORDER BY id LIMIT %s",
+                (after_id, limit),
+            ).fetchall()
+        return [CommandRow(*r) for r in rows]
+
+    def latest_command_id(self) -> int:
+        with self._pool.connection() as db:
+            return _scalar(db, "SELECT coalesce(max(id), 0) FROM commands")
+
+    # -- health ---------------------------------------------------------------------
+
+    def ping(self) -> None:
+        """A trivial query: raises if the database is unusable."""
+        with self._pool.connection() as db:
+            db.execute("SELECT 1 FROM sessions LIMIT 1").fetchall()
+
+    def check_integrity(self) -> str | None:
+        """None when `SELECT 1` answers. PostgreSQL has no `quick_check`: it checks its
+        own pages (checksums, WAL) and the server reports damage in its errors, so there
+        is nothing more a client can scan here. An unreachable server raises; that is
+        not damage."""
+        with self._pool.connection() as db:
+            db.execute("SELECT 1").fetchall()
+        return None
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+def _transaction(
+    db: psycopg.Connection[Any], items: Sequence[tuple[EventRow, SessionChange]]
+) -> list[int | Exception]:
+    """Insert `items` and apply their session changes in one transaction; a refused
+    row rolls all of them back and raises `JournalError` naming it."""
+    ids: list[int | Exception] = []
+    try:
+        with db.transaction():
+            db.execute("SELECT pg_advisory_xact_lock(%s)", (EVENTS_LOCK,))
+            for row, change in items:
+                _insert(db, row, change, ids)
+    except _REFUSED as exc:
+        row = items[len(ids)][0]
+        raise JournalError(
+            f"cannot append {row.kind} #{row.seq} to session {row.session_id}: {_one_line(exc)}"
+        ) from None
+    return ids
+
+
+def _insert(
+    db: psycopg.Connection[Any], row: EventRow, change: SessionChange, ids: list[int | Exception]
+) -> None:
+    if change.create is not None:
+        c = change.create
+        db.execute(
+            _INSERT_SESSION,
+            (
+                row.session_id,
+                c["agent"],
+                c["goal"],
+                c["status"],
+                c["priority"],
+                json.dumps(c["labels"]),
+                row.ts,
+                row.ts,
+            ),
+        )
+    ids.append(
+        _scalar(
+            db,
+            _INSERT_EVENT,
+            (
+                row.session_id,
+                row.seq,
+                row.ts,
+                row.kind,
+                row.payload,
+                row.tokens_in,
+                row.tokens_out,
+                row.cost_usd,
+                row.latency_ms,
+                row.prev_hash,
+                row.hash,
+                row.key_id,
+            ),
+        )
+    )
+    common = (row.ts, row.seq, change.steps, row.tokens_in, row.tokens_out, row.cost_usd)
+    if change.status is None and change.reason is None:
+        db.execute(_UPDATE_COUNTERS, (*common, row.session_id))
+    else:
+        db.execute(
+            _UPDATE_STATUS,
+            (*common, change.status, change.status, change.reason, row.session_id),
+        )
+
+
+def _scalar(db: psycopg.Connection[Any], sql: str, args: Sequence[object] = ()) -> int:
+    """The integer in the first column of the first row of `sql`."""
+    found = db.execute(sql, args).fetchone()
+    if found is None:
+        raise StorageError(f"no row from: {sql}")
+    return int(found[0])
+
+
+def _by_session(items: Sequence[tuple[EventRow, SessionChange]]) -> list[list[int]]:
+    """The indexes of `items`, grouped by session, each group in order."""
+    groups: dict[str, list[int]] = {}
+    for i, (row, _) in enumerate(items):
+        groups.setdefault(row.session_id, []).append(i)
+    return list(groups.values())
+
+
+def _has_nul(*texts: str) -> bool:
+    """Whether any text holds a NUL: PostgreSQL cannot store or compare one."""
+    return any("\x00" in t for t in texts)
+
+
+def _one_line(exc: BaseException) -> str:
+    """A driver error as one line (libpq's messages span several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
