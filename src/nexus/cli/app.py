@@ -31,9 +31,12 @@ T = TypeVar("T")
 EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_TAMPERED, EXIT_ENDED, EXIT_PAUSED = 1, 2, 3, 4, 5, 6
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
 
+HELP = {"help_option_names": ["-h", "--help"]}
+
 app = typer.Typer(
     name="nexus",
     help="NEXUS: a production runtime for AI agents.",
+    context_settings=HELP,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -41,22 +44,44 @@ app = typer.Typer(
     # which would double `nexus --help`.
     rich_markup_mode=None,
 )
-config_app = typer.Typer(help="Show the settings.", no_args_is_help=True, rich_markup_mode=None)
-agents_app = typer.Typer(
-    help="The agents NEXUS knows.", no_args_is_help=True, rich_markup_mode=None
-)
-audit_app = typer.Typer(
-    help="Check the journal's keyed chains and checkpoints; manage the audit key.",
-    no_args_is_help=True,
-    rich_markup_mode=None,
-)
-token_app = typer.Typer(help="The API token.", no_args_is_help=True, rich_markup_mode=None)
+
+
+def _group(help_text: str) -> typer.Typer:
+    return typer.Typer(
+        help=help_text, context_settings=HELP, no_args_is_help=True, rich_markup_mode=None
+    )
+
+
+config_app = _group("Show the settings.")
+agents_app = _group("The agents NEXUS knows.")
+audit_app = _group("Check the journal's keyed chains and checkpoints; manage the audit key.")
+token_app = _group("The API token.")
 app.add_typer(config_app, name="config")
 app.add_typer(agents_app, name="agents")
 app.add_typer(audit_app, name="audit")
 app.add_typer(token_app, name="token")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from nexus import __version__
+
+        sys.stdout.write(f"nexus {__version__}\n")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", "-V", callback=_version, is_eager=True, help="Print the version."
+        ),
+    ] = False,
+) -> None:
+    """NEXUS: a production runtime for AI agents."""
 
 
 def _console(stderr: bool = False) -> Console:
@@ -104,6 +129,17 @@ def run(
     detach: Annotated[
         bool, typer.Option("--detach", "-d", help="Queue it for a worker and return at once.")
     ] = False,
+    label: Annotated[
+        list[str] | None, typer.Option("--label", "-l", help="KEY=VALUE (repeatable).")
+    ] = None,
+    max_cost: Annotated[
+        float | None, typer.Option(min=0, help="Budget: US dollars for the session.")
+    ] = None,
+    max_steps: Annotated[int | None, typer.Option(min=1, help="Budget: steps.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(min=1, help="Budget: tokens.")] = None,
+    max_wall: Annotated[
+        float | None, typer.Option(min=0.001, help="Budget: seconds of wall time.")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run one agent session to its end, durably, showing each step as it happens.
@@ -118,12 +154,20 @@ def run(
     rt = _runtime()
     created: list[str] = []
     stopped_by: list[str] = []
+    budget = {
+        "max_cost_usd": max_cost,
+        "max_steps": max_steps,
+        "max_tokens": max_tokens,
+        "max_wall_s": max_wall,
+    }
     options = {
         "agent": agent,
         "priority": priority,
         "replay": replay,
         "replay_pace_s": replay_pace,
         "model": model,
+        "labels": _labels(label or []),
+        "limits": {k: v for k, v in budget.items() if v is not None} or None,
     }
     try:
         status = asyncio.run(
@@ -149,6 +193,10 @@ def run(
         )
     if detach:
         raise typer.Exit(0)
+    if not as_json:
+        from nexus.cli.render import summary
+
+        _console().print(summary(row.to_dict()), highlight=False)
     if status is SessionStatus.KILLED and "SIGINT" in stopped_by:
         _die(f"session {row.id} killed: {row.reason}", EXIT_INTERRUPTED)
     if status is SessionStatus.PAUSED:
@@ -158,6 +206,18 @@ def run(
             EXIT_PAUSED,
         )
     raise typer.Exit(0 if status is SessionStatus.COMPLETED else EXIT_FAILED)
+
+
+def _labels(given: list[str]) -> dict[str, str]:
+    """`--label K=V` options as a dict (checked again, with the label rules, when the
+    session is created)."""
+    found: dict[str, str] = {}
+    for item in given:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            _die(f"--label takes KEY=VALUE (got {item!r})", EXIT_USAGE)
+        found[key] = value
+    return found
 
 
 async def _run_one(
@@ -260,15 +320,17 @@ def _interrupted(rt: Runtime, created: list[str], how: str, code: int) -> NoRetu
     )
 
 
-def _control(session_id: str, send: Callable[[Runtime], Any]) -> tuple[Runtime, Any]:
-    """Run a control-channel call against this home, mapping errors to exit codes."""
+def _control(given: str, send: Callable[[Runtime, str], Any]) -> tuple[Runtime, str, Any]:
+    """Run a control-channel call against this home (SESSION may be a unique id
+    prefix), mapping errors to exit codes; returns the runtime, the id and the result."""
     import asyncio
 
     from nexus.errors import ConfigError, SessionFinished, SessionNotFound
 
     rt = _runtime()
     try:
-        return rt, asyncio.run(send(rt))
+        session_id = rt.resolve(given)
+        return rt, session_id, asyncio.run(send(rt, session_id))
     except SessionNotFound as exc:
         _die(str(exc), EXIT_NOT_FOUND)
     except SessionFinished as exc:
@@ -306,8 +368,8 @@ def kill(
     session ends `killed` (at once if it is queued or paused). Idempotent."""
     from nexus.runtime.control import KILL
 
-    rt, command = _control(
-        session_id, lambda rt: rt.control.post(session_id, KILL, by=_who(), reason=reason)
+    rt, session_id, command = _control(
+        session_id, lambda rt, sid: rt.control.post(sid, KILL, by=_who(), reason=reason)
     )
     status = _await_status(rt, session_id, {"killed"}, timeout)
     row = rt.session(session_id)
@@ -336,8 +398,8 @@ def pause(
     frees its worker slot until `nexus resume`."""
     from nexus.runtime.control import PAUSE
 
-    rt, command = _control(
-        session_id, lambda rt: rt.control.post(session_id, PAUSE, by=_who(), reason=reason)
+    rt, session_id, command = _control(
+        session_id, lambda rt, sid: rt.control.post(sid, PAUSE, by=_who(), reason=reason)
     )
     status = _await_status(rt, session_id, {"paused"}, timeout) if wait else None
     row = rt.session(session_id)
@@ -364,9 +426,9 @@ def resume(
     (now, or when one starts)."""
     from nexus.runtime.dispatch import resume_session
 
-    rt, command = _control(
+    rt, session_id, command = _control(
         session_id,
-        lambda rt: resume_session(rt, session_id, by=_who(), reason=reason, note=note),
+        lambda rt, sid: resume_session(rt, sid, by=_who(), reason=reason, note=note),
     )
     if as_json:
         _print_json({"command": command.to_dict(), "session": rt.session(session_id).to_dict()})
@@ -425,6 +487,14 @@ def _read(fn: Callable[[], T]) -> T:
         _die(str(exc), EXIT_USAGE)
 
 
+OutputOpt = Annotated[
+    str | None,
+    typer.Option("--output", "-o", help="table (default), wide, json or name (ids only)."),
+]
+WatchOpt = Annotated[bool, typer.Option("--watch", "-w", help="Keep printing what changes.")]
+OUTPUTS = ("table", "wide", "json", "name")
+
+
 @app.command()
 def sessions(
     status: Annotated[
@@ -434,26 +504,90 @@ def sessions(
     label: Annotated[str | None, typer.Option(help="Only sessions with KEY=VALUE.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
     offset: Annotated[int, typer.Option(min=0)] = 0,
+    output: OutputOpt = None,
+    no_headers: Annotated[bool, typer.Option("--no-headers", help="Omit the header line.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print ids only.")] = False,
+    watch: WatchOpt = False,
     as_json: JsonOpt = False,
     server: ServerOpt = None,
 ) -> None:
-    """List sessions, newest first. `--status` takes one or more, comma-separated
-    or repeated: `--status completed,failed`."""
+    """List sessions, newest first: one line each at any width. `--status` takes one
+    or more, comma-separated or repeated: `--status completed,failed`."""
     if label is not None and "=" not in label:
         _die("--label takes KEY=VALUE", EXIT_USAGE)
+    form = _output(output, as_json=as_json, quiet=quiet)
     statuses = _statuses(status or [])
     src = _source(server)
-    rows = _read(
-        lambda: src.sessions(
-            status=statuses or None, agent=agent, label=label, limit=limit, offset=offset
+
+    def fetch() -> list[dict[str, Any]]:
+        return _read(
+            lambda: src.sessions(
+                status=statuses or None, agent=agent, label=label, limit=limit, offset=offset
+            )
         )
-    )
-    if as_json:
+
+    rows = fetch()
+    _show_sessions(rows, form, headers=not no_headers)
+    if watch:
+        _watch_sessions(fetch, rows, form)
+
+
+def _output(output: str | None, *, as_json: bool, quiet: bool) -> str:
+    form = "json" if as_json else "name" if quiet else (output or "table")
+    if form not in OUTPUTS:
+        _die(f"unknown output {form!r} (known: {', '.join(OUTPUTS)})", EXIT_USAGE)
+    return form
+
+
+def _show_sessions(rows: list[dict[str, Any]], form: str, *, headers: bool) -> None:
+    from nexus.cli.render import sessions_lines
+
+    if form == "json":
         _print_json(rows)
         return
-    from nexus.cli.render import sessions_table
+    if form == "name":
+        sys.stdout.write("".join(f"{r['id']}\n" for r in rows))
+        return
+    tty = sys.stdout.isatty()
+    console = _console()
+    lines = sessions_lines(
+        rows,
+        width=console.width if tty else None,
+        wide=form == "wide",
+        headers=headers,
+        color=tty,
+    )
+    if tty:
+        for line in lines:
+            console.print(line, markup=True, overflow="ignore", crop=False, no_wrap=True)
+    else:
+        sys.stdout.write("".join(f"{line}\n" for line in lines))
+    sys.stdout.flush()
 
-    _console().print(sessions_table(rows))
+
+def _watch_sessions(
+    fetch: Callable[[], list[dict[str, Any]]], rows: list[dict[str, Any]], form: str
+) -> None:
+    """kubectl's `--watch`: after the list, one line (or object) per session each
+    time it changes, until Ctrl-C."""
+    import time
+
+    seen = {r["id"]: r for r in rows}
+    try:
+        while True:
+            time.sleep(0.5)
+            changed = [r for r in fetch() if seen.get(r["id"]) != r]
+            for r in reversed(changed):  # oldest change first
+                seen[r["id"]] = r
+            if changed:
+                if form == "json":
+                    for r in reversed(changed):
+                        sys.stdout.write(json.dumps(r, ensure_ascii=False) + "\n")
+                    sys.stdout.flush()
+                else:
+                    _show_sessions(list(reversed(changed)), form, headers=False)
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
 
 
 def _statuses(given: list[str]) -> list[str]:
@@ -470,16 +604,53 @@ def _statuses(given: list[str]) -> list[str]:
 
 
 @app.command()
-def status(session_id: str, as_json: JsonOpt = False, server: ServerOpt = None) -> None:
-    """One session's status, counters and outcome."""
+def status(
+    session_id: str,
+    watch: WatchOpt = False,
+    as_json: JsonOpt = False,
+    server: ServerOpt = None,
+) -> None:
+    """One session's status, counters and outcome (times as local times and ages;
+    `--json` keeps the raw row). SESSION may be any unique prefix of its id."""
+    import time
+
+    from nexus.cli.render import status_lines
+    from nexus.types import SessionStatus
+
     src = _source(server)
-    row = _read(lambda: src.session(session_id))
-    if as_json:
-        _print_json(row)
-        return
-    console = _console()
-    for key, value in row.items():
-        console.print(f"[bold]{key:>10}[/] {value}")
+    session_id = _resolve(src, session_id)
+    last: dict[str, Any] | None = None
+    try:
+        while True:
+            row = _read(lambda: src.session(session_id))
+            if row != last:
+                if as_json:
+                    sys.stdout.write(json.dumps(row, indent=None if watch else 2) + "\n")
+                else:
+                    if last is not None:
+                        sys.stdout.write("\n")
+                    for key, value in status_lines(row):
+                        sys.stdout.write(f"{key:>9}  {value}\n")
+                sys.stdout.flush()
+                last = row
+            if not watch or SessionStatus(row["status"]).finished:
+                return
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+
+
+def _resolve(src: Source, given: str) -> str:
+    """The session id that `given` names: itself, or the one id it is a prefix of
+    (docker's habit). Ambiguous or unknown: a clear error."""
+    from nexus.errors import NexusError
+
+    try:
+        return src.resolve(given)
+    except NexusError as exc:
+        from nexus.errors import SessionNotFound
+
+        _die(str(exc), EXIT_NOT_FOUND if isinstance(exc, SessionNotFound) else EXIT_USAGE)
 
 
 @app.command()
@@ -494,7 +665,7 @@ def logs(
     from nexus.cli.render import event_line
 
     src = _source(server)
-    _read(lambda: src.session(session_id))
+    session_id = _resolve(src, session_id)
     console = _console()
 
     def show_all() -> None:
@@ -522,6 +693,7 @@ def export(
     from nexus.runtime.runtime import dump_export, export_document
 
     src = _source(server)
+    session_id = _resolve(src, session_id)
     row = _read(lambda: src.session(session_id))
     text = dump_export(export_document(row, _read(lambda: src.events(session_id))))
     if output is None:
@@ -540,6 +712,8 @@ def audit_verify(
     signed checkpoint; report the first tampered, reordered or missing row.
     Exit 4 on tampering, 2 when the database file is damaged."""
     src = _source(server)
+    if session_id is not None:
+        session_id = _resolve(src, session_id)
     report = _read(lambda: src.verify(session_id))
     bad = report["first_problem"]
     if as_json:

@@ -7,7 +7,6 @@ import json
 from typing import Any
 
 from rich.markup import escape
-from rich.table import Table
 from rich.text import Text
 
 from nexus.types import Event
@@ -44,7 +43,7 @@ def event_line(e: Event) -> Text:
         said = f"→ calls {', '.join(calls)}" if calls else f"→ {_short(msg.get('content') or '')}"
         body = (
             f"[bold magenta]llm[/] {escape(p.get('model', ''))} "
-            f"[dim]{e.tokens_in}+{e.tokens_out} tok ${e.cost_usd:.5f} {e.latency_ms:.0f} ms[/] "
+            f"[dim]{e.tokens_in}+{e.tokens_out} tok {money(e.cost_usd)} {e.latency_ms:.0f} ms[/] "
             f"{escape(said)}"
         )
     elif k == "tool.call":
@@ -77,29 +76,167 @@ def event_line(e: Event) -> Text:
     return Text.from_markup(head + body)
 
 
-def sessions_table(rows: list[dict[str, Any]]) -> Table:
-    """A table of sessions (dicts as from `SessionRow.to_dict`)."""
-    table = Table(show_edge=False, header_style="bold")
-    for col in ("id", "status", "agent", "steps", "tokens", "cost", "age", "goal"):
-        table.add_column(
-            col,
-            justify="right" if col in ("steps", "tokens", "cost") else "left",
-            no_wrap=col in ("id", "status"),
-        )
-    now = dt.datetime.now().timestamp()
-    for r in rows:
-        style = STATUS_STYLE.get(r["status"], "")
-        table.add_row(
-            r["id"],
-            Text(r["status"], style=style),
-            r["agent"],
-            str(r["steps"]),
-            str(r["tokens_in"] + r["tokens_out"]),
-            f"${r['cost_usd']:.4f}",
-            age(now - r["created_at"]),
-            _short(r["goal"], 50),
-        )
-    return table
+COLUMNS = ("id", "status", "agent", "steps", "tokens", "cost", "age", "goal")
+WIDE = (
+    "id",
+    "status",
+    "agent",
+    "priority",
+    "steps",
+    "tokens",
+    "cost",
+    "age",
+    "labels",
+    "reason",
+    "goal",
+)
+RIGHT = frozenset({"steps", "tokens", "cost", "priority"})
+DROPPABLE = ("reason", "labels", "priority", "tokens", "agent", "age", "steps")
+MIN_GOAL = 10
+
+
+def session_cells(r: dict[str, Any], now: float) -> dict[str, str]:
+    """A session's values as the list shows them (goal on one line, never cut here)."""
+    return {
+        "id": r["id"],
+        "status": r["status"],
+        "agent": r["agent"],
+        "priority": str(r["priority"]),
+        "steps": str(r["steps"]),
+        "tokens": str(r["tokens_in"] + r["tokens_out"]),
+        "cost": money(r["cost_usd"]),
+        "age": age(now - r["created_at"]),
+        "labels": labels(r["labels"]) or "-",
+        "reason": one_line(r.get("reason") or "-"),
+        "goal": one_line(r["goal"]),
+    }
+
+
+def sessions_lines(
+    rows: list[dict[str, Any]],
+    *,
+    width: int | None,
+    wide: bool = False,
+    headers: bool = True,
+    color: bool = False,
+    now: float | None = None,
+) -> list[str]:
+    """Aligned plain columns, one line per session (kubectl's table, without boxes).
+
+    With a `width` (a terminal), the goal gets what the other columns leave and is
+    clipped with "…", so a line never wraps; ids, statuses and costs are never cut.
+    Without one (piped), nothing is clipped."""
+    now = dt.datetime.now().timestamp() if now is None else now
+    cols = list(WIDE if wide else COLUMNS)
+    cells = [session_cells(r, now) for r in rows]
+    table = ([{c: c.upper() for c in cols}] if headers else []) + cells
+    widths = {c: max((len(t[c]) for t in table), default=0) for c in cols}
+
+    def fixed() -> int:
+        return sum(widths[c] + 2 for c in cols if c != "goal")
+
+    if width is not None:
+        # Too narrow for every column and a readable goal: drop the least needed
+        # first; ids, statuses and costs stay whole.
+        for optional in DROPPABLE:
+            if fixed() + MIN_GOAL <= width:
+                break
+            if optional in cols:
+                cols.remove(optional)
+    goal_width = None if width is None else max(MIN_GOAL, width - fixed())
+    out = []
+    for i, t in enumerate(table):
+        parts = []
+        for c in cols:
+            value = t[c]
+            if c == "goal":
+                parts.append(clip(value, goal_width))
+                continue
+            cell = value.rjust(widths[c]) if c in RIGHT else value.ljust(widths[c])
+            if color and c == "status" and (i > 0 or not headers):
+                style = STATUS_STYLE.get(value)
+                cell = f"[{style}]{cell}[/]" if style else cell
+            elif color:
+                cell = escape(cell)
+            parts.append(cell)
+        line = "  ".join(parts).rstrip()
+        out.append(f"[bold]{line}[/]" if color and headers and i == 0 else line)
+    return out
+
+
+def money(usd: float) -> str:
+    """The one money format of NEXUS (CLI, API docs, dashboard)."""
+    from nexus.format import money as fmt
+
+    return fmt(usd)
+
+
+def labels(values: dict[str, str]) -> str:
+    """Labels as `k=v,k2=v2`, sorted by key."""
+    return ",".join(f"{k}={v}" for k, v in sorted(values.items()))
+
+
+def one_line(text: str) -> str:
+    """Text on one line (newlines and tabs as spaces, runs collapsed)."""
+    return " ".join(text.split())
+
+
+def clip(text: str, width: int | None) -> str:
+    """`text` cut to `width` characters with "…" (None: as is)."""
+    if width is None or len(text) <= width:
+        return text
+    return text[: max(0, width - 1)] + "…"
+
+
+def when(ts: float, now: float | None = None) -> str:
+    """A local time with its age: `2026-12-02 15:04:05 (3m ago)`."""
+    now = dt.datetime.now().timestamp() if now is None else now
+    stamp = dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+    return f"{stamp} ({age(max(0.0, now - ts))} ago)"
+
+
+def duration(seconds: float) -> str:
+    """A run's length: 850ms, 4.2s, 3m07s, 2h05m."""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+    return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
+
+
+def summary(r: dict[str, Any]) -> str:
+    """The last line of `nexus run`: status, steps, tokens, cost, duration."""
+    tokens = r["tokens_in"] + r["tokens_out"]
+    parts = [
+        r["status"],
+        f"{r['steps']} steps",
+        f"{tokens} tokens",
+        money(r["cost_usd"]),
+        duration(max(0.0, r["updated_at"] - r["created_at"])),
+    ]
+    return " · ".join(parts)
+
+
+def status_lines(r: dict[str, Any], now: float | None = None) -> list[tuple[str, str]]:
+    """`nexus status`: (field, value) pairs for people; `--json` has the raw row."""
+    tokens = f"{r['tokens_in'] + r['tokens_out']} ({r['tokens_in']} in, {r['tokens_out']} out)"
+    return [
+        ("id", r["id"]),
+        ("status", r["status"]),
+        ("reason", r.get("reason") or "-"),
+        ("agent", r["agent"]),
+        ("goal", one_line(r["goal"])),
+        ("priority", str(r["priority"])),
+        ("labels", labels(r["labels"]) or "-"),
+        ("steps", str(r["steps"])),
+        ("tokens", tokens),
+        ("cost", money(r["cost_usd"])),
+        ("created", when(r["created_at"], now)),
+        ("updated", when(r["updated_at"], now)),
+        ("duration", duration(max(0.0, r["updated_at"] - r["created_at"]))),
+    ]
 
 
 def age(seconds: float) -> str:

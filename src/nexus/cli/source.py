@@ -13,6 +13,7 @@ class Source(Protocol):
     """What the read commands need; local and remote give the same shapes."""
 
     def sessions(self, **filters: Any) -> list[dict[str, Any]]: ...
+    def resolve(self, given: str) -> str: ...
     def session(self, session_id: str) -> dict[str, Any]: ...
     def events(self, session_id: str, after_seq: int = 0) -> list[Event]: ...
     def follow(self, session_id: str, after_seq: int = 0) -> Iterator[Event]: ...
@@ -40,6 +41,10 @@ class LocalSource:
             offset=filters.get("offset", 0),
         )
         return [r.to_dict() for r in self.rt.sessions(query)]
+
+    def resolve(self, given: str) -> str:
+        resolved: str = self.rt.resolve(given)
+        return resolved
 
     def session(self, session_id: str) -> dict[str, Any]:
         row: dict[str, Any] = self.rt.session(session_id).to_dict()
@@ -106,6 +111,10 @@ class RemoteSource:
 
     def sessions(self, **filters: Any) -> list[dict[str, Any]]:
         return self.remote.sessions(**filters)
+
+    def resolve(self, given: str) -> str:
+        # Exact ids through a server: the API has no prefix lookup yet.
+        return str(self.remote.session(given)["id"])
 
     def session(self, session_id: str) -> dict[str, Any]:
         return self.remote.session(session_id)

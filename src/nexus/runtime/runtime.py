@@ -294,6 +294,19 @@ class Runtime:
             raise SessionNotFound(f"no session {session_id!r}")
         return row
 
+    def resolve(self, given: str) -> str:
+        """The session id `given` names: itself, or the one id it is a prefix of.
+        `SessionNotFound` if none; `ConfigError` naming the candidates if several."""
+        if self.store.session(given) is not None:
+            return given
+        found = self.store.ids_with_prefix(given, 6) if given else []
+        if not found:
+            raise SessionNotFound(f"no session {given!r}")
+        if len(found) > 1:
+            shown = ", ".join(found[:5]) + (", …" if len(found) > 5 else "")
+            raise ConfigError(f"{given!r} is the start of several session ids: {shown}")
+        return found[0]
+
     def sessions(self, query: SessionQuery | None = None) -> list[SessionRow]:
         """Sessions, newest first."""
         return self.store.sessions(query or SessionQuery())

@@ -193,6 +193,10 @@ class SessionIndex(Protocol):
         """Ids of sessions with one of these statuses, oldest first."""
         ...
 
+    def ids_with_prefix(self, prefix: str, limit: int = 10) -> list[str]:
+        """Session ids starting with `prefix`, in order (at most `limit`)."""
+        ...
+
     def count_sessions(self, status: Sequence[str] = ()) -> int:
         """How many sessions (optionally with one of these statuses)."""
         ...

@@ -186,6 +186,10 @@ class MemoryStore:
         rows.sort(key=lambda r: r.created_at, reverse=True)
         return rows[query.offset : query.offset + query.limit]
 
+    def ids_with_prefix(self, prefix: str, limit: int = 10) -> list[str]:
+        with self._lock:
+            return sorted(i for i in self._sessions if i.startswith(prefix))[:limit]
+
     def session_ids(self, status: Sequence[str]) -> list[str]:
         with self._lock:
             rows = [r for r in self._sessions.values() if r.status in status]

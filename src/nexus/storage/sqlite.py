@@ -558,6 +558,16 @@ class SQLiteStore:
         return [_session(r) for r in rows]
 
     @_diagnosed
+    def ids_with_prefix(self, prefix: str, limit: int = 10) -> list[str]:
+        # A range on the primary key (ids are ASCII): no scan, whatever the count.
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id FROM sessions WHERE id >= ? AND id < ? ORDER BY id LIMIT ?",
+                (prefix, prefix + "\x7f", limit),
+            ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    @_diagnosed
     def session_ids(self, status: Sequence[str]) -> list[str]:
         with self._lock:
             rows = self._db.execute(
