@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from nexus.cli.app import app
 from nexus.examples import demo_recording
+from nexus.format import money
 from tests.peers.openai_server import ThreadedPeerServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,7 +60,8 @@ def test_console_script_runs_the_demo_with_a_live_timeline(nexus_home: Path) -> 
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("session s_")
     assert sum("tool result write_file" in x for x in lines) == 2
-    assert "→ report.md is written" in lines[-2] and "completed" in lines[-1]
+    assert "→ report.md is written" in lines[-3] and "completed 9 steps" in lines[-2]
+    assert lines[-1].startswith("completed · 9 steps · 75 tokens · ")  # the summary
 
 
 def test_run_without_any_provider_fails_in_one_line() -> None:
@@ -154,7 +156,7 @@ def test_logs_shows_a_readable_timeline() -> None:
     """LLM calls with model/tokens/cost/latency, tool calls with arguments and results."""
     sid = run_demo()["id"]
     text = nexus("logs", sid).stdout
-    assert "llm demo-1 10+5 tok $0.00000" in text
+    assert f"llm demo-1 10+5 tok {money(0.0)} " in text
     assert 'tool read_file({"path": "notes.md"})' in text
     assert "tool result list_files" in text and '["notes.md"]' in text
 

@@ -255,3 +255,14 @@ def test_an_unstorable_row_fails_alone_and_the_rest_of_the_batch_commits(store: 
     assert store.session("s\x00") is None
     assert store.events("s\x00") == []
     assert store.sessions(SessionQuery(label=("k\x00", "v"))) == []
+
+
+def test_ids_with_prefix_are_the_sessions_whose_id_starts_so(store: Store) -> None:
+    """A unique prefix finds its session; ids come in order, at most `limit`; a
+    prefix of none finds nothing (the CLI's docker-like id prefixes)."""
+    for i, sid in enumerate(["s_ab01", "s_ab02", "s_ac03", "s_b"]):
+        store.append(*created(sid, ts=float(i)))
+    assert store.ids_with_prefix("s_ab") == ["s_ab01", "s_ab02"]
+    assert store.ids_with_prefix("s_a", limit=2) == ["s_ab01", "s_ab02"]
+    assert store.ids_with_prefix("s_ac") == ["s_ac03"]
+    assert (store.ids_with_prefix("s_z"), store.ids_with_prefix("t")) == ([], [])

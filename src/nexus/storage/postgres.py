@@ -332,6 +332,15 @@ class PostgresStore:
             rows = db.execute(sql, args).fetchall()
         return [SessionRow(*r) for r in rows]
 
+    def ids_with_prefix(self, prefix: str, limit: int = 10) -> list[str]:
+        # A range on the primary key (ids are ASCII, "C" collation): no scan.
+        with self._pool.connection() as db:
+            rows = db.execute(
+                "SELECT id FROM sessions WHERE id >= %s AND id < %s ORDER BY id LIMIT %s",
+                (prefix, prefix + "\x7f", limit),
+            ).fetchall()
+        return [str(r[0]) for r in rows]
+
     def session_ids(self, status: Sequence[str]) -> list[str]:
         with self._pool.connection() as db:
             rows = db.execute(
