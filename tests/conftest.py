@@ -4,7 +4,10 @@ and a guard that fails any connection outside loopback."""
 from __future__ import annotations
 
 import ipaddress
+import os
+import shutil
 import socket
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,7 @@ import pytest
 
 from nexus.config import Settings, load_settings
 from tests.peers.openai_server import PeerServer, ThreadedPeerServer
+from tests.peers.postgres import PostgresServer, available
 
 _real_connect = socket.socket.connect
 _real_connect_ex = socket.socket.connect_ex
@@ -47,11 +51,36 @@ def no_internet(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--store",
+        choices=("sqlite", "postgres"),
+        default=os.environ.get("NEXUS_TEST_STORE", "sqlite"),
+        help="the store every test's runtime uses (postgres: a fresh database per test)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--store") != "postgres":
+        return
+    skip = pytest.mark.skip(reason="about SQLite files themselves: runs with --store=sqlite")
+    for item in items:
+        if item.get_closest_marker("sqlite_only"):
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
-def nexus_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every test gets its own NEXUS_HOME; no test sees ~/.nexus or a real Ollama."""
+def nexus_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> Path:
+    """Every test gets its own NEXUS_HOME; no test sees ~/.nexus or a real Ollama.
+    With `--store=postgres`, its journal, index and DBOS queue live in a fresh
+    PostgreSQL database."""
     home = tmp_path / "home"
     monkeypatch.setenv("NEXUS_HOME", str(home))
+    monkeypatch.delenv("NEXUS_DATABASE_URL", raising=False)
+    if request.config.getoption("--store") == "postgres":
+        monkeypatch.setenv("NEXUS_DATABASE_URL", request.getfixturevalue("postgres_url"))
     monkeypatch.delenv("NEXUS_CONFIG", raising=False)
     monkeypatch.delenv("NEXUS_PROVIDERS", raising=False)
     # Nothing listens on port 9 (discard): "no Ollama" is deterministic.
@@ -94,3 +123,33 @@ def threaded_peer() -> Iterator[ThreadedPeerServer]:
     """The peer on its own thread, for sync tests and for worker processes."""
     with ThreadedPeerServer() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A throwaway cluster, started once for all the tests that need one."""
+    if not available():
+        pytest.skip("PostgreSQL 15 server binaries are not installed (scripts/test installs them)")
+    # Under /tmp, not pytest's deep temp folder: the server's socket path is limited
+    # to 107 bytes.
+    root = Path("/tmp") / f"nexus-pg-storage-{os.getpid()}"
+    server = PostgresServer(root)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """The URL of a new, empty database, dropped after the test."""
+    import psycopg  # the `postgres` extra: only tests that use PostgreSQL need it
+
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(postgres_server.url(), autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    yield postgres_server.url(name)
+    with psycopg.connect(postgres_server.url(), autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE {name} WITH (FORCE)")

@@ -124,7 +124,8 @@ class Settings(BaseSettings):
     dbos_url: str | None = Field(
         default=None,
         description=(
-            "DBOS system database: default SQLite in NEXUS_HOME; "
+            "DBOS system database: default the store's PostgreSQL database when "
+            "NEXUS_DATABASE_URL is set, else SQLite in NEXUS_HOME; "
             "postgresql://user:pass@host/db to share one queue between many workers."
         ),
     )
@@ -183,6 +184,17 @@ class Settings(BaseSettings):
     def dbos_path(self) -> Path:
         """DBOS's own SQLite system database."""
         return self.home / "dbos.sqlite"
+
+    @property
+    def system_database_url(self) -> str | None:
+        """Where DBOS keeps its queue and workflows: `dbos_url` if set, else the
+        store's PostgreSQL database when the store is PostgreSQL (one URL to set),
+        else None: SQLite at `dbos_path`."""
+        if self.dbos_url is not None:
+            return self.dbos_url
+        if self.database_url is not None:
+            return self.database_url.get_secret_value()
+        return None
 
     @property
     def agents_dir(self) -> Path:

@@ -183,10 +183,7 @@ class Dispatcher:
         self._lock_file = _lock_executor(s.home, self.executor_id)
         _active = self
         _synchronous = "FULL" if s.durability == "full" else "NORMAL"
-        url = s.dbos_url
-        if url is None:
-            _enable_wal(s.dbos_path)
-            url = f"sqlite:///{s.dbos_path}"
+        url = system_url(s)
         logging.getLogger("dbos").addFilter(_DropCancelNoise())
         DBOS(
             config={
@@ -379,10 +376,19 @@ class Dispatcher:
 def check_system_database(settings: Settings) -> None:
     """Refuse a damaged DBOS system database in one line naming it (`StorageCorrupt`),
     before DBOS opens it: DBOS would fail with a traceback that names no file."""
-    if settings.dbos_url is None:
+    if settings.system_database_url is None:
         damage = check_sqlite_file(settings.dbos_path)
         if damage is not None:
             raise StorageCorrupt(str(settings.dbos_path), damage)
+
+
+def system_url(settings: Settings) -> str:
+    """DBOS's system database URL (SQLite in the home unless PostgreSQL is set)."""
+    url = settings.system_database_url
+    if url is None:
+        _enable_wal(settings.dbos_path)
+        return f"sqlite:///{settings.dbos_path}"
+    return url
 
 
 def segment_id(session_id: str, events: list[Event]) -> str:
@@ -428,10 +434,7 @@ async def enqueue(
 
     s = runtime.settings
     check_system_database(s)
-    url = s.dbos_url
-    if url is None:
-        _enable_wal(s.dbos_path)
-        url = f"sqlite:///{s.dbos_path}"
+    url = system_url(s)
     try:
         # A client never creates DBOS's tables; on a home no worker has run yet,
         # this does (idempotent).
