@@ -365,6 +365,12 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     result: dict[str, Any] = {"params": vars(args).copy()}
     print(f"populating {args.sessions:,} sessions ...", flush=True)
     result["populate"] = populate(home, args.sessions)
+    # /readyz wants a provider configured (sessions without a replay need one); the
+    # bench's sessions all replay, so one on a closed loopback port is never called.
+    (home / "nexus.toml").write_text(
+        '[[providers]]\nname = "unused"\nbase_url = "http://127.0.0.1:9/v1"\nmodel = "none"\n',
+        encoding="utf-8",
+    )
     recording = tmp / "recording.json"
     expected = write_recording(recording, args.turns)
     hold = tmp / "hold.json"
