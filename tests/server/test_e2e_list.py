@@ -102,7 +102,10 @@ def test_an_sre_sorts_searches_and_filters_the_list_and_the_totals_follow(
     page.fill("input[name=q]", "report 2")
     page.press("input[name=q]", "Enter")
     page.wait_for_url(f"{server.url}/?q=report+2&sort=cost")
-    assert shown(tab) == (api_ids(server, q="report 2", sort="cost"), strip_text(server, q="report 2"))
+    assert shown(tab) == (
+        api_ids(server, q="report 2", sort="cost"),
+        strip_text(server, q="report 2"),
+    )
     page.click("tr.row .label:text-is('team=ops')")
     page.wait_for_url(f"{server.url}/?q=report+2&label=team%3Dops&sort=cost")
     expect = api_ids(server, q="report 2", label="team=ops", sort="cost")
@@ -121,9 +124,10 @@ def test_an_sre_sorts_searches_and_filters_the_list_and_the_totals_follow(
     )
     assert page.locator("input[name=created_after]").input_value() == from_utc
     page.goto(f"{server.url}/?created_after=yesterday")
-    assert "created after: 'yesterday' is not a date and time (UTC)" in page.locator(
-        ".filter-problems"
-    ).inner_text()
+    assert (
+        "created after: 'yesterday' is not a date and time (UTC)"
+        in page.locator(".filter-problems").inner_text()
+    )
     assert shown(tab) == (api_ids(server), strip_text(server))
     assert tab.errors == []
     context.close()
@@ -134,7 +138,9 @@ def test_on_a_phone_the_list_is_cards_with_clipped_goals_and_the_same_totals(
     browser: Any,  # noqa: F811
 ) -> None:
     server, ids = seeded
-    context = browser.new_context(viewport=PHONE, device_scale_factor=2, is_mobile=True, has_touch=True)
+    context = browser.new_context(
+        viewport=PHONE, device_scale_factor=2, is_mobile=True, has_touch=True
+    )
     tab = Tab(context, server.url)
     sign_in(tab, server.token)
     page = tab.page
@@ -150,7 +156,8 @@ def test_on_a_phone_the_list_is_cards_with_clipped_goals_and_the_same_totals(
     client, scroll = long_goal.evaluate("e => [e.clientHeight, e.scrollHeight]")
     two = page.evaluate(
         "() => { const g = document.querySelector('tr.row .c-goal');"
-        " const h1 = g.clientHeight; g.querySelector('a').textContent += ' and more words'.repeat(8);"
+        " const h1 = g.clientHeight;"
+        " g.querySelector('a').textContent += ' and more words'.repeat(8);"
         " return [h1, g.clientHeight]; }"
     )
     assert client == two[1] < scroll and two[1] < 3 * two[0], (client, scroll, two)
