@@ -51,9 +51,9 @@ T = TypeVar("T")
 class Server:
     """uvicorn serving the full app (workers included) on its own loop and thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, workers: bool = True) -> None:
         self.rt = Runtime(load_settings())
-        self.app = create_app(self.rt, heartbeat_s=5)
+        self.app = create_app(self.rt, heartbeat_s=5, workers=workers)
         self.state = self.app.state.nexus
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))

@@ -6,6 +6,7 @@ behaviour from the real ones."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -266,3 +267,84 @@ def test_ids_with_prefix_are_the_sessions_whose_id_starts_so(store: Store) -> No
     assert store.ids_with_prefix("s_a", limit=2) == ["s_ab01", "s_ab02"]
     assert store.ids_with_prefix("s_ac") == ["s_ac03"]
     assert (store.ids_with_prefix("s_z"), store.ids_with_prefix("t")) == ([], [])
+
+
+def _sessions_to_sort(store: Store) -> None:
+    """Four sessions whose cost, steps, tokens and duration order them differently;
+    s1 and s4 tie on cost."""
+    spec = [
+        # id, created, goal, cost, steps, tokens in/out, ended at, status, team
+        ("s1", 1.0, "Triage the flaky CI job", 0.5, 1, (10, 0), 9.0, "failed", "ops"),
+        ("s2", 2.0, "Write 100% of the_report", 0.0223, 3, (100, 50), 3.0, "completed", "ml"),
+        ("s3", 3.0, "triage the email inbox", 0.0, 2, (5, 5), 3.0, "running", "ops"),
+        ("s4", 4.0, "Ünïcode TRIAGE", 0.5, 0, (0, 0), 4.5, "queued", "ml"),
+    ]
+    for sid, ts, goal, cost, steps, (t_in, t_out), end, status, team in spec:
+        event, change = created(sid, ts=ts, team=team)
+        assert change.create is not None
+        store.append(event, replace(change, create={**change.create, "goal": goal}))
+        store.append(
+            row(sid, 2, ts=end, tokens_in=t_in, tokens_out=t_out, cost_usd=cost),
+            SessionChange(steps=steps, status=status),
+        )
+
+
+def test_listing_sorts_by_each_key_both_ways_ties_by_id(store: Store) -> None:
+    """Every order, and its reverse exactly; paging applies after the order."""
+    _sessions_to_sort(store)
+    ids = lambda **kw: [r.id for r in store.sessions(SessionQuery(**kw))]  # noqa: E731
+    orders = {key: ids(sort=key) for key in ("-created", "-cost", "-steps", "-tokens", "-duration")}
+    assert orders == {
+        "-created": ["s4", "s3", "s2", "s1"],
+        "-cost": ["s1", "s4", "s2", "s3"],
+        "-steps": ["s2", "s3", "s1", "s4"],
+        "-tokens": ["s2", "s1", "s3", "s4"],
+        "-duration": ["s1", "s2", "s4", "s3"],
+    }
+    assert {key: ids(sort=key[1:]) for key in orders} == {
+        key: list(reversed(order)) for key, order in orders.items()
+    }
+    assert ids(sort="-cost", limit=2, offset=1) == ["s4", "s2"]
+    assert ids(sort="cost", status=("failed", "queued")) == ["s4", "s1"]
+
+
+def test_listing_searches_goals_as_plain_text_and_bounds_creation_time(store: Store) -> None:
+    """`q` is a substring in any ASCII case (`%` and `_` are literal); times are
+    `[created_after, created_before)`; filters combine."""
+    _sessions_to_sort(store)
+    ids = lambda **kw: [r.id for r in store.sessions(SessionQuery(**kw))]  # noqa: E731
+    assert ids(q="triage") == ["s4", "s3", "s1"]
+    assert [ids(q="%"), ids(q="_"), ids(q="100% of the_r")] == [["s2"]] * 3
+    assert [ids(q="ünïcode"), ids(q="Ünïcode")] == [[], ["s4"]]  # LIKE folds ASCII only
+    assert ids(created_after=2.0, created_before=4.0) == ["s3", "s2"]
+    assert ids(created_after=4.5) == ids(created_before=1.0) == []
+    assert ids(q="TRIAGE", label=("team", "ops"), created_before=3.0) == ["s1"]
+
+
+def test_totals_sum_what_the_filters_select_whatever_the_order_and_page(store: Store) -> None:
+    _sessions_to_sort(store)
+    totals = lambda **kw: store.session_totals(SessionQuery(**kw)).to_dict()  # noqa: E731
+    assert totals() == {
+        "count": 4,
+        "finished": 2,
+        "failed": 1,
+        "tokens_in": 115,
+        "tokens_out": 55,
+        "cost_usd": pytest.approx(1.0223),
+    }
+    assert totals(q="triage", sort="cost", limit=1, offset=3) == {
+        "count": 3,
+        "finished": 1,
+        "failed": 1,
+        "tokens_in": 15,
+        "tokens_out": 5,
+        "cost_usd": 1.0,
+    }
+    assert totals(agent="nobody") == {
+        "count": 0,
+        "finished": 0,
+        "failed": 0,
+        "tokens_in": 0,
+        "tokens_out": 0,
+        "cost_usd": 0.0,
+    }

@@ -79,15 +79,52 @@ class SessionRow:
         return {f: getattr(self, f) for f in self.__slots__}
 
 
+SessionSort = Literal[
+    "-created", "created", "-cost", "cost", "-steps", "steps",
+    "-tokens", "tokens", "-duration", "duration",
+]  # fmt: skip
+"""How a session list is ordered: a key, descending with a leading `-`. `tokens` is
+`tokens_in + tokens_out`; `duration` is `updated_at - created_at` (to the last change).
+Ties go by id, ascending under a descending key and descending under an ascending
+one, so each order is the exact reverse of the other."""
+
+
 @dataclass(frozen=True, slots=True)
 class SessionQuery:
-    """Filters and paging for listing sessions (newest first)."""
+    """Filters, order and paging for listing sessions (newest first by default).
+
+    `q` matches goals containing it, ASCII letters in any case (SQL `LIKE`);
+    `created_after` and `created_before` bound `created_at` to `[after, before)`.
+    """
 
     status: Sequence[str] = ()
     agent: str | None = None
     label: tuple[str, str] | None = None
+    q: str | None = None
+    created_after: float | None = None
+    created_before: float | None = None
+    sort: SessionSort = "-created"
     limit: int = 50
     offset: int = 0
+
+
+FINISHED_STATUSES = ("completed", "failed", "killed")
+
+
+@dataclass(frozen=True, slots=True)
+class SessionTotals:
+    """Sums over the sessions a query's filters select (its order and paging aside)."""
+
+    count: int
+    finished: int  # completed, failed or killed
+    failed: int
+    tokens_in: int
+    tokens_out: int
+    cost_usd: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """The totals as plain data."""
+        return {f: getattr(self, f) for f in self.__slots__}
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +236,10 @@ class SessionIndex(Protocol):
 
     def count_sessions(self, status: Sequence[str] = ()) -> int:
         """How many sessions (optionally with one of these statuses)."""
+        ...
+
+    def session_totals(self, query: SessionQuery) -> SessionTotals:
+        """Count, statuses, tokens and cost of the sessions `query` selects."""
         ...
 
 

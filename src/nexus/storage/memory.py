@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 
 from nexus.errors import JournalError, SchemaVersionError
 from nexus.storage.base import (
+    FINISHED_STATUSES,
     CheckpointRow,
     CommandRow,
     EventRow,
@@ -19,6 +20,7 @@ from nexus.storage.base import (
     SessionChange,
     SessionQuery,
     SessionRow,
+    SessionTotals,
 )
 
 KEEP_CHECKPOINTS = 8  # as the SQLite store
@@ -173,18 +175,29 @@ class MemoryStore:
             return self._sessions.get(session_id)
 
     def sessions(self, query: SessionQuery) -> list[SessionRow]:
+        rows = self._selected(query)
+        key, descending = _ORDER[query.sort.lstrip("-")], query.sort.startswith("-")
+        # Two stable sorts: by id the other way, then by key (the SQL orders' ties).
+        rows.sort(key=lambda r: r.id, reverse=not descending)
+        rows.sort(key=key, reverse=descending)
+        return rows[query.offset : query.offset + query.limit]
+
+    def session_totals(self, query: SessionQuery) -> SessionTotals:
+        rows = self._selected(query)
+        return SessionTotals(
+            count=len(rows),
+            finished=sum(1 for r in rows if r.status in FINISHED_STATUSES),
+            failed=sum(1 for r in rows if r.status == "failed"),
+            tokens_in=sum(r.tokens_in for r in rows),
+            tokens_out=sum(r.tokens_out for r in rows),
+            cost_usd=sum(r.cost_usd for r in rows),
+        )
+
+    def _selected(self, query: SessionQuery) -> list[SessionRow]:
+        """The sessions a query's filters select, in no order."""
         with self._lock:
             rows = list(self._sessions.values())
-        if query.status:
-            rows = [r for r in rows if r.status in query.status]
-        if query.agent:
-            rows = [r for r in rows if r.agent == query.agent]
-        if query.label:
-            key, value = query.label
-            rows = [r for r in rows if r.labels.get(key) == value]
-        rows.sort(key=lambda r: r.id)
-        rows.sort(key=lambda r: r.created_at, reverse=True)
-        return rows[query.offset : query.offset + query.limit]
+        return [r for r in rows if _matches(r, query)]
 
     def ids_with_prefix(self, prefix: str, limit: int = 10) -> list[str]:
         with self._lock:
@@ -246,3 +259,35 @@ class MemoryStore:
 
     def close(self) -> None:
         """Nothing to release."""
+
+
+_ORDER: dict[str, Callable[[SessionRow], float]] = {
+    "created": lambda r: r.created_at,
+    "cost": lambda r: r.cost_usd,
+    "steps": lambda r: r.steps,
+    "tokens": lambda r: r.tokens_in + r.tokens_out,
+    "duration": lambda r: r.updated_at - r.created_at,
+}
+
+
+def _matches(row: SessionRow, query: SessionQuery) -> bool:
+    """Whether a session passes a query's filters, as the SQL stores decide it."""
+    if query.status and row.status not in query.status:
+        return False
+    if query.agent and row.agent != query.agent:
+        return False
+    if query.label and row.labels.get(query.label[0]) != query.label[1]:
+        return False
+    # SQL `LIKE` folds the case of ASCII letters only.
+    if query.q and _ascii_lower(query.q) not in _ascii_lower(row.goal):
+        return False
+    if query.created_after is not None and row.created_at < query.created_after:
+        return False
+    return query.created_before is None or row.created_at < query.created_before
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def _ascii_lower(text: str) -> str:
+    return text.translate(_ASCII_LOWER)

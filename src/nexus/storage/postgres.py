@@ -18,6 +18,7 @@ Needs the `postgres` extra: `pip install 'nexus-runtime[postgres]'`.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -28,6 +29,7 @@ from psycopg_pool import ConnectionPool
 
 from nexus.errors import JournalError, SchemaVersionError, StorageError
 from nexus.storage.base import (
+    FINISHED_STATUSES,
     CheckpointRow,
     CommandRow,
     EventRow,
@@ -36,6 +38,7 @@ from nexus.storage.base import (
     SessionChange,
     SessionQuery,
     SessionRow,
+    SessionTotals,
 )
 from nexus.storage.migrations import LATEST, POSTGRES_MIGRATIONS, dialect_sql
 
@@ -309,28 +312,28 @@ class PostgresStore:
         return None if r is None else SessionRow(*r)
 
     def sessions(self, query: SessionQuery) -> list[SessionRow]:
-        if _has_nul(query.agent or "", *query.status, *(query.label or ())):
+        if _has_nul(query.agent or "", query.q or "", *query.status, *(query.label or ())):
             return []  # PostgreSQL text holds no NUL: no session can match
-        where: list[str] = []
-        args: list[object] = []
-        if query.status:
-            where.append("status = ANY(%s)")
-            args.append(list(query.status))
-        if query.agent:
-            where.append("agent = %s")
-            args.append(query.agent)
-        if query.label:
-            # User text is only ever a bound value, never a JSON path.
-            where.append("labels @> jsonb_build_object(%s::text, %s::text)")
-            args.extend(query.label)
-        sql = f"SELECT {_SESSION_COLS} FROM sessions"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created_at DESC, id LIMIT %s OFFSET %s"
-        args.extend([query.limit, query.offset])
+        where, args = _where(query)
+        sql = f"SELECT {_SESSION_COLS} FROM sessions{where} ORDER BY {_ORDER[query.sort]} "
+        sql += "LIMIT %s OFFSET %s"
         with self._pool.connection() as db:
-            rows = db.execute(sql, args).fetchall()
+            rows = db.execute(sql, [*args, query.limit, query.offset]).fetchall()
         return [SessionRow(*r) for r in rows]
+
+    def session_totals(self, query: SessionQuery) -> SessionTotals:
+        if _has_nul(query.agent or "", query.q or "", *query.status, *(query.label or ())):
+            return SessionTotals(0, 0, 0, 0, 0, 0.0)
+        where, args = _where(query)
+        sql = (
+            "SELECT count(*), count(*) FILTER (WHERE status = ANY(%s)), "
+            "count(*) FILTER (WHERE status = 'failed'), coalesce(sum(tokens_in), 0), "
+            f"coalesce(sum(tokens_out), 0), coalesce(sum(cost_usd), 0.0) FROM sessions{where}"
+        )
+        with self._pool.connection() as db:
+            r = db.execute(sql, [list(FINISHED_STATUSES), *args]).fetchone()
+        assert r is not None
+        return SessionTotals(int(r[0]), int(r[1]), int(r[2]), int(r[3]), int(r[4]), float(r[5]))
 
     def ids_with_prefix(self, prefix: str, limit: int = 10) -> list[str]:
         # A range on the primary key (ids are ASCII, "C" collation): no scan.
@@ -509,3 +512,45 @@ def _has_nul(*texts: str) -> bool:
 def _one_line(exc: BaseException) -> str:
     """A driver error as one line (libpq's messages span several)."""
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+_ORDER: dict[str, str] = {}
+for _key, _expr in {
+    "created": "created_at",
+    "cost": "cost_usd",
+    "steps": "steps",
+    "tokens": "(tokens_in + tokens_out)",
+    "duration": "(updated_at - created_at)",
+}.items():
+    _ORDER[f"-{_key}"] = f"{_expr} DESC, id"
+    _ORDER[_key] = f"{_expr}, id DESC"
+
+_LIKE_SPECIAL = re.compile(r"[\\%_]")
+
+
+def _where(query: SessionQuery) -> tuple[str, list[object]]:
+    """The `WHERE` clause of a query's filters, as the SQLite store's: user text is
+    only ever a bound value."""
+    where: list[str] = []
+    args: list[object] = []
+    if query.status:
+        where.append("status = ANY(%s)")
+        args.append(list(query.status))
+    if query.agent:
+        where.append("agent = %s")
+        args.append(query.agent)
+    if query.label:
+        # User text is only ever a bound value, never a JSON path.
+        where.append("labels @> jsonb_build_object(%s::text, %s::text)")
+        args.extend(query.label)
+    if query.q:
+        # SQLite's LIKE ignores the case of ASCII letters only; so does this.
+        where.append('lower(goal COLLATE "C") LIKE lower(%s COLLATE "C") ESCAPE \'\\\'')
+        args.append("%" + _LIKE_SPECIAL.sub(r"\\\g<0>", query.q) + "%")
+    if query.created_after is not None:
+        where.append("created_at >= %s")
+        args.append(query.created_after)
+    if query.created_before is not None:
+        where.append("created_at < %s")
+        args.append(query.created_before)
+    return (" WHERE " + " AND ".join(where) if where else ""), args

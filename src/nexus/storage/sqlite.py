@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import sqlite3
 import threading
 import time
@@ -19,6 +20,7 @@ from typing import Concatenate, ParamSpec, TypeVar
 
 from nexus.errors import JournalError, SchemaVersionError, StorageCorrupt, StorageError
 from nexus.storage.base import (
+    FINISHED_STATUSES,
     CheckpointRow,
     CommandRow,
     Durability,
@@ -28,6 +30,7 @@ from nexus.storage.base import (
     SessionChange,
     SessionQuery,
     SessionRow,
+    SessionTotals,
 )
 from nexus.storage.migrations import LATEST, MIGRATIONS, dialect_sql
 
@@ -532,29 +535,11 @@ class SQLiteStore:
 
     @_diagnosed
     def sessions(self, query: SessionQuery) -> list[SessionRow]:
-        where: list[str] = []
-        args: list[object] = []
-        if query.status:
-            where.append(f"status IN ({','.join('?' * len(query.status))})")
-            args.extend(query.status)
-        if query.agent:
-            where.append("agent = ?")
-            args.append(query.agent)
-        if query.label:
-            # User text is only ever a bound value: never spliced into a JSON path
-            # (a NUL in a key made json_extract fail with a 500).
-            where.append(
-                "EXISTS (SELECT 1 FROM json_each(sessions.labels) "
-                "WHERE json_each.key = ? AND json_each.value = ?)"
-            )
-            args.extend(query.label)
-        sql = f"SELECT {_SESSION_COLS} FROM sessions"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created_at DESC, id LIMIT ? OFFSET ?"
-        args.extend([query.limit, query.offset])
+        where, args = _where(query)
+        sql = f"SELECT {_SESSION_COLS} FROM sessions{where} ORDER BY {_ORDER[query.sort]} "
+        sql += "LIMIT ? OFFSET ?"
         with self._lock:
-            rows = self._db.execute(sql, args).fetchall()
+            rows = self._db.execute(sql, [*args, query.limit, query.offset]).fetchall()
         return [_session(r) for r in rows]
 
     @_diagnosed
@@ -566,6 +551,19 @@ class SQLiteStore:
                 (prefix, prefix + "\x7f", limit),
             ).fetchall()
         return [str(r[0]) for r in rows]
+
+    @_diagnosed
+    def session_totals(self, query: SessionQuery) -> SessionTotals:
+        where, args = _where(query)
+        finished = ",".join("?" * len(FINISHED_STATUSES))
+        sql = (
+            f"SELECT count(*), coalesce(sum(status IN ({finished})), 0), "
+            "coalesce(sum(status = 'failed'), 0), coalesce(sum(tokens_in), 0), "
+            f"coalesce(sum(tokens_out), 0), coalesce(sum(cost_usd), 0.0) FROM sessions{where}"
+        )
+        with self._lock:
+            r = self._db.execute(sql, [*FINISHED_STATUSES, *args]).fetchone()
+        return SessionTotals(int(r[0]), int(r[1]), int(r[2]), int(r[3]), int(r[4]), float(r[5]))
 
     @_diagnosed
     def session_ids(self, status: Sequence[str]) -> list[str]:
@@ -687,6 +685,52 @@ def _quick_check(db: sqlite3.Connection) -> str | None:
         return None
     more = f" and {len(found) - 1} more problems" if len(found) > 1 else ""
     return f"{found[0]}{more}" if found else "quick_check failed"
+
+
+_LIKE_SPECIAL = re.compile(r"[\\%_]")  # escaped with a backslash: `q` is plain text
+
+# Each order is one index of migration 5 (or 2, for `created`) read forwards or
+# backwards: the expressions must match the indexed ones exactly.
+_ORDER: dict[str, str] = {}
+for _key, _expr in {
+    "created": "created_at",
+    "cost": "cost_usd",
+    "steps": "steps",
+    "tokens": "(tokens_in + tokens_out)",
+    "duration": "(updated_at - created_at)",
+}.items():
+    _ORDER[f"-{_key}"] = f"{_expr} DESC, id"
+    _ORDER[_key] = f"{_expr}, id DESC"
+
+
+def _where(query: SessionQuery) -> tuple[str, list[object]]:
+    """The `WHERE` clause of a query's filters and its bound values. User text is
+    only ever a bound value: never spliced into SQL or a JSON path (a NUL in a key
+    made json_extract fail with a 500)."""
+    where: list[str] = []
+    args: list[object] = []
+    if query.status:
+        where.append(f"status IN ({','.join('?' * len(query.status))})")
+        args.extend(query.status)
+    if query.agent:
+        where.append("agent = ?")
+        args.append(query.agent)
+    if query.label:
+        where.append(
+            "EXISTS (SELECT 1 FROM json_each(sessions.labels) "
+            "WHERE json_each.key = ? AND json_each.value = ?)"
+        )
+        args.extend(query.label)
+    if query.q:
+        where.append("goal LIKE ? ESCAPE '\\'")
+        args.append("%" + _LIKE_SPECIAL.sub(r"\\\g<0>", query.q) + "%")
+    if query.created_after is not None:
+        where.append("created_at >= ?")
+        args.append(query.created_after)
+    if query.created_before is not None:
+        where.append("created_at < ?")
+        args.append(query.created_before)
+    return (" WHERE " + " AND ".join(where) if where else ""), args
 
 
 def _session(r: tuple[object, ...]) -> SessionRow:

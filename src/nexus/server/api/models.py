@@ -43,6 +43,12 @@ def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
 AUTH = (401, 429)
 
 
+COST = (
+    "US dollars, as a float; people read it as `nexus.format.money` writes it: three "
+    "significant digits under a dollar (`$0.00000587`, `$0.0223`), cents above (`$1,204.50`)"
+)
+
+
 class Session(BaseModel):
     """A session's index row (a projection of its journal)."""
 
@@ -58,7 +64,7 @@ class Session(BaseModel):
     steps: int
     tokens_in: int
     tokens_out: int
-    cost_usd: float
+    cost_usd: float = Field(description=COST)
     last_seq: int
 
 
@@ -90,6 +96,18 @@ class SessionList(BaseModel):
     limit: int
     offset: int
     next_offset: int | None
+
+
+class SessionTotals(BaseModel):
+    """Sums over every session the list's filters select (not only one page)."""
+
+    count: int
+    finished: int = Field(description="completed, failed or killed")
+    failed: int
+    failure_rate: float | None = Field(description="failed / finished; null before any finished")
+    tokens_in: int
+    tokens_out: int
+    cost_usd: float = Field(description=COST)
 
 
 class Event(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path as FilePath
 from typing import Annotated, Any
 
@@ -12,20 +13,28 @@ from nexus.errors import ConfigError
 from nexus.runtime.labels import KEY_PATTERN, MAX_LABELS, MAX_VALUE, parse_filter
 from nexus.runtime.runtime import Runtime
 from nexus.server import sse
-from nexus.server.api.models import AUTH, EventsPage, Session, SessionList, problems
+from nexus.server.api.models import (
+    AUTH,
+    EventsPage,
+    Session,
+    SessionList,
+    SessionTotals,
+    problems,
+)
 from nexus.server.broadcast import single
 from nexus.server.deflate import accepts_deflate
 from nexus.server.problems import Problem
 from nexus.server.recordings import resolve_replay, store_upload
 from nexus.server.sse import EventStream
 from nexus.server.state import ServerState, get_state, require_auth
-from nexus.storage.base import SessionQuery
+from nexus.storage.base import SessionQuery, SessionSort
 from nexus.types import SessionStatus
 
 # Every integer from outside is bounded before it reaches SQL: SQLite's INTEGER is
 # 64-bit (2^70 raised OverflowError, a 500); 2^53 is also the largest a browser's
 # JavaScript holds exactly.
 MAX_INT = 2**53
+MAX_SEARCH = 200  # a goal search is a phrase, not a document
 
 After = Query(ge=0, le=MAX_INT, description="first connect: start after")
 
@@ -143,26 +152,56 @@ async def create_session(body: NewSession, state: State, response: Response) -> 
     return state.runtime.session(session_id).to_dict()
 
 
-@router.get("/sessions", response_model=SessionList, responses=problems(*AUTH, 422))
-async def list_sessions(
-    state: State,
+def session_filters(
     status: Annotated[list[SessionStatus] | None, Query()] = None,
     agent: Annotated[str | None, Query(max_length=64)] = None,
     label: Annotated[
         str | None, Query(max_length=64 + 1 + MAX_VALUE, description="KEY=VALUE")
     ] = None,
+    q: Annotated[
+        str | None,
+        Query(max_length=MAX_SEARCH, description="goals containing this text (ASCII in any case)"),
+    ] = None,
+    created_after: Annotated[
+        float | None, Query(ge=0, le=MAX_INT, description="created at or after (Unix seconds)")
+    ] = None,
+    created_before: Annotated[
+        float | None, Query(ge=0, le=MAX_INT, description="created before (Unix seconds)")
+    ] = None,
+) -> SessionQuery:
+    """The list's filters, shared by the list and its totals, bounded before SQL."""
+    if created_after is not None and created_before is not None and created_after > created_before:
+        raise ConfigError("created_after must not be later than created_before")
+    return SessionQuery(
+        status=tuple(s.value for s in status or ()),
+        agent=agent,
+        label=parse_filter(label) if label else None,  # ConfigError: 422 naming the rule
+        q=q or None,
+        created_after=created_after,
+        created_before=created_before,
+    )
+
+
+Filters = Annotated[SessionQuery, Depends(session_filters)]
+
+
+@router.get("/sessions", response_model=SessionList, responses=problems(*AUTH, 422))
+async def list_sessions(
+    state: State,
+    filters: Filters,
+    sort: Annotated[
+        SessionSort,
+        Query(
+            description="a key, descending with `-`: tokens are in + out, duration "
+            "is created to last change; ties by id"
+        ),
+    ] = "-created",
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
 ) -> dict[str, Any]:
-    """Sessions, newest first, with `next_offset` when there may be more."""
-    lab = parse_filter(label) if label else None  # ConfigError: 422 naming the rule
-    query = SessionQuery(
-        status=tuple(s.value for s in status or ()),
-        agent=agent,
-        label=lab,
-        limit=limit + 1,
-        offset=offset,
-    )
+    """Sessions, newest first unless `sort` says otherwise, with `next_offset` when
+    there may be more."""
+    query = replace(filters, sort=sort, limit=limit + 1, offset=offset)
     rows = state.runtime.sessions(query)
     more = len(rows) > limit
     return {
@@ -171,6 +210,15 @@ async def list_sessions(
         "offset": offset,
         "next_offset": offset + limit if more else None,
     }
+
+
+@router.get("/sessions/totals", response_model=SessionTotals, responses=problems(*AUTH, 422))
+async def session_totals(state: State, filters: Filters) -> dict[str, Any]:
+    """Count, failures, tokens and cost of every session the filters select (the
+    same filters as the list): what a dashboard shows above it."""
+    totals = state.runtime.store.session_totals(filters)
+    rate = totals.failed / totals.finished if totals.finished else None
+    return {**totals.to_dict(), "failure_rate": rate}
 
 
 @router.get("/sessions/{session_id}", response_model=Session, responses=problems(*AUTH, 404, 422))

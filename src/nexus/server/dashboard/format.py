@@ -12,14 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-
-def money(value: float | None) -> str:
-    """US dollars: `$0`, `$0.0042`, `$1.27`, `$1,204.50`."""
-    if not value:
-        return "$0"
-    if abs(value) < 0.01:
-        return f"${value:.4f}".rstrip("0")
-    return f"${value:,.2f}"
+from nexus.format import money
 
 
 def count(value: int | float | None) -> str:

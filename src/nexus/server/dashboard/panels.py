@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from nexus.errors import ConfigError
+from nexus.format import money
 from nexus.runtime.runtime import session_limits
 from nexus.server.dashboard import format as fmt
 from nexus.types import SessionStatus
@@ -74,8 +75,8 @@ def budget(view: View) -> dict[str, Any]:
             "Cost",
             s.cost_usd,
             lim.get("max_cost_usd"),
-            fmt.money(s.cost_usd),
-            fmt.money(lim["max_cost_usd"]) if lim.get("max_cost_usd") is not None else "no limit",
+            money(s.cost_usd),
+            money(lim["max_cost_usd"]) if lim.get("max_cost_usd") is not None else "no limit",
         ),
         Gauge(
             "Wall time",

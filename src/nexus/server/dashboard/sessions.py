@@ -11,75 +11,39 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from nexus.runtime.runtime import dump_export
 from nexus.server.broadcast import event_json
+from nexus.server.dashboard.filters import SORT_NAMES, STATUSES, Filters
 from nexus.server.dashboard.panels import elapsed
 from nexus.server.dashboard.registry import ACTIONS, PANELS, PageName, Panel, View, for_page
 from nexus.server.dashboard.web import page_router, render, render_text, require_login, state_of
-from nexus.storage.base import EventRow, SessionQuery
+from nexus.storage.base import EventRow
 from nexus.types import SessionStatus
 
 router = page_router()
 PAGE_SIZE = 50
-STATUSES = [s.value for s in SessionStatus]
 
 
 # -- the sessions list ------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Filters:
-    """The list's filters, read leniently from the query string."""
-
-    status: str | None
-    agent: str | None
-    offset: int
-
-    @classmethod
-    def of(cls, request: Request) -> Filters:
-        q = request.query_params
-        status = q.get("status") or None
-        try:
-            offset = max(0, int(q.get("offset", "0")))
-        except ValueError:
-            offset = 0
-        return cls(
-            status=status if status in STATUSES else None,
-            agent=(q.get("agent") or "").strip()[:64] or None,
-            offset=offset,
-        )
-
-    def url(self, **changes: Any) -> str:
-        """The list's URL with some filters changed (offset resets unless given)."""
-        values = {"status": self.status, "agent": self.agent, "offset": 0, **changes}
-        query = {k: v for k, v in values.items() if v}
-        return "/" + (f"?{urlencode(query)}" if query else "")
-
-
 def list_context(request: Request) -> dict[str, Any]:
     """What the sessions page and its live fragment render."""
     state = state_of(request)
-    f = Filters.of(request)
-    rows = state.runtime.sessions(
-        SessionQuery(
-            status=(f.status,) if f.status else (),
-            agent=f.agent,
-            limit=PAGE_SIZE + 1,
-            offset=f.offset,
-        )
-    )
+    f = Filters.of(request.query_params)
+    rows = state.runtime.sessions(f.query(limit=PAGE_SIZE + 1))
     store = state.runtime.store
     counts = {s: store.count_sessions([s]) for s in STATUSES}
     view = View(request, state)
     return {
         "filters": f,
+        "totals": store.session_totals(f.parsed),
+        "sorts": SORT_NAMES,
         "sessions": rows[:PAGE_SIZE],
         "has_more": len(rows) > PAGE_SIZE,
         "page_size": PAGE_SIZE,
@@ -94,7 +58,7 @@ def list_context(request: Request) -> dict[str, Any]:
 
 @router.get("/")
 async def sessions_page(request: Request) -> Response:
-    """Every session, newest first, filtered by status and agent, live."""
+    """Every session, newest first or as sorted, filtered, with totals, live."""
     require_login(request)
     return render(request, "sessions.html", list_context(request))
 
@@ -107,6 +71,7 @@ async def sessions_fragment(request: Request) -> Response:
     replace = {
         "rows": render_text(request, "sessions/rows.html", ctx),
         "chips": render_text(request, "sessions/chips.html", ctx),
+        "totals": render_text(request, "sessions/totals.html", ctx),
         "pager": render_text(request, "sessions/pager.html", ctx),
     }
     replace.update({f"panel:{p.name}": html for p, html in ctx["panels"]})

@@ -236,6 +236,19 @@
     }
   });
 
+  // The list's filters go into the URL without their empty fields (a view is a
+  // link to share: `/?q=report&sort=-cost`, not nine parameters of which seven are blank).
+  document.querySelectorAll("form[data-filters]").forEach(function (form) {
+    form.addEventListener("submit", function (ev) {
+      ev.preventDefault();
+      const params = new URLSearchParams();
+      new FormData(form).forEach(function (value, key) { if (String(value).trim()) params.append(key, value); });
+      if (params.get("sort") === "-created") params.delete("sort");
+      const query = params.toString();
+      location.assign("/" + (query ? "?" + query : ""));
+    });
+  });
+
   document.querySelectorAll("[data-autosubmit]").forEach(function (el) {
     el.addEventListener("change", function () { el.form.requestSubmit(); });
   });
