@@ -265,3 +265,25 @@ def test_sessions_watch_prints_each_change(nexus_home: Path, tmp_path: Path) -> 
         proc.kill()
         proc.wait()
     assert log.read_text().splitlines()[0].startswith("ID ")
+
+
+def test_session_id_prefixes_work_through_a_server(nexus_home: Path) -> None:
+    """`--server` resolves prefixes with the API's `GET /sessions/resolve/{prefix}`:
+    unique works, ambiguous is exit 2 naming the candidates, unknown exit 3."""
+    from tests.server.test_live import LiveServer
+
+    rt = Runtime(load_settings())
+    for sid in ("s_dddd000000000001", "s_dddd000000000002", "s_eeee000000000003"):
+        rt.journal.append(
+            sid, "session.created", {"goal": sid, "agent": "assistant", "priority": 0}
+        )
+    with LiveServer(workers=False) as live:
+        status = nexus("status", "s_eeee", "--json", "--server", live.url)
+        assert status.exit_code == 0, status.output
+        assert json.loads(status.stdout)["id"] == "s_eeee000000000003"
+        assert nexus("logs", "s_ee", "--server", live.url).exit_code == 0
+        ambiguous = nexus("status", "s_dddd", "--server", live.url)
+        assert ambiguous.exit_code == 2
+        assert "is the start of several session ids: s_dddd000000000001" in ambiguous.stderr
+        assert nexus("status", "s_ffff", "--server", live.url).exit_code == 3
+    rt.store.close()

@@ -113,8 +113,9 @@ class RemoteSource:
         return self.remote.sessions(**filters)
 
     def resolve(self, given: str) -> str:
-        # Exact ids through a server: the API has no prefix lookup yet.
-        return str(self.remote.session(given)["id"])
+        from urllib.parse import quote
+
+        return str(self.remote.get(f"/api/v1/sessions/resolve/{quote(given, safe='')}")["id"])
 
     def session(self, session_id: str) -> dict[str, Any]:
         return self.remote.session(session_id)

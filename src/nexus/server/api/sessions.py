@@ -221,6 +221,15 @@ async def session_totals(state: State, filters: Filters) -> dict[str, Any]:
     return {**totals.to_dict(), "failure_rate": rate}
 
 
+@router.get(
+    "/sessions/resolve/{prefix}", response_model=Session, responses=problems(*AUTH, 404, 422)
+)
+async def resolve_session(prefix: SessionId, state: State) -> dict[str, Any]:
+    """The session whose id is `prefix` or starts with it (docker's habit): 404 if
+    none, 422 naming the candidates if several."""
+    return state.runtime.session(state.runtime.resolve(prefix)).to_dict()
+
+
 @router.get("/sessions/{session_id}", response_model=Session, responses=problems(*AUTH, 404, 422))
 async def get_session(session_id: SessionId, state: State) -> dict[str, Any]:
     """One session."""
