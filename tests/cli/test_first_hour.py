@@ -287,3 +287,33 @@ def test_session_id_prefixes_work_through_a_server(nexus_home: Path) -> None:
         assert "is the start of several session ids: s_dddd000000000001" in ambiguous.stderr
         assert nexus("status", "s_ffff", "--server", live.url).exit_code == 3
     rt.store.close()
+
+
+@pytest.mark.slow
+def test_status_watch_prints_each_change_and_ends_with_the_session(
+    nexus_home: Path, tmp_path: Path
+) -> None:
+    """`nexus status SESSION --watch` prints the session, then again each time it
+    changes, and returns when it ends (here: killed from another process)."""
+    rt = Runtime(load_settings())
+    sid = rt.create_session("waits in the queue")
+    log = tmp_path / "watch.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "nexus.cli", "status", sid, "--watch"],
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for(lambda: "status  queued" in log.read_text(), "the first print")
+        assert nexus("kill", sid, "--reason", "watched").exit_code == 0
+        assert proc.wait(30) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    statuses = [
+        x.split()[-1] for x in log.read_text().splitlines() if x.strip().startswith("status")
+    ]
+    assert statuses == ["queued", "killed"]
+    rt.store.close()
