@@ -182,6 +182,7 @@ def test_unknown_session_exits_3() -> None:
         assert "no session 's_nope'" in result.stderr
 
 
+@pytest.mark.sqlite_only
 def test_tampering_exits_4_naming_the_row(nexus_home: Path) -> None:
     """Editing a journal row behind NEXUS's back is found by `nexus audit verify`."""
     sid = run_demo()["id"]
@@ -262,6 +263,7 @@ def damaged_home(nexus_home: Path) -> tuple[str, Path]:
     return sid, db
 
 
+@pytest.mark.sqlite_only
 def test_every_read_path_on_a_damaged_database_exits_2_in_one_line(nexus_home: Path) -> None:
     """sessions, status, logs and audit verify on a damaged nexus.db: exit 2 and one line
     naming the file and what to do, never a traceback; `run` refuses to write into it."""
@@ -285,6 +287,7 @@ def test_every_read_path_on_a_damaged_database_exits_2_in_one_line(nexus_home: P
     assert db.read_bytes() == before
 
 
+@pytest.mark.sqlite_only
 def test_an_emptied_database_is_refused_not_taken_for_new(nexus_home: Path) -> None:
     """A zero-length nexus.db in a home with an audit key: every command exits 2 saying
     so, and the file stays empty (no new database over the lost sessions)."""
@@ -300,6 +303,7 @@ def test_an_emptied_database_is_refused_not_taken_for_new(nexus_home: Path) -> N
     assert db.read_bytes() == b""
 
 
+@pytest.mark.sqlite_only
 def test_deleting_a_whole_session_exits_4(nexus_home: Path) -> None:
     """A checkpoint signs every session's head: deleting a session's events and index
     row, which the unkeyed chain let pass, is TAMPERED."""
@@ -318,6 +322,7 @@ def test_deleting_a_whole_session_exits_4(nexus_home: Path) -> None:
     )
 
 
+@pytest.mark.sqlite_only
 def test_rotate_key_keeps_old_events_verifiable(nexus_home: Path) -> None:
     """`audit rotate-key` adds a key, keeps the old one and signs a checkpoint; the audit
     still passes, and sessions after it are signed with the new key."""
@@ -339,6 +344,7 @@ def test_rotate_key_keeps_old_events_verifiable(nexus_home: Path) -> None:
     assert "2 sessions, chains intact, checkpoint #" in verified.stdout
 
 
+@pytest.mark.sqlite_only
 def test_a_damaged_dbos_database_is_named_by_worker_and_start(nexus_home: Path) -> None:
     """`dbos.sqlite` cut in half: `nexus worker` exited 1 and `nexus start` 3, with a
     DBOS traceback naming no file. Both now exit 2 with one line naming the file."""

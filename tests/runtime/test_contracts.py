@@ -644,6 +644,7 @@ async def test_toolkit_settings_and_lifecycle_reach_the_tool(nexus_home: Path) -
     )
 
 
+@pytest.mark.sqlite_only
 async def test_tools_get_declared_secrets_through_the_context_and_they_are_redacted(
     monkeypatch: pytest.MonkeyPatch, nexus_home: Path
 ) -> None:

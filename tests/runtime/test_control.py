@@ -330,3 +330,19 @@ async def test_a_runner_that_loses_the_seq_race_stops_without_writing(
     assert rt.journal.verify(sid).ok
     await other.aclose()
     await rt.aclose()
+
+
+async def test_the_watcher_thread_ends_when_no_session_runs_here(
+    world: tuple[Runtime, Dispatcher, ThreadedPeerServer],
+) -> None:
+    """The watcher thread lives while sessions run in this process, ends a second
+    after the last one, and starts again with the next (no thread per runtime left
+    behind in a long-lived process)."""
+    rt, d, peer = world
+    peer.config.script = [{"content": "done"}]
+    for _ in range(2):
+        sid = rt.create_session("quick", agent="c")
+        await d.submit(sid)
+        await until(lambda: rt.control._watcher is not None, "watcher started")
+        assert await d.wait(sid) is SessionStatus.COMPLETED
+        await until(lambda: rt.control._watcher is None, "watcher ended", timeout=10)

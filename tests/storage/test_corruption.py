@@ -13,6 +13,8 @@ from nexus.storage.base import EventRow, SessionChange
 from nexus.storage.sqlite import SQLiteStore, check_sqlite_file
 from tests.storage.damage import empty, settle, truncate, zero_pages
 
+pytestmark = pytest.mark.sqlite_only  # about SQLite files themselves
+
 ADVICE = "stop NEXUS, keep a copy, restore from backup or run `sqlite3 nexus.db .recover`"
 
 

@@ -15,6 +15,8 @@ from nexus.storage.base import SessionChange
 from nexus.storage.migrations import LATEST, MIGRATIONS
 from nexus.storage.sqlite import SQLiteStore
 
+pytestmark = pytest.mark.sqlite_only  # about SQLite files themselves
+
 
 def row(
     session_id: str, seq: int, *, ts: float = 1000.0, kind: str = "note", **kw: object

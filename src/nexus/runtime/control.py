@@ -176,6 +176,7 @@ class Control(Guard, SessionHook):
         self._watcher: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = threading.Event()  # set while sessions run here
+        self._watcher_lock = threading.Lock()
         self._closing = False
 
     # -- sending --------------------------------------------------------------------
@@ -318,15 +319,22 @@ class Control(Guard, SessionHook):
         # A thread, not a task: a busy event loop (hundreds of sessions) must not
         # delay the moment a kill stops every further effect.
         self._loop = asyncio.get_running_loop()
-        self._wake.set()
-        if self._watcher is None or not self._watcher.is_alive():
-            self._closing = False
-            self._watcher = threading.Thread(target=self._watch, name="nexus-control", daemon=True)
-            self._watcher.start()
+        with self._watcher_lock:
+            self._wake.set()
+            if self._watcher is None:
+                self._closing = False
+                self._watcher = threading.Thread(
+                    target=self._watch, name="nexus-control", daemon=True
+                )
+                self._watcher.start()
 
     def _watch(self) -> None:
         while not self._closing:
             if not self._wake.wait(timeout=1.0):
+                with self._watcher_lock:
+                    if not self._wake.is_set():  # idle for a second: end; a run restarts it
+                        self._watcher = None
+                        return
                 continue
             try:
                 self.poll()
@@ -368,8 +376,9 @@ class Control(Guard, SessionHook):
     async def aclose(self) -> None:
         """Stop the watcher."""
         self._closing = True
-        self._wake.set()
-        watcher, self._watcher = self._watcher, None
+        with self._watcher_lock:
+            self._wake.set()
+            watcher, self._watcher = self._watcher, None
         if watcher is not None:
             await asyncio.to_thread(watcher.join, 5.0)
 
