@@ -108,6 +108,24 @@ class SessionQuery:
     offset: int = 0
 
 
+def _orders() -> dict[str, str]:
+    keys = {
+        "created": "created_at",
+        "cost": "cost_usd",
+        "steps": "steps",
+        "tokens": "(tokens_in + tokens_out)",
+        "duration": "(updated_at - created_at)",
+    }
+    orders = {f"-{key}": f"{expr} DESC, id" for key, expr in keys.items()}
+    orders.update({key: f"{expr}, id DESC" for key, expr in keys.items()})
+    return orders
+
+
+SESSION_ORDER: dict[str, str] = _orders()
+"""The SQL `ORDER BY` of each `SessionQuery.sort`, the same on every SQL store: each
+off an index (migration 5), ties by id, each order the exact reverse of the other."""
+
+
 FINISHED_STATUSES = ("completed", "failed", "killed")
 
 

@@ -30,6 +30,7 @@ from psycopg_pool import ConnectionPool
 from nexus.errors import JournalError, SchemaVersionError, StorageError
 from nexus.storage.base import (
     FINISHED_STATUSES,
+    SESSION_ORDER,
     CheckpointRow,
     CommandRow,
     EventRow,
@@ -315,7 +316,7 @@ class PostgresStore:
         if _has_nul(query.agent or "", query.q or "", *query.status, *(query.label or ())):
             return []  # PostgreSQL text holds no NUL: no session can match
         where, args = _where(query)
-        sql = f"SELECT {_SESSION_COLS} FROM sessions{where} ORDER BY {_ORDER[query.sort]} "
+        sql = f"SELECT {_SESSION_COLS} FROM sessions{where} ORDER BY {SESSION_ORDER[query.sort]} "
         sql += "LIMIT %s OFFSET %s"
         with self._pool.connection() as db:
             rows = db.execute(sql, [*args, query.limit, query.offset]).fetchall()
@@ -513,17 +514,6 @@ def _one_line(exc: BaseException) -> str:
     """A driver error as one line (libpq's messages span several)."""
     return " ".join(str(exc).split()) or type(exc).__name__
 
-
-_ORDER: dict[str, str] = {}
-for _key, _expr in {
-    "created": "created_at",
-    "cost": "cost_usd",
-    "steps": "steps",
-    "tokens": "(tokens_in + tokens_out)",
-    "duration": "(updated_at - created_at)",
-}.items():
-    _ORDER[f"-{_key}"] = f"{_expr} DESC, id"
-    _ORDER[_key] = f"{_expr}, id DESC"
 
 _LIKE_SPECIAL = re.compile(r"[\\%_]")
 

@@ -21,6 +21,7 @@ from typing import Concatenate, ParamSpec, TypeVar
 from nexus.errors import JournalError, SchemaVersionError, StorageCorrupt, StorageError
 from nexus.storage.base import (
     FINISHED_STATUSES,
+    SESSION_ORDER,
     CheckpointRow,
     CommandRow,
     Durability,
@@ -536,7 +537,7 @@ class SQLiteStore:
     @_diagnosed
     def sessions(self, query: SessionQuery) -> list[SessionRow]:
         where, args = _where(query)
-        sql = f"SELECT {_SESSION_COLS} FROM sessions{where} ORDER BY {_ORDER[query.sort]} "
+        sql = f"SELECT {_SESSION_COLS} FROM sessions{where} ORDER BY {SESSION_ORDER[query.sort]} "
         sql += "LIMIT ? OFFSET ?"
         with self._lock:
             rows = self._db.execute(sql, [*args, query.limit, query.offset]).fetchall()
@@ -691,16 +692,6 @@ _LIKE_SPECIAL = re.compile(r"[\\%_]")  # escaped with a backslash: `q` is plain 
 
 # Each order is one index of migration 5 (or 2, for `created`) read forwards or
 # backwards: the expressions must match the indexed ones exactly.
-_ORDER: dict[str, str] = {}
-for _key, _expr in {
-    "created": "created_at",
-    "cost": "cost_usd",
-    "steps": "steps",
-    "tokens": "(tokens_in + tokens_out)",
-    "duration": "(updated_at - created_at)",
-}.items():
-    _ORDER[f"-{_key}"] = f"{_expr} DESC, id"
-    _ORDER[_key] = f"{_expr}, id DESC"
 
 
 def _where(query: SessionQuery) -> tuple[str, list[object]]:
