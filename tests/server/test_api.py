@@ -52,20 +52,6 @@ async def open_api(*, workers: bool) -> AsyncIterator[Api]:
     await rt.aclose()
 
 
-@pytest.fixture
-async def api() -> AsyncIterator[Api]:
-    """The API without workers: sessions are created, not run."""
-    async for a in open_api(workers=False):
-        yield a
-
-
-@pytest.fixture
-async def live_api() -> AsyncIterator[Api]:
-    """The API with the DBOS workers running in the app."""
-    async for a in open_api(workers=True):
-        yield a
-
-
 def assert_problem(resp: httpx.Response, status: int, slug: str) -> dict[str, Any]:
     assert resp.status_code == status, resp.text
     assert resp.headers["content-type"] == PROBLEM

@@ -9,10 +9,10 @@ import pytest
 
 from nexus.storage.base import SessionRow
 from tests.server.mixed import EXPENSIVE, seed_mixed, status_of
-from tests.server.test_api import Api, api, assert_problem  # noqa: F401
+from tests.server.test_api import Api, assert_problem
 
 
-async def listed(api: Api, **params: Any) -> list[str]:  # noqa: F811
+async def listed(api: Api, **params: Any) -> list[str]:
     resp = await api.client.get(
         "/api/v1/sessions", params={"limit": 500, **params}, headers=api.auth
     )
@@ -20,11 +20,11 @@ async def listed(api: Api, **params: Any) -> list[str]:  # noqa: F811
     return [r["id"] for r in resp.json()["items"]]
 
 
-def rows(api: Api, ids: list[str]) -> list[SessionRow]:  # noqa: F811
+def rows(api: Api, ids: list[str]) -> list[SessionRow]:
     return [api.rt.session(i) for i in ids]
 
 
-async def test_the_list_sorts_by_each_key_both_ways(api: Api) -> None:  # noqa: F811
+async def test_the_list_sorts_by_each_key_both_ways(api: Api) -> None:
     ids = seed_mixed(api.rt, 30)
     everything = rows(api, ids)
     keys = {
@@ -47,7 +47,7 @@ async def test_the_list_sorts_by_each_key_both_ways(api: Api) -> None:  # noqa: 
     assert first + second == (await listed(api, sort="-cost"))[:20]
 
 
-async def test_the_list_searches_goals_and_filters_by_label_and_time(api: Api) -> None:  # noqa: F811
+async def test_the_list_searches_goals_and_filters_by_label_and_time(api: Api) -> None:
     ids = seed_mixed(api.rt, 30)
     created = [s.created_at for s in rows(api, ids)]
     assert await listed(api, q="REPORT 1") == [
@@ -65,7 +65,7 @@ async def test_the_list_searches_goals_and_filters_by_label_and_time(api: Api) -
     assert await listed(api, status="failed", q="web") == [ids[i] for i in (20, 5)]
 
 
-async def test_totals_match_the_list_under_the_same_filters(api: Api) -> None:  # noqa: F811
+async def test_totals_match_the_list_under_the_same_filters(api: Api) -> None:
     ids = seed_mixed(api.rt, 50)
     for params in ({}, {"label": "team=ops"}, {"q": "report 2", "status": ["failed", "completed"]}):
         resp = await api.client.get("/api/v1/sessions/totals", params=params, headers=api.auth)
@@ -114,7 +114,7 @@ async def test_totals_match_the_list_under_the_same_filters(api: Api) -> None:  
     ],
 )
 async def test_bad_filters_are_refused_with_422_naming_the_rule(
-    api: Api,  # noqa: F811
+    api: Api,
     route: str,
     params: dict[str, str],
     slug: str,
@@ -135,7 +135,7 @@ async def test_bad_filters_are_refused_with_422_naming_the_rule(
     ],
 )
 async def test_unknown_sort_keys_and_huge_limits_are_refused_with_422(
-    api: Api,  # noqa: F811
+    api: Api,
     params: dict[str, str],
     message: str,
 ) -> None:

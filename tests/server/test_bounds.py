@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.server.test_api import Api, api, assert_problem  # noqa: F401
+from tests.server.test_api import Api, assert_problem
 
 HUGE = str(2**70)
 
@@ -20,7 +20,7 @@ HUGE = str(2**70)
         "/api/v1/sessions?agent=" + "a" * 65,
     ],
 )
-async def test_integers_past_the_bound_are_refused_with_422(api: Api, url: str) -> None:  # noqa: F811
+async def test_integers_past_the_bound_are_refused_with_422(api: Api, url: str) -> None:
     sid = api.rt.create_session("bounded")
     body = assert_problem(await api.get(url.replace("SID", sid)), 422, "validation")
     assert body["errors"][0]["message"].startswith(
@@ -29,7 +29,7 @@ async def test_integers_past_the_bound_are_refused_with_422(api: Api, url: str) 
 
 
 @pytest.mark.parametrize("stream", ["/api/v1/events/stream", "/api/v1/sessions/SID/stream"])
-async def test_a_huge_last_event_id_is_a_400(api: Api, stream: str) -> None:  # noqa: F811
+async def test_a_huge_last_event_id_is_a_400(api: Api, stream: str) -> None:
     sid = api.rt.create_session("bounded")
     resp = await api.get(
         stream.replace("SID", sid), headers={"Last-Event-ID": "99999999999999999999999"}
@@ -43,13 +43,13 @@ async def test_a_huge_last_event_id_is_a_400(api: Api, stream: str) -> None:  # 
     "label",
     ["bad\x00key=v", 'quo"te=v', "=v", "k", "sp ace=v", "k=" + "v" * 300],
 )
-async def test_odd_label_filters_are_refused_with_422(api: Api, label: str) -> None:  # noqa: F811
+async def test_odd_label_filters_are_refused_with_422(api: Api, label: str) -> None:
     resp = await api.client.get("/api/v1/sessions", params={"label": label}, headers=api.auth)
     assert resp.status_code == 422, resp.text
     assert resp.headers["content-type"] == "application/problem+json"
 
 
-async def test_label_filters_match_by_bound_values(api: Api) -> None:  # noqa: F811
+async def test_label_filters_match_by_bound_values(api: Api) -> None:
     a = api.rt.create_session("a", labels={"team.name/x": "ops:1"})
     api.rt.create_session("b", labels={"team.name/x": "dev"})
     resp = await api.client.get(
@@ -67,7 +67,7 @@ async def test_label_filters_match_by_bound_values(api: Api) -> None:  # noqa: F
     ],
 )
 async def test_oversized_or_odd_labels_on_a_new_session_are_refused(
-    api: Api,  # noqa: F811
+    api: Api,
     labels: dict[str, str],
     message: str,
 ) -> None:

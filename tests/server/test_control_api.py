@@ -4,31 +4,16 @@ still running when the command arrives."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from nexus.runtime.control import MAX_NOTE, MAX_REASON
 from nexus.runtime.loop import SUSPENDED
-from tests.server.test_api import DEMO, Api, assert_problem, open_api
+from tests.server.test_api import DEMO, Api, assert_problem
 from tests.waiting import until
 
 SLOW = 30.0  # seconds per replayed answer: a step is surely in flight when we act
-
-
-@pytest.fixture
-async def api() -> AsyncIterator[Api]:
-    """The API without workers: sessions stay queued."""
-    async for a in open_api(workers=False):
-        yield a
-
-
-@pytest.fixture
-async def live_api() -> AsyncIterator[Api]:
-    """The API with the session workers in the app."""
-    async for a in open_api(workers=True):
-        yield a
 
 
 async def start(api: Api, pace_s: float = 0.0, goal: str = "Demo report") -> str:

@@ -16,9 +16,7 @@ import pytest
 
 from nexus.examples import demo_recording
 from nexus.server.recordings import REFUSED
-from tests.server.test_api import Api, api, assert_problem, live_api
-
-__all__ = ["api", "live_api"]  # fixtures, imported to be used here
+from tests.server.test_api import Api, assert_problem
 
 DEMO = json.loads(demo_recording().read_text(encoding="utf-8"))
 
