@@ -13,7 +13,14 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -105,12 +112,25 @@ class Settings(BaseSettings):
         le=5,
         description="How often a worker reads commands (kill, pause) posted by other processes.",
     )
-    worker_id: str = Field(
-        default="local",
+    worker_id: str | None = Field(
+        default=None,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
         description=(
-            "This worker's DBOS executor id: letters, digits, '.', '_', '-' (up to 64; "
-            "`run-` is kept for `nexus run`)."
+            "This worker's id (its DBOS executor id): letters, digits, '.', '_', '-' (up to "
+            "64; `run-` is kept for `nexus run`). Default: `local` on SQLite; on PostgreSQL "
+            "the host name and a random suffix kept in NEXUS_HOME/worker-id."
+        ),
+    )
+    heartbeat_s: float = Field(
+        default=3.0, gt=0, le=60, description="How often a worker beats its heartbeat row."
+    )
+    worker_timeout_s: float = Field(
+        default=15.0,
+        gt=0,
+        le=3600,
+        description=(
+            "A worker whose heartbeat is older than this is declared dead and its "
+            "unfinished sessions are handed to the living."
         ),
     )
     database_url: SecretStr | None = Field(
@@ -147,10 +167,19 @@ class Settings(BaseSettings):
 
     @field_validator("worker_id")
     @classmethod
-    def _not_a_run(cls, value: str) -> str:
-        if value.startswith("run-"):
+    def _not_a_run(cls, value: str | None) -> str | None:
+        if value is not None and value.startswith("run-"):
             raise ValueError("`run-` starts the executor ids of `nexus run`; choose another")
         return value
+
+    @model_validator(mode="after")
+    def _timeout_spans_beats(self) -> Settings:
+        if self.worker_timeout_s < 2 * self.heartbeat_s:
+            raise ValueError(
+                f"worker_timeout_s ({self.worker_timeout_s}) must be at least twice "
+                f"heartbeat_s ({self.heartbeat_s}): one late beat must not declare a worker dead"
+            )
+        return self
 
     @field_validator("home", mode="after")
     @classmethod

@@ -64,6 +64,11 @@ class JournalError(NexusError):
     """An append would break the journal (a conflicting sequence number)."""
 
 
+class SessionFenced(JournalError):
+    """This run of a session is stale: another worker took the session over (its
+    epoch moved on), so this run may neither append nor make side effects."""
+
+
 class SecretNotFound(ConfigError):
     """A tool asked for a secret that is not declared by it, or not set."""
 
@@ -129,6 +134,11 @@ class ToolCallRefused(RecoverableError):
 
 class ToolStopped(NexusError):
     """A tool noticed that its session was killed, and made no side effect."""
+
+
+class ToolFenced(ToolStopped):
+    """A tool refused a side effect from a stale run (an older epoch than the
+    session's, or than one the resource has already seen)."""
 
 
 class ToolResultTooLarge(RecoverableError):

@@ -50,10 +50,11 @@ from dbos._error import DBOSNonExistentWorkflowError
 
 from nexus import events as ev
 from nexus.config import Settings
-from nexus.errors import ConfigError, DispatchError, StorageCorrupt
+from nexus.errors import ConfigError, DispatchError, SessionFenced, StorageCorrupt
 from nexus.runtime.audit import Checkpointer
 from nexus.runtime.control import RESUME, resume_pending
 from nexus.runtime.runtime import Runtime
+from nexus.runtime.workers import Supervisor
 from nexus.storage.base import CommandRow
 from nexus.storage.sqlite import check_sqlite_file
 from nexus.types import Event, SessionStatus
@@ -93,6 +94,11 @@ async def session_workflow(session_id: str) -> str:
         dispatcher._running[session_id] = task
         try:
             status = await dispatcher.runtime.run(session_id)
+        except SessionFenced:
+            # Taken over by another worker (this one was declared dead): that run
+            # owns the session and its DBOS workflow now. Ending as cancelled makes
+            # DBOS record nothing for this execution.
+            raise asyncio.CancelledError(f"session {session_id} was taken over") from None
         except Exception as exc:
             # A bug or a broken store, not the session's doing: end it `failed` with
             # the reason (it would stay `running` forever), then let DBOS record it.
@@ -136,7 +142,7 @@ class Dispatcher:
     ) -> None:
         self.runtime = runtime
         self.concurrency = concurrency or runtime.settings.concurrency
-        self.executor_id = runtime.settings.worker_id
+        self.executor_id = runtime.worker_id
         self.serves_queue = True
         self.adopt_every_s = adopt_every_s
         self._lock_file: IO[str] | None = None
@@ -148,6 +154,7 @@ class Dispatcher:
         self._adopter: asyncio.Task[None] | None = None
         self._checkpointer: Checkpointer | None = None
         self._checkpoints: asyncio.Task[None] | None = None
+        self.supervisor: Supervisor | None = None
 
     @classmethod
     def solo(cls, runtime: Runtime, session_id: str) -> Dispatcher:
@@ -196,6 +203,16 @@ class Dispatcher:
             }
         )
         DBOS.launch()
+        self.runtime.worker_id = self.executor_id  # the claim of each run names it
+        self.supervisor = Supervisor(
+            self.runtime.store,
+            self.executor_id,
+            role="worker" if self.serves_queue else "run",
+            heartbeat_s=s.heartbeat_s,
+            timeout_s=s.worker_timeout_s,
+            recover=self.hand_over if self.serves_queue else None,
+        )
+        await self.supervisor.start()
         if not self.serves_queue:
             return
         await DBOS.register_queue_async(
@@ -265,6 +282,23 @@ class Dispatcher:
             finally:
                 lock.close()
         return adopted
+
+    async def hand_over(self, executor_id: str) -> int:
+        """Hand the unfinished sessions of a gone worker (its DBOS executor id) to the
+        living; returns how many. DBOS's own recovery primitive does it: each PENDING
+        workflow of that executor goes back on the sessions queue, on the condition
+        that it still belongs to that executor, so a repeated hand-over (or one racing
+        a worker that already took the session) moves nothing twice. The workers that
+        dequeue them claim each session, which fences the old owner out."""
+        pending = await DBOS.list_workflows_async(status="PENDING", executor_id=executor_id)
+        system = _system_database()
+        moved = 0
+        for workflow in pending:
+            if await asyncio.to_thread(
+                system.reenqueue_for_recovery, workflow.workflow_id, [executor_id], QUEUE
+            ):
+                moved += 1
+        return moved
 
     async def _adopt_forever(self) -> None:
         while True:
@@ -364,6 +398,11 @@ class Dispatcher:
         DBOS.destroy(workflow_completion_timeout_sec=0)
         # DBOS leaves its shut-down thread pool as the loop's default executor.
         asyncio.get_running_loop().set_default_executor(concurrent.futures.ThreadPoolExecutor())
+        if self.supervisor is not None:
+            # Last: once this worker has left, a supervisor elsewhere hands over what
+            # it leaves unfinished, and nothing here runs any more.
+            await self.supervisor.stop()
+            self.supervisor = None
         _active = None
         self._running.clear()
         self._handles.clear()
@@ -371,6 +410,14 @@ class Dispatcher:
             # A solo run that ended leaves nothing for a worker to adopt.
             _release(self._lock_file, remove=not self.serves_queue and not running)
             self._lock_file = None
+
+
+def _system_database() -> Any:
+    """DBOS's system database object (for its recovery primitive, which DBOS
+    Transact 3.4 does not expose on the `DBOS` class: pinned in pyproject.toml)."""
+    from dbos._dbos import _get_dbos_instance
+
+    return _get_dbos_instance()._sys_db
 
 
 def check_system_database(settings: Settings) -> None:
@@ -512,6 +559,6 @@ async def serve_forever(runtime: Runtime, *, concurrency: int | None = None) -> 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with Dispatcher(runtime, concurrency=concurrency):
-        print(f"nexus worker {runtime.settings.worker_id} ready (pid {os.getpid()})", flush=True)
+        print(f"nexus worker {runtime.worker_id} ready (pid {os.getpid()})", flush=True)
         await stop.wait()
     await runtime.aclose()

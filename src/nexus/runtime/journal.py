@@ -73,6 +73,9 @@ class Journal:
         # Events appended with `defer=True`, by session: committed with that
         # session's next append, in the same transaction.
         self._deferred: dict[str, list[_Entry]] = {}
+        # The epoch of each session this process runs (`Store.claim_session`): its
+        # appends commit only while the session's epoch is still that one.
+        self._epochs: dict[str, int] = {}
 
     def subscribe(self, listener: Callable[[Event], None]) -> Callable[[], None]:
         """Call `listener(event)` after each append made through this journal (this
@@ -160,6 +163,18 @@ class Journal:
             await entry.waiter
         return self._finish(entry)
 
+    def fence(self, session_id: str, epoch: int | None) -> None:
+        """Make this process's appends to a session conditional on its run epoch
+        (`SessionFenced` once another worker's claim has moved it on); None lifts it."""
+        if epoch is None:
+            self._epochs.pop(session_id, None)
+        else:
+            self._epochs[session_id] = epoch
+
+    def epoch(self, session_id: str) -> int | None:
+        """The run epoch this process's appends to the session carry, if any."""
+        return self._epochs.get(session_id)
+
     def discard(self, session_id: str) -> None:
         """Drop a session's deferred events (never committed) and its cached head:
         its runner stopped before appending again."""
@@ -212,6 +227,7 @@ class Journal:
             status=None if status is None else status.value,
             reason=None if reason is None else self.redactor.text(reason),
             steps=1 if kind in STEP_OUTCOME_KINDS else 0,
+            epoch=self._epochs.get(session_id),
         )
         # Chain the next event of this session onto this one before it commits
         # (group commit); a failed commit drops the cached head.

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Iterable, Sequence
 
 from nexus import events as ev
-from nexus.errors import ControlFlow, JournalError, SessionKilled, TerminalError
+from nexus.errors import ControlFlow, JournalError, SessionFenced, SessionKilled, TerminalError
 from nexus.runtime.fold import Conversation, ConversationState, fold
 from nexus.runtime.pipeline import Pipeline
 from nexus.types import JSON, ChatRequest, Event, RunContext, SessionHook, SessionStatus, Step
@@ -80,10 +80,21 @@ async def run_session(
 
 async def _stop_on(run: RunContext, error: Exception) -> SessionStatus:
     """The session's end for an exception out of its steps."""
+    if isinstance(error, SessionFenced):
+        # Another worker took the session over: it is theirs now, and this run may
+        # write nothing more (its appends are refused anyway).
+        run.journal.discard(run.session_id)
+        run.journal.forget(run.session_id)
+        log.warning("session %s: %s; this run drops it", run.session_id, error)
+        raise error
     if isinstance(error, JournalError) and (ended := _ended_elsewhere(run)) is not None:
         return ended
     try:
         return await _end(run, error)
+    except SessionFenced:
+        run.journal.discard(run.session_id)
+        run.journal.forget(run.session_id)
+        raise
     except JournalError:
         if (ended := _ended_elsewhere(run)) is not None:
             return ended

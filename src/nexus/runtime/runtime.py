@@ -30,6 +30,7 @@ from nexus.runtime.providers.replay import ReplayProvider
 from nexus.runtime.redact import Redactor
 from nexus.runtime.toolkits import ToolkitRegistry
 from nexus.runtime.tools import EnvSecrets, ToolBox, ToolContext
+from nexus.runtime.workers import worker_identity
 from nexus.storage.base import SessionQuery, SessionRow, Store, open_store
 from nexus.types import (
     JSON,
@@ -109,6 +110,9 @@ class Runtime:
         ]
         self._provider = provider
         self._owned: list[Any] = []
+        # Who runs this process's sessions (the claim of each run names it); a
+        # dispatcher sets its executor id.
+        self.worker_id = worker_identity(self.settings)
 
     @classmethod
     def open(cls, **overrides: Any) -> Runtime:
@@ -191,19 +195,26 @@ class Runtime:
         if row.status == SessionStatus.PAUSED.value and not resume_pending(self.store, events):
             return SessionStatus.PAUSED  # a stale run of a paused session: wait for a resume
         created = events[0].payload
+        # This run owns the session from here: a run elsewhere (a worker declared
+        # dead that comes back) is refused its next append.
+        epoch = self.store.claim_session(session_id, self.worker_id)
+        self.journal.fence(session_id, epoch)
         try:
-            run, spec = await self._prepare(session_id, created)
-        except NexusError as exc:
-            await self.fail_session(session_id, f"{type(exc).__name__}: {exc}")
-            return SessionStatus.FAILED
-        return await run_session(
-            run,
-            Pipeline(self.guards, run),
-            events,
-            model=spec["model"],
-            tools=spec["tools"],
-            hooks=self.hooks,
-        )
+            try:
+                run, spec = await self._prepare(session_id, created, epoch)
+            except NexusError as exc:
+                await self.fail_session(session_id, f"{type(exc).__name__}: {exc}")
+                return SessionStatus.FAILED
+            return await run_session(
+                run,
+                Pipeline(self.guards, run),
+                events,
+                model=spec["model"],
+                tools=spec["tools"],
+                hooks=self.hooks,
+            )
+        finally:
+            self.journal.fence(session_id, None)
 
     async def fail_session(self, session_id: str, reason: str) -> bool:
         """End a session that cannot run (or could not be dispatched) `failed`, with
@@ -219,7 +230,9 @@ class Runtime:
         self.journal.forget(session_id)
         return True
 
-    async def _prepare(self, session_id: str, created: JSON) -> tuple[RunContext, ev.AgentSpec]:
+    async def _prepare(
+        self, session_id: str, created: JSON, epoch: int
+    ) -> tuple[RunContext, ev.AgentSpec]:
         spec: ev.AgentSpec | None = created.get("spec")
         agent: Agent | None = None
         if spec is None:  # a session created before the agent was recorded
@@ -254,6 +267,8 @@ class Runtime:
                 settings=None if kit is None else kit_settings.get(kit.name),
                 secrets=EnvSecrets(() if tool is None else tool.secrets, redactor=self.redactor),
                 stopped=self.control.stop_event(session_id),
+                epoch=epoch,
+                current_epoch=lambda: self.store.session_owner(session_id)[0],
             )
 
         run = RunContext(

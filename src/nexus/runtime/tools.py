@@ -26,7 +26,13 @@ from typing import Any, Protocol, get_type_hints, overload
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
-from nexus.errors import ConfigError, SecretNotFound, ToolArgumentsError, ToolStopped
+from nexus.errors import (
+    ConfigError,
+    SecretNotFound,
+    ToolArgumentsError,
+    ToolFenced,
+    ToolStopped,
+)
 from nexus.runtime.redact import Redactor
 from nexus.types import JSON, Effect
 
@@ -92,6 +98,12 @@ class ToolContext:
     set (from any thread) the moment the session is killed: a sync tool, which
     runs in a thread that cannot be cancelled, calls `check_stopped()` before each
     side effect so that nothing happens after a kill.
+
+    `epoch` is the fencing token of this run of the session: it grows each time a
+    worker (re)starts the session, so a worker that was declared dead and comes
+    back holds an older one. A service that keeps the highest epoch it has seen
+    per session can refuse a stale write; `check_epoch()` asks the store whether
+    this run is still the session's (the workspace toolkit does both).
     """
 
     session_id: str
@@ -103,12 +115,23 @@ class ToolContext:
     settings: Any = None
     secrets: Secrets = field(default_factory=EnvSecrets)
     stopped: threading.Event = field(default_factory=threading.Event)
+    epoch: int = 0
+    current_epoch: Callable[[], int] | None = field(default=None, repr=False)
 
     def check_stopped(self) -> None:
         """Raise `ToolStopped` if the session was killed: call it just before a side
         effect (a write, a request that changes something)."""
         if self.stopped.is_set():
             raise ToolStopped(f"session {self.session_id} was killed: the effect was not made")
+
+    def check_epoch(self) -> None:
+        """Raise `ToolFenced` if another worker has taken the session over since this
+        run started (its epoch moved on): call it before a side effect."""
+        if self.current_epoch is not None and (now := self.current_epoch()) != self.epoch:
+            raise ToolFenced(
+                f"session {self.session_id}: this run (epoch {self.epoch}) was taken over "
+                f"(epoch {now}): the effect was not made"
+            )
 
 
 class _NotGiven:

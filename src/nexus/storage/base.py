@@ -153,6 +153,9 @@ class SessionChange:
     status: str | None = None
     reason: str | None = None
     steps: int = 0
+    # The run's epoch (`WorkerStore.claim_session`): the append commits only while the
+    # session's epoch is still this one, else `SessionFenced`. None: not a run's append.
+    epoch: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +172,29 @@ class CommandRow:
 
     def to_dict(self) -> dict[str, Any]:
         """The command as plain data."""
+        return {f: getattr(self, f) for f in self.__slots__}
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRow:
+    """A worker process as the registry has it. `age_s` is the time since its last
+    heartbeat by the database's clock (the same clock for every machine).
+
+    `status`: `alive` (beating), `stopped` (left cleanly; its unfinished sessions
+    not handed over yet), `dead` (declared dead: its heartbeat stopped), `left`
+    (stopped, and its sessions handed over)."""
+
+    id: str
+    host: str
+    pid: int
+    role: str  # "worker" (serves the queue) or "run" (`nexus run`: one session)
+    started_at: float
+    heartbeat_at: float
+    status: str
+    age_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """The worker as plain data."""
         return {f: getattr(self, f) for f in self.__slots__}
 
 
@@ -285,11 +311,57 @@ class CommandStore(Protocol):
         ...
 
 
-class Store(EventStore, SessionIndex, CommandStore, Protocol):
+class WorkerStore(Protocol):
+    """The worker registry and session ownership: heartbeats, the supervisor's
+    lease, and each session's run epoch (the fencing token every append of a run
+    is checked against). Times are the database's clock, so machines whose clocks
+    differ still agree on who is late."""
+
+    def beat(self, worker_id: str, *, host: str, pid: int, role: str, starting: bool) -> str | None:
+        """Record a heartbeat (and, when `starting`, a fresh start); returns the
+        worker's status before it (None for a new worker; `dead` when it had been
+        declared dead: its sessions moved on)."""
+        ...
+
+    def leave(self, worker_id: str) -> None:
+        """Mark a worker `stopped` (a clean stop): its unfinished sessions are
+        handed over at the supervisor's next round."""
+        ...
+
+    def workers(self) -> list[WorkerRow]:
+        """Every worker known, by id."""
+        ...
+
+    def declare_gone(self, timeout_s: float) -> list[str]:
+        """Mark `dead` every `alive` worker whose heartbeat is older than `timeout_s`,
+        and `left` every `stopped` one, in one statement; returns their ids (whose
+        unfinished sessions the caller hands over). Two callers never get one id."""
+        ...
+
+    def hold_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        """Take or renew the lease `name` for `ttl_s` seconds; False while another
+        holder's lease has not expired."""
+        ...
+
+    def claim_session(self, session_id: str, worker_id: str) -> int:
+        """Start a run of a session on `worker_id`: its epoch goes up by one and is
+        returned. Appends made with an older epoch are refused from now on."""
+        ...
+
+    def session_owner(self, session_id: str) -> tuple[int, str | None]:
+        """The session's current `(epoch, worker id)` (`(0, None)` if never run)."""
+        ...
+
+    def running_by_worker(self) -> dict[str, list[str]]:
+        """Ids of the `running` sessions, by the worker whose run owns them."""
+        ...
+
+
+class Store(EventStore, SessionIndex, CommandStore, WorkerStore, Protocol):
     """Durable storage: the journal's events and the session index (written
     together: an event and its index change commit in one transaction), the
-    control channel's commands, plus the schemas of subsystems. Implemented by
-    SQLite and in memory (and PostgreSQL)."""
+    control channel's commands, the worker registry, plus the schemas of
+    subsystems. Implemented by SQLite, PostgreSQL and in memory."""
 
     path: str
 

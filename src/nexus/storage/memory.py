@@ -21,7 +21,9 @@ from nexus.storage.base import (
     SessionQuery,
     SessionRow,
     SessionTotals,
+    WorkerRow,
 )
+from nexus.storage.workers import ALIVE, DEAD, LEFT, STOPPED, by_worker, fenced
 
 KEEP_CHECKPOINTS = 8  # as the SQLite store
 
@@ -38,6 +40,9 @@ class MemoryStore:
         self._schemas: dict[str, int] = {}
         self._commands: list[CommandRow] = []
         self._checkpoints: list[CheckpointRow] = []
+        self._owners: dict[str, tuple[int, str | None]] = {}  # session: (epoch, worker)
+        self._workers: dict[str, WorkerRow] = {}
+        self._leases: dict[str, tuple[str, float]] = {}  # name: (holder, expires at)
 
     # -- journal --------------------------------------------------------------------
 
@@ -89,6 +94,8 @@ class MemoryStore:
                 f"cannot append {row.kind} #{row.seq} to session {row.session_id}: "
                 "UNIQUE constraint failed"
             )
+        if change.epoch is not None and self._owners.get(row.session_id, (0,))[0] != change.epoch:
+            return fenced(row, change.epoch)
         return None
 
     def _insert(self, row: EventRow, change: SessionChange) -> int:
@@ -252,6 +259,68 @@ class MemoryStore:
     def latest_command_id(self) -> int:
         with self._lock:
             return len(self._commands)
+
+    # -- workers --------------------------------------------------------------------
+
+    def beat(self, worker_id: str, *, host: str, pid: int, role: str, starting: bool) -> str | None:
+        now = time.time()
+        with self._lock:
+            old = self._workers.get(worker_id)
+            started = now if old is None or starting else old.started_at
+            self._workers[worker_id] = WorkerRow(worker_id, host, pid, role, started, now, ALIVE, 0)
+        return None if old is None else old.status
+
+    def leave(self, worker_id: str) -> None:
+        with self._lock:
+            old = self._workers.get(worker_id)
+            if old is not None and old.status == ALIVE:
+                self._workers[worker_id] = replace(old, status=STOPPED)
+
+    def workers(self) -> list[WorkerRow]:
+        now = time.time()
+        with self._lock:
+            rows = sorted(self._workers.values(), key=lambda w: w.id)
+        return [replace(w, age_s=max(0.0, now - w.heartbeat_at)) for w in rows]
+
+    def declare_gone(self, timeout_s: float) -> list[str]:
+        now = time.time()
+        gone = []
+        with self._lock:
+            for w in self._workers.values():
+                if w.status == STOPPED or (w.status == ALIVE and w.heartbeat_at < now - timeout_s):
+                    self._workers[w.id] = replace(w, status=LEFT if w.status == STOPPED else DEAD)
+                    gone.append(w.id)
+        return sorted(gone)
+
+    def hold_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        now = time.time()
+        with self._lock:
+            current = self._leases.get(name)
+            if current is not None and current[0] != holder and current[1] >= now:
+                return False
+            self._leases[name] = (holder, now + ttl_s)
+            return True
+
+    def claim_session(self, session_id: str, worker_id: str) -> int:
+        with self._lock:
+            if session_id not in self._sessions:
+                raise JournalError(f"cannot claim session {session_id}: no such session")
+            epoch = self._owners.get(session_id, (0, None))[0] + 1
+            self._owners[session_id] = (epoch, worker_id)
+            return epoch
+
+    def session_owner(self, session_id: str) -> tuple[int, str | None]:
+        with self._lock:
+            return self._owners.get(session_id, (0, None))
+
+    def running_by_worker(self) -> dict[str, list[str]]:
+        with self._lock:
+            rows = [
+                (worker, sid)
+                for sid, (_, worker) in sorted(self._owners.items(), key=lambda o: (o[1][1], o[0]))
+                if worker is not None and self._sessions[sid].status == "running"
+            ]
+        return by_worker(rows)
 
     def check_integrity(self) -> str | None:
         """Memory is never damaged."""

@@ -126,6 +126,34 @@ MIGRATIONS.append(
     )
 )
 
+MIGRATIONS.append(
+    (
+        6,
+        # Many workers: each session's run epoch and owner (every append of a run is
+        # checked against the epoch: the fencing token), the worker registry with
+        # heartbeats, and leases (the one supervisor at a time).
+        """
+        ALTER TABLE sessions ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE sessions ADD COLUMN worker TEXT;
+        CREATE INDEX sessions_worker ON sessions (worker) WHERE status = 'running';
+        CREATE TABLE workers (
+            id            TEXT PRIMARY KEY,
+            host          TEXT NOT NULL,
+            pid           INTEGER NOT NULL,
+            role          TEXT NOT NULL,
+            started_at    REAL NOT NULL,
+            heartbeat_at  REAL NOT NULL,
+            status        TEXT NOT NULL
+        );
+        CREATE TABLE leases (
+            name        TEXT PRIMARY KEY,
+            holder      TEXT NOT NULL,
+            expires_at  REAL NOT NULL
+        );
+        """,
+    )
+)
+
 POSTGRES_MIGRATIONS: list[tuple[int, str]] = [
     (
         1,
@@ -212,9 +240,38 @@ POSTGRES_MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX sessions_duration ON sessions ((updated_at - created_at) DESC, id);
         """,
     ),
+    (
+        6,
+        """
+        ALTER TABLE sessions ADD COLUMN epoch BIGINT NOT NULL DEFAULT 0;
+        ALTER TABLE sessions ADD COLUMN worker TEXT COLLATE "C";
+        CREATE INDEX sessions_worker ON sessions (worker) WHERE status = 'running';
+        CREATE TABLE workers (
+            id            TEXT COLLATE "C" PRIMARY KEY,
+            host          TEXT NOT NULL,
+            pid           BIGINT NOT NULL,
+            role          TEXT NOT NULL,
+            started_at    DOUBLE PRECISION NOT NULL,
+            heartbeat_at  DOUBLE PRECISION NOT NULL,
+            status        TEXT NOT NULL
+        );
+        CREATE TABLE leases (
+            name        TEXT COLLATE "C" PRIMARY KEY,
+            holder      TEXT NOT NULL,
+            expires_at  DOUBLE PRECISION NOT NULL
+        );
+        """,
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]
+
+# The database's clock as seconds since the epoch (heartbeats and leases compare
+# times written by different machines: one clock decides).
+NOW: dict[Dialect, str] = {
+    "sqlite": "((julianday('now') - 2440587.5) * 86400.0)",
+    "postgresql": "extract(epoch from clock_timestamp())::double precision",
+}
 
 
 def migrations(dialect: Dialect) -> list[tuple[int, str]]:

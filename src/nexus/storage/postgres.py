@@ -40,8 +40,12 @@ from nexus.storage.base import (
     SessionQuery,
     SessionRow,
     SessionTotals,
+    WorkerRow,
 )
 from nexus.storage.migrations import LATEST, POSTGRES_MIGRATIONS, dialect_sql
+from nexus.storage.workers import by_worker, fenced, queries, worker_row
+
+_WORKERS = queries("postgresql")
 
 # Advisory lock keys (any bigint; these spell "nxevents", "nxcmnds", "nxschema").
 EVENTS_LOCK = 0x6E786576656E7473
@@ -74,6 +78,7 @@ _COUNTERS = (
     "tokens_in = tokens_in + %s, tokens_out = tokens_out + %s, cost_usd = cost_usd + %s"
 )
 _UPDATE_COUNTERS = _COUNTERS + " WHERE id = %s"
+_IN_EPOCH = " AND epoch = %s"  # a run's append: only while its epoch is the session's
 _UPDATE_STATUS = (
     _COUNTERS + ", status = coalesce(%s, status), "
     "reason = CASE WHEN %s::text IS NULL THEN reason ELSE %s END WHERE id = %s"
@@ -362,6 +367,58 @@ class PostgresStore:
                 db, "SELECT count(*) FROM sessions WHERE status = ANY(%s)", (list(status),)
             )
 
+    # -- workers ----------------------------------------------------------------------
+
+    def beat(self, worker_id: str, *, host: str, pid: int, role: str, starting: bool) -> str | None:
+        q = _WORKERS
+        with self._pool.connection() as db, db.transaction():
+            found = db.execute(q.status + " FOR UPDATE", (worker_id,)).fetchone()
+            if found is None:
+                db.execute(q.insert + " ON CONFLICT (id) DO NOTHING", (worker_id, host, pid, role))
+            else:
+                db.execute(q.beat, (host, pid, role, starting, worker_id))
+        return None if found is None else str(found[0])
+
+    def leave(self, worker_id: str) -> None:
+        with self._pool.connection() as db:
+            db.execute(_WORKERS.leave, (worker_id,))
+
+    def workers(self) -> list[WorkerRow]:
+        with self._pool.connection() as db:
+            rows = db.execute(_WORKERS.workers).fetchall()
+        return [worker_row(r) for r in rows]
+
+    def declare_gone(self, timeout_s: float) -> list[str]:
+        with self._pool.connection() as db:
+            rows = db.execute(_WORKERS.declare_gone, (timeout_s,)).fetchall()
+        return sorted(str(r[0]) for r in rows)
+
+    def hold_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        with self._pool.connection() as db:
+            found = db.execute(_WORKERS.hold_lease, (name, holder, ttl_s)).fetchone()
+        return found is not None
+
+    def claim_session(self, session_id: str, worker_id: str) -> int:
+        with self._pool.connection() as db:
+            found = None
+            if not _has_nul(session_id):
+                found = db.execute(_WORKERS.claim, (worker_id, session_id)).fetchone()
+        if found is None:
+            raise JournalError(f"cannot claim session {session_id}: no such session")
+        return int(found[0])
+
+    def session_owner(self, session_id: str) -> tuple[int, str | None]:
+        if _has_nul(session_id):
+            return (0, None)
+        with self._pool.connection() as db:
+            found = db.execute(_WORKERS.owner, (session_id,)).fetchone()
+        return (0, None) if found is None else (int(found[0]), found[1])
+
+    def running_by_worker(self) -> dict[str, list[str]]:
+        with self._pool.connection() as db:
+            rows = db.execute(_WORKERS.running).fetchall()
+        return by_worker(rows)
+
     # -- control channel ------------------------------------------------------------
 
     def post_command(
@@ -481,12 +538,15 @@ def _insert(
     )
     common = (row.ts, row.seq, change.steps, row.tokens_in, row.tokens_out, row.cost_usd)
     if change.status is None and change.reason is None:
-        db.execute(_UPDATE_COUNTERS, (*common, row.session_id))
+        args: tuple[object, ...] = (*common, row.session_id)
+        sql = _UPDATE_COUNTERS
     else:
-        db.execute(
-            _UPDATE_STATUS,
-            (*common, change.status, change.status, change.reason, row.session_id),
-        )
+        sql = _UPDATE_STATUS
+        args = (*common, change.status, change.status, change.reason, row.session_id)
+    if change.epoch is not None:
+        sql, args = sql + _IN_EPOCH, (*args, change.epoch)
+    if db.execute(sql, args).rowcount == 0 and change.epoch is not None:
+        raise fenced(row, change.epoch)
 
 
 def _scalar(db: psycopg.Connection[Any], sql: str, args: Sequence[object] = ()) -> int:

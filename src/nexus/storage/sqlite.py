@@ -32,8 +32,12 @@ from nexus.storage.base import (
     SessionQuery,
     SessionRow,
     SessionTotals,
+    WorkerRow,
 )
 from nexus.storage.migrations import LATEST, MIGRATIONS, dialect_sql
+from nexus.storage.workers import by_worker, fenced, queries, worker_row
+
+_WORKERS = queries("sqlite")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -74,6 +78,7 @@ _COUNTERS = (
     "tokens_in = tokens_in + ?, tokens_out = tokens_out + ?, cost_usd = cost_usd + ?"
 )
 _UPDATE_COUNTERS = _COUNTERS + " WHERE id = ?"
+_IN_EPOCH = " AND epoch = ?"  # a run's append: only while its epoch is the session's
 _UPDATE_STATUS = (
     _COUNTERS + ", status = coalesce(?, status), "
     "reason = CASE WHEN ? IS NULL THEN reason ELSE ? END WHERE id = ?"
@@ -395,12 +400,15 @@ class SQLiteStore:
                 )
                 if change.status is None and change.reason is None:
                     # Most events: leave status alone so its index entry is not rewritten.
-                    db.execute(_UPDATE_COUNTERS, (*common, row.session_id))
+                    args: tuple[object, ...] = (*common, row.session_id)
+                    sql = _UPDATE_COUNTERS
                 else:
-                    db.execute(
-                        _UPDATE_STATUS,
-                        (*common, change.status, change.status, change.reason, row.session_id),
-                    )
+                    sql = _UPDATE_STATUS
+                    args = (*common, change.status, change.status, change.reason, row.session_id)
+                if change.epoch is not None:
+                    sql, args = sql + _IN_EPOCH, (*args, change.epoch)
+                if db.execute(sql, args).rowcount == 0 and change.epoch is not None:
+                    raise fenced(row, change.epoch)
         except sqlite3.IntegrityError as exc:
             db.execute("ROLLBACK")
             row = items[len(ids)][0]
@@ -575,6 +583,68 @@ class SQLiteStore:
                 list(status),
             ).fetchall()
         return [str(r[0]) for r in rows]
+
+    # -- workers ----------------------------------------------------------------------
+
+    @_diagnosed
+    def beat(self, worker_id: str, *, host: str, pid: int, role: str, starting: bool) -> str | None:
+        q = _WORKERS
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                found = self._db.execute(q.status, (worker_id,)).fetchone()
+                if found is None:
+                    self._db.execute(q.insert, (worker_id, host, pid, role))
+                else:
+                    self._db.execute(q.beat, (host, pid, role, starting, worker_id))
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        return None if found is None else str(found[0])
+
+    @_diagnosed
+    def leave(self, worker_id: str) -> None:
+        with self._lock:
+            self._db.execute(_WORKERS.leave, (worker_id,))
+
+    @_diagnosed
+    def workers(self) -> list[WorkerRow]:
+        with self._lock:
+            rows = self._db.execute(_WORKERS.workers).fetchall()
+        return [worker_row(r) for r in rows]
+
+    @_diagnosed
+    def declare_gone(self, timeout_s: float) -> list[str]:
+        with self._lock:
+            rows = self._db.execute(_WORKERS.declare_gone, (timeout_s,)).fetchall()
+        return sorted(str(r[0]) for r in rows)
+
+    @_diagnosed
+    def hold_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        with self._lock:
+            found = self._db.execute(_WORKERS.hold_lease, (name, holder, ttl_s)).fetchone()
+        return found is not None
+
+    @_diagnosed
+    def claim_session(self, session_id: str, worker_id: str) -> int:
+        with self._lock:
+            found = self._db.execute(_WORKERS.claim, (worker_id, session_id)).fetchone()
+        if found is None:
+            raise JournalError(f"cannot claim session {session_id}: no such session")
+        return int(found[0])
+
+    @_diagnosed
+    def session_owner(self, session_id: str) -> tuple[int, str | None]:
+        with self._lock:
+            found = self._db.execute(_WORKERS.owner, (session_id,)).fetchone()
+        return (0, None) if found is None else (int(found[0]), found[1])
+
+    @_diagnosed
+    def running_by_worker(self) -> dict[str, list[str]]:
+        with self._lock:
+            rows = self._db.execute(_WORKERS.running).fetchall()
+        return by_worker(rows)
 
     # -- control channel ------------------------------------------------------------
 

@@ -3,15 +3,24 @@
 Every path is resolved inside the workspace; anything that would leave it
 (`..`, absolute paths, symlinks pointing out) is refused. Writes and deletes keep
 a backup keyed by the call's idempotency key, which their `undo` restores.
+
+Writes and deletes are fenced: the workspace keeps the highest run epoch that has
+changed it (`.nexus/epoch`, under an exclusive lock while the change is made), and
+refuses a change from an older run, or from a run the session has moved past (a
+worker declared dead that comes back after another took the session over).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from nexus.errors import ToolExecutionError
+from nexus.errors import ToolExecutionError, ToolFenced
 from nexus.runtime.tools import ToolContext, Toolkit, tool
 
 _PRIVATE = ".nexus"  # backups live here; the model cannot see or touch it
@@ -30,6 +39,31 @@ def resolve(ctx: ToolContext, path: str) -> Path:
     if rel.parts and rel.parts[0] == _PRIVATE:
         raise ToolExecutionError(f"path {path!r} is reserved: refused")
     return target
+
+
+@contextlib.contextmanager
+def fenced(ctx: ToolContext) -> Iterator[None]:
+    """Hold the workspace's fence while making a change; `ToolFenced` (and no change)
+    if this run is stale, `ToolStopped` if the session was killed."""
+    private = ctx.workspace / _PRIVATE
+    private.mkdir(parents=True, exist_ok=True)
+    fd = os.open(private / "epoch", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        seen = int(os.pread(fd, 32, 0).strip() or 0)
+        if ctx.epoch < seen:
+            raise ToolFenced(
+                f"session {ctx.session_id}: run epoch {ctx.epoch} is older than epoch {seen}, "
+                "which has already changed this workspace: the effect was not made"
+            )
+        ctx.check_epoch()
+        ctx.check_stopped()  # killed while this thread ran: no write after the kill
+        if ctx.epoch > seen:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(ctx.epoch).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _backup(ctx: ToolContext, target: Path) -> str | None:
@@ -108,8 +142,8 @@ def write_file(ctx: ToolContext, path: str, content: str) -> dict[str, Any]:
     recorded = ctx.retry and _backup_recorded(ctx)
     backup = _existing_backup(ctx) if recorded else _backup(ctx, target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    ctx.check_stopped()  # killed while this thread ran: no write after the kill
-    target.write_text(content, encoding="utf-8")
+    with fenced(ctx):
+        target.write_text(content, encoding="utf-8")
     return {"path": path, "bytes": len(content.encode()), "backup": backup}
 
 
@@ -141,8 +175,8 @@ def delete_file(ctx: ToolContext, path: str) -> dict[str, Any]:
             return {"path": path, "deleted": True, "backup": backup}
         raise ToolExecutionError(f"no such file: {path}")
     backup = _backup(ctx, target)
-    ctx.check_stopped()
-    target.unlink()
+    with fenced(ctx):
+        target.unlink()
     return {"path": path, "deleted": True, "backup": backup}
 
 
