@@ -87,6 +87,8 @@ class MemoryStore:
         return True
 
     def _refusal(self, row: EventRow, change: SessionChange) -> JournalError | None:
+        if change.epoch is not None and self._owners.get(row.session_id, (0,))[0] != change.epoch:
+            return fenced(row, change.epoch)  # before a clash, as the SQL stores decide
         rows = self._by_session.get(row.session_id, ())
         clash = any(r.seq == row.seq for r in rows)
         if clash or (change.create is not None and row.session_id in self._sessions):
@@ -94,8 +96,6 @@ class MemoryStore:
                 f"cannot append {row.kind} #{row.seq} to session {row.session_id}: "
                 "UNIQUE constraint failed"
             )
-        if change.epoch is not None and self._owners.get(row.session_id, (0,))[0] != change.epoch:
-            return fenced(row, change.epoch)
         return None
 
     def _insert(self, row: EventRow, change: SessionChange) -> int:

@@ -516,6 +516,19 @@ def _insert(
                 row.ts,
             ),
         )
+    # The index change first: a stale run is refused by its epoch before its row
+    # could collide with the new run's rows (same seq).
+    common = (row.ts, row.seq, change.steps, row.tokens_in, row.tokens_out, row.cost_usd)
+    if change.status is None and change.reason is None:
+        args: tuple[object, ...] = (*common, row.session_id)
+        sql = _UPDATE_COUNTERS
+    else:
+        sql = _UPDATE_STATUS
+        args = (*common, change.status, change.status, change.reason, row.session_id)
+    if change.epoch is not None:
+        sql, args = sql + _IN_EPOCH, (*args, change.epoch)
+    if db.execute(sql, args).rowcount == 0 and change.epoch is not None:
+        raise fenced(row, change.epoch)
     ids.append(
         _scalar(
             db,
@@ -536,17 +549,6 @@ def _insert(
             ),
         )
     )
-    common = (row.ts, row.seq, change.steps, row.tokens_in, row.tokens_out, row.cost_usd)
-    if change.status is None and change.reason is None:
-        args: tuple[object, ...] = (*common, row.session_id)
-        sql = _UPDATE_COUNTERS
-    else:
-        sql = _UPDATE_STATUS
-        args = (*common, change.status, change.status, change.reason, row.session_id)
-    if change.epoch is not None:
-        sql, args = sql + _IN_EPOCH, (*args, change.epoch)
-    if db.execute(sql, args).rowcount == 0 and change.epoch is not None:
-        raise fenced(row, change.epoch)
 
 
 def _scalar(db: psycopg.Connection[Any], sql: str, args: Sequence[object] = ()) -> int:

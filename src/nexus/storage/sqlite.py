@@ -372,24 +372,8 @@ class SQLiteStore:
                             row.ts,
                         ),
                     )
-                cur = db.execute(
-                    _INSERT_EVENT,
-                    (
-                        row.session_id,
-                        row.seq,
-                        row.ts,
-                        row.kind,
-                        row.payload,
-                        row.tokens_in,
-                        row.tokens_out,
-                        row.cost_usd,
-                        row.latency_ms,
-                        row.prev_hash,
-                        row.hash,
-                        row.key_id,
-                    ),
-                )
-                ids.append(int(cur.lastrowid or 0))
+                # The index change first: a stale run is refused by its epoch before
+                # its row could collide with the new run's rows (same seq).
                 common = (
                     row.ts,
                     row.seq,
@@ -409,6 +393,24 @@ class SQLiteStore:
                     sql, args = sql + _IN_EPOCH, (*args, change.epoch)
                 if db.execute(sql, args).rowcount == 0 and change.epoch is not None:
                     raise fenced(row, change.epoch)
+                cur = db.execute(
+                    _INSERT_EVENT,
+                    (
+                        row.session_id,
+                        row.seq,
+                        row.ts,
+                        row.kind,
+                        row.payload,
+                        row.tokens_in,
+                        row.tokens_out,
+                        row.cost_usd,
+                        row.latency_ms,
+                        row.prev_hash,
+                        row.hash,
+                        row.key_id,
+                    ),
+                )
+                ids.append(int(cur.lastrowid or 0))
         except sqlite3.IntegrityError as exc:
             db.execute("ROLLBACK")
             row = items[len(ids)][0]
