@@ -24,7 +24,7 @@ def _log(line: str) -> None:
         f.write(line + "\n")
 
 
-@tool(effect="write", undo=None, why_no_undo="an outside system, deduplicated by key", idempotent=True)
+@tool(effect="write", undo=None, why_no_undo="an outside system, deduped by key", idempotent=True)
 async def effect(ctx: ToolContext, tag: str) -> str:
     """Make the effect `tag` once per idempotency key. The first attempt of tag
     'hold' waits for the release file first (a call in flight)."""

@@ -122,7 +122,15 @@ def test_migrations_are_recorded_in_schema_version(store: SQLiteStore, db_path: 
     finally:
         db.close()
     assert versions == [v for v, _ in MIGRATIONS]
-    assert tables == {"schema_version", "sessions", "events", "checkpoints", "commands", "workers", "leases"}
+    assert tables == {
+        "schema_version",
+        "sessions",
+        "events",
+        "checkpoints",
+        "commands",
+        "workers",
+        "leases",
+    }
 
 
 def test_reopening_does_not_reapply_migrations(db_path: Path) -> None:

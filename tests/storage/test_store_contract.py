@@ -5,7 +5,6 @@ behaviour from the real ones."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,19 +17,6 @@ from nexus.storage import EventRow, SessionQuery
 from nexus.storage.base import CheckpointRow, Schema, SessionChange, Store, open_store
 from nexus.storage.memory import MemoryStore
 from tests.storage.test_sqlite import row
-
-
-@pytest.fixture(params=["sqlite", "memory", "postgres"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "postgres":
-        # Asked for here, not as an argument: the other stores need no cluster.
-        s = open_store(tmp_path / "n.db", url=request.getfixturevalue("postgres_url"))
-    elif request.param == "sqlite":
-        s = open_store(tmp_path / "n.db")
-    else:
-        s = open_store(Path(":memory:"))
-    yield s
-    s.close()
 
 
 def created(

@@ -11,7 +11,7 @@ import pytest
 from nexus.errors import JournalError, SessionFenced
 from nexus.storage.base import SessionChange, Store, WorkerRow
 from tests.storage.test_sqlite import row
-from tests.storage.test_store_contract import created, store  # noqa: F401  (fixture)
+from tests.storage.test_store_contract import created
 from tests.waiting import wait_for
 
 
