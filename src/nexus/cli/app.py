@@ -478,6 +478,33 @@ def agents_list(as_json: JsonOpt = False, server: ServerOpt = None) -> None:
 
 
 @app.command()
+def workers(as_json: JsonOpt = False, server: ServerOpt = None) -> None:
+    """List the workers on this database: heartbeats, status and running sessions."""
+    src = _source(server)
+    rows = _read(src.workers)
+    if as_json:
+        _print_json(rows)
+        return
+    from rich.table import Table
+
+    table = Table(show_edge=False, header_style="bold")
+    for col in ("worker", "role", "host", "pid", "status", "heartbeat", "sessions"):
+        table.add_column(col)
+    for r in rows:
+        shown = ", ".join(r["sessions"][:3]) + (" …" if len(r["sessions"]) > 3 else "")
+        table.add_row(
+            r["id"],
+            r["role"],
+            r["host"],
+            str(r["pid"]),
+            r["status"],
+            f"{r['age_s']:.1f} s ago",
+            f"{len(r['sessions'])} {shown}".strip(),
+        )
+    _console().print(table)
+
+
+@app.command()
 def start(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535)] = 7070,

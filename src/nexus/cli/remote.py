@@ -138,6 +138,11 @@ class Remote:
         items: list[dict[str, Any]] = self.get("/api/v1/agents")["items"]
         return items
 
+    def workers(self) -> list[dict[str, Any]]:
+        """`GET /api/v1/workers`."""
+        items: list[dict[str, Any]] = self.get("/api/v1/workers")["items"]
+        return items
+
     def config(self) -> dict[str, Any]:
         """`GET /api/v1/config`."""
         data: dict[str, Any] = self.get("/api/v1/config")

@@ -19,6 +19,7 @@ class Source(Protocol):
     def follow(self, session_id: str, after_seq: int = 0) -> Iterator[Event]: ...
     def verify(self, session_id: str | None) -> dict[str, Any]: ...
     def agents(self) -> list[dict[str, Any]]: ...
+    def workers(self) -> list[dict[str, Any]]: ...
     def config(self) -> dict[str, Any]: ...
 
 
@@ -78,6 +79,11 @@ class LocalSource:
     def agents(self) -> list[dict[str, Any]]:
         return [a.to_dict() for a in self.rt.agents.all()]
 
+    def workers(self) -> list[dict[str, Any]]:
+        from nexus.runtime.workers import workers_view
+
+        return workers_view(self.rt.store)
+
     def config(self) -> dict[str, Any]:
         from nexus.config import public_view
 
@@ -133,6 +139,9 @@ class RemoteSource:
 
     def agents(self) -> list[dict[str, Any]]:
         return self.remote.agents()
+
+    def workers(self) -> list[dict[str, Any]]:
+        return self.remote.workers()
 
     def config(self) -> dict[str, Any]:
         return self.remote.config()

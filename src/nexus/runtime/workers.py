@@ -158,3 +158,10 @@ class Supervisor:
                 self.worker_id,
                 self.timeout_s,
             )
+
+
+def workers_view(store: Store) -> list[dict[str, object]]:
+    """Every registered worker as plain data, with the ids of the running sessions
+    its runs own (`nexus workers`, `GET /api/v1/workers`)."""
+    owned = store.running_by_worker()
+    return [{**w.to_dict(), "sessions": owned.get(w.id, [])} for w in store.workers()]

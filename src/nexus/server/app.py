@@ -16,7 +16,7 @@ from fastapi import Depends, FastAPI
 from nexus import __version__
 from nexus.runtime.runtime import Runtime
 from nexus.server import problems
-from nexus.server.api import admin, agents, control, health, sessions
+from nexus.server.api import admin, agents, control, health, sessions, workers
 from nexus.server.api.models import Problem
 from nexus.server.auth import Auth, TokenFile
 from nexus.server.bodylimit import BodyLimit
@@ -29,6 +29,7 @@ ROUTERS = [
     sessions.router,
     control.router,
     agents.router,
+    workers.router,
     admin.router,
 ]
 MAX_BODY = 1024 * 1024

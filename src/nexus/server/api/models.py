@@ -189,6 +189,27 @@ class Agents(BaseModel):
     items: list[Agent]
 
 
+class Worker(BaseModel):
+    """A worker process and the running sessions it owns (`status`: alive, stopped,
+    dead or left; `age_s`: seconds since its heartbeat, by the database's clock)."""
+
+    id: str
+    host: str
+    pid: int
+    role: str
+    started_at: float
+    heartbeat_at: float
+    status: str
+    age_s: float
+    sessions: list[str]
+
+
+class Workers(BaseModel):
+    """Every registered worker."""
+
+    items: list[Worker]
+
+
 class Version(BaseModel):
     """The NEXUS version and the API's."""
 
