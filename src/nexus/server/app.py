@@ -54,12 +54,13 @@ def create_app(
     """
     tokens = token_source(runtime.settings, lambda: runtime.store)
     tokens.ensure()
-    tokens.close()  # until the lifespan runs (and after: it closes what requests open)
     state = ServerState(
         runtime=runtime,
         auth=Auth(tokens, enabled=auth, redactor=runtime.redactor),
         broadcaster=Broadcaster(runtime.store, buffer=sse_buffer, heartbeat_s=heartbeat_s),
     )
+    state.auth.token()  # masked in the journal and the logs from the start
+    tokens.close()  # until the lifespan runs (and after: it closes what requests open)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
