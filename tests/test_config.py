@@ -41,6 +41,7 @@ def defaults(home: Path) -> dict[str, object]:
         "worker_timeout_s": 15.0,
         "database_url": None,
         "dbos_url": None,
+        "api_token": None,
         "app_version": "nexus-1",
         "toolkits": {},
         "max_tool_result_bytes": 262144,

@@ -149,6 +149,14 @@ class Settings(BaseSettings):
             "postgresql://user:pass@host/db to share one queue between many workers."
         ),
     )
+    api_token: SecretStr | None = Field(
+        default=None,
+        description=(
+            "The API token every server accepts, the same on all of them (at least 32 "
+            "visible characters; never shown). Unset: the token is kept in the database "
+            "when NEXUS_DATABASE_URL is set, else in NEXUS_HOME/api-token."
+        ),
+    )
     app_version: str = Field(default="nexus-1", min_length=1)
     toolkits: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
@@ -194,6 +202,19 @@ class Settings(BaseSettings):
         ):
             raise ValueError("must start with postgresql:// (unset: SQLite in NEXUS_HOME)")
         return value
+
+    @field_validator("api_token")
+    @classmethod
+    def _api_token(cls, value: SecretStr | None) -> SecretStr | None:
+        # Stripped: a token pasted from a file often ends in a newline, and clients
+        # strip what they send. At least 32 characters: the generated tokens have 43,
+        # and this one guards every server at once.
+        if value is None:
+            return None
+        token = value.get_secret_value().strip()
+        if len(token) < 32 or not all("!" <= c <= "~" for c in token):
+            raise ValueError("must be at least 32 visible ASCII characters, without spaces")
+        return SecretStr(token)
 
     @field_validator("dbos_url")
     @classmethod
@@ -287,7 +308,7 @@ def load_settings(**overrides: Any) -> Settings:
 
 
 # Settings whose value may hold a password: a refusal names them, never echoes them.
-_SECRET_SETTINGS = frozenset({"database_url"})
+_SECRET_SETTINGS = frozenset({"database_url", "api_token"})
 
 
 def _describe(exc: ValidationError) -> str:

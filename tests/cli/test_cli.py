@@ -229,6 +229,7 @@ def test_start_refuses_a_public_address_without_auth() -> None:
     assert "refusing to serve on 0.0.0.0 without authentication" in result.stderr
 
 
+@pytest.mark.sqlite_only  # on PostgreSQL the token is in the database (test_stateless.py)
 def test_token_show_and_rotate(nexus_home: Path) -> None:
     """The token is made on first use (0600), shown, and replaced by rotate."""
     first = nexus("token", "show").stdout.strip()

@@ -69,7 +69,7 @@ def test_run_beside_a_running_server_completes_and_leaves_no_ghost(
         result = nexus("run", "Summarise the notes", "--replay", DEMO, "--json")
         assert result.exit_code == 0, result.output
         row = json.loads(result.stdout)
-        token = (nexus_home / "api-token").read_text().strip()
+        token = nexus("token", "show").stdout.strip()  # the file, or the database on PostgreSQL
         seen = httpx.get(
             f"http://127.0.0.1:{port}/api/v1/sessions/{row['id']}",
             headers={"Authorization": f"Bearer {token}"},

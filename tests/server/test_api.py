@@ -90,6 +90,7 @@ async def test_wrong_tokens_are_refused_then_rate_limited(api: Api) -> None:
     assert (resp.status_code, resp.json()) == (200, {"version": nexus.__version__, "api": "v1"})
 
 
+@pytest.mark.sqlite_only  # on PostgreSQL the token is in the database (test_stateless.py)
 async def test_token_file_is_private_and_256_bits(api: Api) -> None:
     """The token is created on first start with mode 0600 and 256 random bits."""
     path = api.app.state.nexus.auth.tokens.path

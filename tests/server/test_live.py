@@ -340,7 +340,7 @@ def test_sigterm_shuts_down_gracefully_and_the_next_start_resumes(
     proc = start()
     try:
         wait_for(up, "server up")
-        token = (nexus_home / "api-token").read_text().strip()
+        token = CliRunner().invoke(cli, ["token", "show"]).stdout.strip()  # file or database
         auth = {"Authorization": f"Bearer {token}"}
         sid = httpx.post(f"{url}/api/v1/sessions", json={"goal": "wait"}, headers=auth).json()["id"]
         wait_for(lambda: len(peer_env.requests) == 1, "LLM call in flight")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
     from nexus.cli.source import Source
     from nexus.runtime.runtime import Runtime
+    from nexus.server.tokens import TokenSource
+    from nexus.storage.base import Store
 
 T = TypeVar("T")
 
@@ -528,7 +530,7 @@ def start(
         )
     try:
         from nexus.runtime.dispatch import check_system_database
-        from nexus.server.app import create_app, token_file
+        from nexus.server.app import create_app
         from nexus.server.run import check_bind, serve
 
         check_system_database(rt.settings)
@@ -542,27 +544,72 @@ def start(
     if no_auth:
         console.print("auth:  [yellow]off[/] (loopback only)")
     else:
-        console.print(f"token: {token_file(rt).path}  (nexus token show)")
+        where = app_.state.nexus.auth.tokens.where
+        hint = "" if where == "NEXUS_API_TOKEN" else "  (nexus token show)"
+        console.print(f"token: {where}{hint}")
     console.print(f"data:  {rt.settings.home}")
     serve(app_, host=host, port=port)
 
 
+@contextlib.contextmanager
+def _tokens() -> Iterator[TokenSource]:
+    """The token source the settings choose (`nexus.server.tokens`); the store is
+    opened only when the token lives in the database, and closed after."""
+    from nexus.config import load_settings
+    from nexus.errors import ConfigError, StorageError
+    from nexus.server.tokens import token_source
+    from nexus.storage.base import open_store
+
+    opened: list[Store] = []
+
+    def store() -> Store:
+        url = settings.database_url
+        secret = None if url is None else url.get_secret_value()
+        opened.append(open_store(settings.db_path, settings.durability, url=secret))
+        return opened[-1]
+
+    try:
+        settings = load_settings()
+        tokens = token_source(settings, store)
+        try:
+            yield tokens
+        finally:
+            tokens.close()
+    except (ConfigError, StorageError) as exc:
+        _die(str(exc), EXIT_USAGE)
+    finally:
+        for each in opened:
+            each.close()
+
+
 @token_app.command("show")
 def token_show() -> None:
-    """Print the API token (created on first use)."""
-    from nexus.config import load_settings
-    from nexus.server.auth import TokenFile
-
-    sys.stdout.write(TokenFile(load_settings().home / "api-token").ensure() + "\n")
+    """Print the API token (created on first use), unless it is NEXUS_API_TOKEN."""
+    with _tokens() as tokens:
+        if tokens.where == "NEXUS_API_TOKEN":
+            # Never printed: it is a secret setting, and its owner has it already.
+            _die(
+                "the API token comes from NEXUS_API_TOKEN (not printed: it is in the "
+                "environment of the servers)",
+                EXIT_USAGE,
+            )
+        sys.stdout.write(tokens.ensure() + "\n")
 
 
 @token_app.command("rotate")
 def token_rotate() -> None:
-    """Replace the API token; dashboard logins made with the old one end."""
-    from nexus.config import load_settings
-    from nexus.server.auth import TokenFile
+    """Replace the API token; dashboard logins made with the old one end (on every
+    server on the database when the token lives there)."""
+    from nexus.server.tokens import DatabaseToken
 
-    sys.stdout.write(TokenFile(load_settings().home / "api-token").rotate() + "\n")
+    with _tokens() as tokens:
+        sys.stdout.write(tokens.rotate() + "\n")
+        if isinstance(tokens, DatabaseToken):
+            _console(stderr=True).print(
+                f"every server on {tokens.where} takes the new token within "
+                f"{tokens.ttl_s:g} s and refuses the old one",
+                markup=False,
+            )
 
 
 # Commands defined in modules of their own register themselves on `app`.

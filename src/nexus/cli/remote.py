@@ -1,6 +1,7 @@
 """Read commands against a running server (`--server URL`), on the stdlib HTTP client.
 
-The token comes from `NEXUS_TOKEN`, else the token file of this `NEXUS_HOME`.
+The token comes from `NEXUS_TOKEN`, else `NEXUS_API_TOKEN` (the servers' own setting),
+else the token file of this `NEXUS_HOME`.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ class ServerUnreachable(RemoteError):
 
 
 def find_token() -> str | None:
-    """`NEXUS_TOKEN`, else `$NEXUS_HOME/api-token` if it exists."""
-    token = os.environ.get("NEXUS_TOKEN")
+    """`NEXUS_TOKEN`, else `NEXUS_API_TOKEN`, else `$NEXUS_HOME/api-token` if it exists."""
+    token = os.environ.get("NEXUS_TOKEN") or os.environ.get("NEXUS_API_TOKEN")
     if token:
         return token.strip()
     home = Path(os.environ.get("NEXUS_HOME") or "~/.nexus").expanduser()

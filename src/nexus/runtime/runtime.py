@@ -95,6 +95,9 @@ class Runtime:
         for p in self.settings.providers:
             if p.api_key is not None and len(p.api_key.get_secret_value()) >= 4:
                 self.redactor.register(p.api_key.get_secret_value())
+        # The environment's API token; a server registers one it reads elsewhere (auth.py).
+        if self.settings.api_token is not None:
+            self.redactor.register(self.settings.api_token.get_secret_value())
         self.journal = Journal(self.store, self.redactor, keys=_url_store_keys(self))
         self.toolkits = toolkits or ToolkitRegistry(self.settings.toolkits)
         self.agents = agents or AgentRegistry.load(self.settings.agents_dir, self.toolkits)

@@ -18,10 +18,11 @@ from nexus.runtime.runtime import Runtime
 from nexus.server import problems
 from nexus.server.api import admin, agents, control, health, sessions, workers
 from nexus.server.api.models import Problem
-from nexus.server.auth import Auth, TokenFile
+from nexus.server.auth import Auth
 from nexus.server.bodylimit import BodyLimit
 from nexus.server.broadcast import Broadcaster
 from nexus.server.state import ServerState, require_auth
+from nexus.server.tokens import token_source
 
 ROUTERS = [
     health.open_router,
@@ -33,11 +34,6 @@ ROUTERS = [
     admin.router,
 ]
 MAX_BODY = 1024 * 1024
-
-
-def token_file(runtime: Runtime) -> TokenFile:
-    """Where the API token of this NEXUS_HOME lives."""
-    return TokenFile(runtime.settings.home / "api-token")
 
 
 def create_app(
@@ -57,13 +53,15 @@ def create_app(
         heartbeat_s: SSE heartbeat interval.
         sse_buffer: events buffered per SSE client before it is told to resync.
     """
-    tokens = token_file(runtime)
+    tokens = token_source(runtime.settings, lambda: runtime.store)
     tokens.ensure()
     state = ServerState(
         runtime=runtime,
-        auth=Auth(tokens, enabled=auth),
+        auth=Auth(tokens, enabled=auth, redactor=runtime.redactor),
         broadcaster=Broadcaster(runtime.store, buffer=sse_buffer, heartbeat_s=heartbeat_s),
     )
+    state.auth.token()  # masked in the journal and the logs from the start
+    tokens.close()  # until the lifespan runs (and after: it closes what requests open)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -84,6 +82,7 @@ def create_app(
                 state.dispatcher = None
                 await dispatcher.stop()
             unsubscribe()
+            tokens.close()
             await runtime.aclose_providers()
 
     app = FastAPI(

@@ -1,8 +1,10 @@
 """Authentication: a bearer token for the API, a signed cookie for the dashboard.
 
-* The token is 256 random bits in `NEXUS_HOME/api-token` (mode 0600), made on
-  first start; `nexus token rotate` replaces it, which also invalidates every
-  dashboard cookie (their key derives from the token).
+* The token is 256 random bits from a `TokenSource` (`nexus.server.tokens`):
+  `NEXUS_API_TOKEN`, else the database when the store is PostgreSQL, else
+  `NEXUS_HOME/api-token` (mode 0600), made on first start. `nexus token rotate`
+  replaces it, which also invalidates every dashboard cookie: their key derives from
+  the token, so every server that accepts one token accepts the same cookies.
 * The dashboard logs in with the token once and then carries an HttpOnly,
   SameSite=Strict cookie `nexus_session` = `sid.expiry.signature`.
 * Cookie-authenticated state changes must carry the CSRF token (header
@@ -17,58 +19,22 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import os
 import secrets
 import time
 from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
 
 from starlette.requests import Request
 
+from nexus.errors import StorageError
+from nexus.runtime.redact import Redactor
 from nexus.server.problems import Problem
+from nexus.server.tokens import TokenSource
 
 COOKIE = "nexus_session"
 CSRF_HEADER = "x-csrf-token"
 COOKIE_TTL_S = 12 * 3600
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-
-
-class TokenFile:
-    """The API token on disk, re-read when the file changes (rotation)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._cached: tuple[float, str] | None = None
-
-    def ensure(self) -> str:
-        """The token, creating the file (0600) on first use."""
-        if not self.path.exists():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._write(secrets.token_urlsafe(32))
-        return self.read()
-
-    def read(self) -> str:
-        """The current token."""
-        mtime = self.path.stat().st_mtime
-        if self._cached is None or self._cached[0] != mtime:
-            self._cached = (mtime, self.path.read_text(encoding="utf-8").strip())
-        return self._cached[1]
-
-    def rotate(self) -> str:
-        """Replace the token; returns the new one."""
-        token = secrets.token_urlsafe(32)
-        self._write(token)
-        return token
-
-    def _write(self, token: str) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(token + "\n")
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, self.path)
-        self._cached = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,17 +86,41 @@ class FailureLimiter:
 
 
 class Auth:
-    """Checks requests; `enabled=False` (loopback only) lets everything through."""
+    """Checks requests; `enabled=False` (loopback only) lets everything through.
 
-    def __init__(self, tokens: TokenFile, *, enabled: bool = True) -> None:
+    Args:
+        tokens: where the token is.
+        enabled: require credentials.
+        redactor: masks each token this server accepts (a goal or a tool result that
+            quotes it never reaches the journal or the logs).
+    """
+
+    def __init__(
+        self, tokens: TokenSource, *, enabled: bool = True, redactor: Redactor | None = None
+    ) -> None:
         self.tokens = tokens
         self.enabled = enabled
+        self.redactor = redactor
         self.limiter = FailureLimiter()
+        self._seen: str | None = None
+
+    def token(self) -> str:
+        """The current token; 503 when its database cannot be read (a token that may
+        have been rotated meanwhile is not trusted)."""
+        try:
+            token = self.tokens.read()
+        except StorageError as exc:
+            raise Problem(503, str(exc)) from None
+        if token != self._seen:
+            if self.redactor is not None:
+                self.redactor.register(token)
+            self._seen = token
+        return token
 
     # -- cookies and CSRF ---------------------------------------------------------
 
     def _key(self) -> bytes:
-        return hmac.new(self.tokens.read().encode(), b"nexus-dashboard-cookie", "sha256").digest()
+        return hmac.new(self.token().encode(), b"nexus-dashboard-cookie", "sha256").digest()
 
     def _sign(self, text: str) -> str:
         mac = hmac.new(self._key(), text.encode(), hashlib.sha256).digest()
@@ -166,7 +156,7 @@ class Auth:
 
     def check_token(self, presented: str) -> bool:
         """Constant-time comparison with the current token."""
-        return hmac.compare_digest(presented.encode(), self.tokens.read().encode())
+        return hmac.compare_digest(presented.encode(), self.token().encode())
 
     # -- requests -------------------------------------------------------------------
 
