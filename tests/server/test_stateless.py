@@ -377,18 +377,8 @@ def test_the_environment_token_never_reaches_the_logs(
     monkeypatch.setenv("NEXUS_API_TOKEN", ENV_TOKEN)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "NEXUS_LOG_LEVEL": "debug",
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
-    }
+    env = {**server_env(), "NEXUS_LOG_LEVEL": "debug"}
     log = tmp_path / "server.log"
-
-    def up() -> bool:
-        try:
-            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
 
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -398,7 +388,7 @@ def test_the_environment_token_never_reaches_the_logs(
             stderr=subprocess.STDOUT,
         )
     try:
-        wait_for(up, "server up")
+        wait_for(lambda: is_up(url), "server up")
         with httpx.Client(base_url=url, timeout=30) as client:
             assert client.post("/login", data={"token": ENV_TOKEN}).status_code == 303
             wrong = client.get("/api/v1/version", headers=bearer(ENV_TOKEN + "x"))
@@ -428,6 +418,80 @@ def test_the_environment_token_never_reaches_the_logs(
     output = log.read_text()
     assert "token: NEXUS_API_TOKEN\n" in output
     assert ENV_TOKEN not in output
+
+
+@pytest.mark.slow
+def test_two_nexus_start_processes_on_one_postgres_serve_one_api(
+    on_postgres: str, tmp_path: Path, demo_in_recordings: Path
+) -> None:
+    """Two `nexus start` processes, separate homes, one database, nothing else
+    configured: both accept the token `nexus token show` prints on a third machine and
+    refuse a bad one; a session posted to one runs on the workers and both servers
+    then show it completed, the same document."""
+    homes = [tmp_path / "a", tmp_path / "b"]
+    ports = [free_port(), free_port()]
+    procs = []
+    for home, port in zip(homes, ports, strict=True):
+        (home / "recordings").mkdir(parents=True)
+        (home / "recordings" / "demo.json").write_bytes(demo_in_recordings.read_bytes())
+        with (tmp_path / f"{home.name}.log").open("wb") as out:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "nexus.cli", "start", "--port", str(port)],
+                    env={**server_env(), "NEXUS_HOME": str(home)},
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+    urls = [f"http://127.0.0.1:{port}" for port in ports]
+    try:
+        for url in urls:
+            wait_for(lambda url=url: is_up(url), f"server {url} up")
+        token = cli_in(tmp_path / "c", "token", "show").stdout.strip()
+        statuses = [
+            (
+                httpx.get(f"{url}/api/v1/version", headers=bearer(token)).status_code,
+                httpx.get(f"{url}/api/v1/version", headers=bearer("y" * 43)).status_code,
+            )
+            for url in urls
+        ]
+        assert statuses == [(200, 401), (200, 401)]
+        made = httpx.post(
+            f"{urls[0]}/api/v1/sessions",
+            json={"goal": "Summarise the notes", "replay": "demo.json"},
+            headers=bearer(token),
+            timeout=30,
+        )
+        assert made.status_code == 201, made.text
+        sid = made.json()["id"]
+
+        def row(url: str) -> dict[str, Any]:
+            found: dict[str, Any] = httpx.get(
+                f"{url}/api/v1/sessions/{sid}", headers=bearer(token), timeout=30
+            ).json()
+            return found
+
+        wait_for(lambda: row(urls[1])["status"] == "completed", "the session completes", 120)
+        on_a, on_b = row(urls[0]), row(urls[1])
+        assert on_a == on_b and (on_b["steps"], on_b["reason"]) == (9, "completed")
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        codes = [proc.wait(30) for proc in procs]
+    assert codes == [0, 0]
+    assert [(h / "api-token").exists() for h in homes] == [False, False]
+
+
+def server_env() -> dict[str, str]:
+    """The environment of a `nexus` process that runs this tree's code."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+
+
+def is_up(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 @pytest.fixture(params=["environment", "database", "file"])
