@@ -73,6 +73,13 @@ class Fleet:
         path = self.effects / "log"
         return path.read_text().splitlines() if path.exists() else []
 
+    def close(self) -> None:
+        """Stop every worker, then the test's runtime."""
+        self.stop()
+        import asyncio
+
+        asyncio.run(self.rt.aclose())
+
     def stop(self) -> None:
         for proc in self.procs.values():
             if proc.poll() is None:
@@ -85,21 +92,17 @@ class Fleet:
                 proc.kill()
 
 
-@pytest.fixture
-def fleet(
-    tmp_path: Path,
-    nexus_home: Path,
-    threaded_peer: ThreadedPeerServer,
-    postgres_url: str,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[Fleet]:
-    monkeypatch.setenv("NEXUS_DATABASE_URL", postgres_url)
+def open_fleet(
+    tmp_path: Path, url: str, peer: ThreadedPeerServer, monkeypatch: pytest.MonkeyPatch
+) -> Fleet:
+    """A fleet on the database at `url` (the test's runtime on it too)."""
+    monkeypatch.setenv("NEXUS_DATABASE_URL", url)
     effects = tmp_path / "effects"
     effects.mkdir()
     env = dict(os.environ)
     env.update(
-        NEXUS_DATABASE_URL=postgres_url,
-        NEXUS_PROVIDERS=f'[{{"name": "peer", "base_url": "{threaded_peer.url}", "model": "m"}}]',
+        NEXUS_DATABASE_URL=url,
+        NEXUS_PROVIDERS=f'[{{"name": "peer", "base_url": "{peer.url}", "model": "m"}}]',
         NEXUS_QUEUE_POLL_S="0.05",
         NEXUS_HEARTBEAT_S=str(HEARTBEAT_S),
         NEXUS_WORKER_TIMEOUT_S=str(TIMEOUT_S),
@@ -110,11 +113,19 @@ def fleet(
     env.pop("NEXUS_WORKER_ID", None)
     rt = Runtime(load_settings(), agents=registry())
     rt.journal.keys.current()  # the fleet's audit key, made once here
-    fleet = Fleet(tmp_path, env, rt)
+    return Fleet(tmp_path, env, rt)
+
+
+@pytest.fixture
+def fleet(
+    tmp_path: Path,
+    nexus_home: Path,
+    threaded_peer: ThreadedPeerServer,
+    postgres_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Fleet]:
+    fleet = open_fleet(tmp_path, postgres_url, threaded_peer, monkeypatch)
     try:
         yield fleet
     finally:
-        fleet.stop()
-        import asyncio
-
-        asyncio.run(rt.aclose())
+        fleet.close()

@@ -5,10 +5,13 @@ SIGKILLs every session completes exactly once with every tool effect made once."
 from __future__ import annotations
 
 import json
+import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -196,3 +199,50 @@ def test_three_workers_sixty_sessions_random_sigkills(
     )
     assert audit.returncode == 0, audit.stdout + audit.stderr
     assert json.loads(audit.stdout)["ok"] is True
+
+
+def test_the_database_going_away_mid_session_leaves_it_resumable(
+    tmp_path: Path,
+    nexus_home: Path,
+    threaded_peer: ThreadedPeerServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Stop PostgreSQL while a tool call is in flight, let the call finish (its result
+    cannot be journaled), start PostgreSQL again: the session resumes from its journal
+    and completes; the chain verifies and the tool's effect was made once."""
+    from tests.fleet.conftest import open_fleet
+    from tests.peers.postgres import PostgresServer, available
+
+    if not available():
+        pytest.skip("PostgreSQL 15 server binaries are not installed")
+    import psycopg
+
+    server = PostgresServer(Path("/tmp") / f"nexus-pg-outage-{os.getpid()}-{time.monotonic_ns()}")
+    server.start()
+    with psycopg.connect(server.url(), autocommit=True) as admin:
+        admin.execute("CREATE DATABASE outage")
+    fleet = open_fleet(tmp_path, server.url("outage"), threaded_peer, monkeypatch)
+    try:
+        threaded_peer.config.script = HOLD
+        sid = fleet.rt.create_session("ride out an outage", agent="fleet")
+        fleet.start("a")
+        held_on(fleet, "a", sid)
+        server.stop()
+        Path(fleet.env["FLEET_RELEASE"]).touch()
+        wait_for(lambda: "the database went away" in fleet.log("a"), "the worker notices", 150)
+        server.launch()
+        wait_for(lambda: fleet.rt.session(sid).status == "completed", "completed", 150)
+        kinds = step_kinds(fleet, sid)
+        assert (kinds.count("llm.response"), kinds.count("tool.result"), kinds[-1]) == (
+            2,
+            1,
+            "session.completed",
+        )
+        assert "session.failed" not in kinds
+        assert fleet.rt.journal.verify(sid).ok
+        effects = [p for p in fleet.effects.iterdir() if p.name != "log"]
+        assert len(effects) == 1
+    finally:
+        fleet.close()
+        server.stop()
+        shutil.rmtree(server.root, ignore_errors=True)

@@ -54,6 +54,10 @@ class PostgresServer:
             "UTF8",
             "--locale=C.UTF-8",
         )
+        self.launch()
+
+    def launch(self) -> None:
+        """Start the (created) cluster's server: again after `stop`, on the same port."""
         options = (
             f"-p {self.port} -c listen_addresses=127.0.0.1 "
             f"-c unix_socket_directories={self.root} -c fsync=off"

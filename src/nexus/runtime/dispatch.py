@@ -93,7 +93,7 @@ async def session_workflow(session_id: str) -> str:
         assert task is not None
         dispatcher._running[session_id] = task
         try:
-            status = await dispatcher.runtime.run(session_id)
+            status = await _run_through_outages(dispatcher.runtime, session_id)
         except SessionFenced:
             # Taken over by another worker (this one was declared dead): that run
             # owns the session and its DBOS workflow now. Ending as cancelled makes
@@ -110,6 +110,41 @@ async def session_workflow(session_id: str) -> str:
         finally:
             dispatcher._running.pop(session_id, None)
     return status.value
+
+
+STORE_WAIT_S = 600.0  # how long a session waits for its database to come back
+
+
+async def _run_through_outages(runtime: Runtime, session_id: str) -> SessionStatus:
+    """Run the session; if it stops because the database went away (an error, and
+    the store does not answer), wait for the database and run it again: a replay of
+    its journal, so nothing committed is repeated and nothing is lost. A session is
+    never failed for an outage shorter than STORE_WAIT_S."""
+    while True:
+        try:
+            return await runtime.run(session_id)
+        except SessionFenced:
+            raise
+        except Exception:
+            if await asyncio.to_thread(_answers, runtime.store):
+                raise  # the database is there: a real error
+            log.warning("session %s: the database went away; waiting for it", session_id)
+            deadline = time.monotonic() + STORE_WAIT_S
+            while not await asyncio.to_thread(_answers, runtime.store):
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(1.0)
+            log.warning("session %s: the database is back; resuming from the journal", session_id)
+            runtime.journal.forget(session_id)
+            runtime.journal.discard(session_id)
+
+
+def _answers(store: Any) -> bool:
+    try:
+        store.ping()
+    except Exception:
+        return False
+    return True
 
 
 class _DropCancelNoise(logging.Filter):

@@ -132,6 +132,8 @@ class PostgresStore:
             min_size=min_size,
             max_size=max_size,
             kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
+            # A connection the server dropped (a restart) is replaced, not handed out.
+            check=ConnectionPool.check_connection,
             open=False,
             name="nexus-store",
         )
