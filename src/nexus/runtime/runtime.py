@@ -188,20 +188,24 @@ class Runtime:
 
         A session that cannot run at all (its agent or toolkit is gone, no LLM
         provider, a bad replay source) ends `failed` with the reason journaled."""
+        self.session(session_id)  # SessionNotFound first
+        # Claim before reading: from here on, an older run's appends are refused, and
+        # everything it committed before is in what this run reads (a run that read
+        # first could miss a completion committed meanwhile, and finish it twice).
+        epoch = self.store.claim_session(session_id, self.worker_id)
+        self.journal.fence(session_id, epoch)
         row = self.session(session_id)
-        if SessionStatus(row.status).finished:
-            return SessionStatus(row.status)
         # The database is the truth: another process may have run part of this
         # session since this one cached its chain head (it created it, say).
         self.journal.forget(session_id)
         events = self.journal.events(session_id)
+        if SessionStatus(row.status).finished:
+            self.journal.fence(session_id, None)
+            return SessionStatus(row.status)
         if row.status == SessionStatus.PAUSED.value and not resume_pending(self.store, events):
+            self.journal.fence(session_id, None)
             return SessionStatus.PAUSED  # a stale run of a paused session: wait for a resume
         created = events[0].payload
-        # This run owns the session from here: a run elsewhere (a worker declared
-        # dead that comes back) is refused its next append.
-        epoch = self.store.claim_session(session_id, self.worker_id)
-        self.journal.fence(session_id, epoch)
         try:
             try:
                 run, spec = await self._prepare(session_id, created, epoch)
