@@ -43,7 +43,7 @@ from nexus.storage.base import (
     WorkerRow,
 )
 from nexus.storage.migrations import LATEST, POSTGRES_MIGRATIONS, dialect_sql
-from nexus.storage.workers import by_worker, fenced, queries, worker_row
+from nexus.storage.workers import by_worker, fenced, index_update, queries, worker_row
 
 _WORKERS = queries("postgresql")
 
@@ -520,15 +520,7 @@ def _insert(
         )
     # The index change first: a stale run is refused by its epoch before its row
     # could collide with the new run's rows (same seq).
-    common = (row.ts, row.seq, change.steps, row.tokens_in, row.tokens_out, row.cost_usd)
-    if change.status is None and change.reason is None:
-        args: tuple[object, ...] = (*common, row.session_id)
-        sql = _UPDATE_COUNTERS
-    else:
-        sql = _UPDATE_STATUS
-        args = (*common, change.status, change.status, change.reason, row.session_id)
-    if change.epoch is not None:
-        sql, args = sql + _IN_EPOCH, (*args, change.epoch)
+    sql, args = index_update(row, change, _UPDATE_COUNTERS, _UPDATE_STATUS, _IN_EPOCH)
     if db.execute(sql, args).rowcount == 0 and change.epoch is not None:
         raise fenced(row, change.epoch)
     ids.append(

@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from nexus.errors import SessionFenced
-from nexus.storage.base import EventRow, WorkerRow
+from nexus.storage.base import EventRow, SessionChange, WorkerRow
 from nexus.storage.migrations import NOW, Dialect
 
 ALIVE, STOPPED, DEAD, LEFT = "alive", "stopped", "dead", "left"
@@ -104,3 +104,23 @@ def fenced(row: EventRow, epoch: int) -> SessionFenced:
         f"session {row.session_id}: this run (epoch {epoch}) was taken over by another "
         f"worker; {row.kind} #{row.seq} refused"
     )
+
+
+def index_update(
+    row: EventRow, change: SessionChange, counters: str, status: str, in_epoch: str
+) -> tuple[str, tuple[object, ...]]:
+    """The session-index UPDATE of one append, in a store's own statements: the
+    counters alone for most events, with the status for those that change it, and
+    fenced by the run's epoch when the append is a run's (a row count of 0 then
+    means `fenced`)."""
+    common = (row.ts, row.seq, change.steps, row.tokens_in, row.tokens_out, row.cost_usd)
+    if change.status is None and change.reason is None:
+        # Most events: leave status alone so its index entry is not rewritten.
+        sql = counters
+        args: tuple[object, ...] = (*common, row.session_id)
+    else:
+        sql = status
+        args = (*common, change.status, change.status, change.reason, row.session_id)
+    if change.epoch is not None:
+        return sql + in_epoch, (*args, change.epoch)
+    return sql, args
