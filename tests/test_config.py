@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,9 @@ NEW_PROVIDER_DEFAULTS = {
 
 
 def defaults(home: Path) -> dict[str, object]:
+    """The settings with nothing configured but what the nexus_home fixture sets,
+    including the test's store: NEXUS_DATABASE_URL (masked) with --store=postgres."""
+    store = os.environ.get("NEXUS_DATABASE_URL")
     return {
         "home": str(home),
         "durability": "normal",
@@ -39,7 +43,7 @@ def defaults(home: Path) -> dict[str, object]:
         "worker_id": None,
         "heartbeat_s": 3.0,
         "worker_timeout_s": 15.0,
-        "database_url": None,
+        "database_url": None if store is None else "**********",
         "dbos_url": None,
         "api_token": None,
         "app_version": "nexus-1",
@@ -50,8 +54,8 @@ def defaults(home: Path) -> dict[str, object]:
 
 
 def test_defaults_on_an_empty_home(nexus_home: Path) -> None:
-    """With only NEXUS_HOME set, every setting has its default, and the derived paths
-    live under the home."""
+    """With only NEXUS_HOME set (and the store's URL, with --store=postgres), every
+    setting has its default, and the derived paths live under the home."""
     settings = load_settings()
     assert public_view(settings) == defaults(nexus_home)
     assert (settings.db_path, settings.dbos_path, settings.agents_dir, settings.workspaces_dir) == (

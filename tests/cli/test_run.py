@@ -20,6 +20,7 @@ from nexus.cli.app import app
 from nexus.config import load_settings
 from nexus.examples import demo_recording
 from nexus.runtime.runtime import Runtime
+from tests.stores import dbos_workflows
 from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -94,10 +95,7 @@ def test_run_runs_only_its_own_session(nexus_home: Path) -> None:
     assert result.exit_code == 0, result.output
     mine = json.loads(result.stdout)["id"]
     assert {r.id: r.status for r in rt.sessions()} == {mine: "completed", waiting: "queued"}
-    db = __import__("sqlite3").connect(rt.settings.dbos_path)
-    workflows = db.execute("SELECT workflow_uuid, executor_id FROM workflow_status").fetchall()
-    db.close()
-    assert workflows == [(mine, f"run-{mine}")]
+    assert dbos_workflows(rt.settings) == [(mine, f"run-{mine}")]
     rt.store.close()
 
 

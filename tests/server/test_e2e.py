@@ -66,6 +66,9 @@ class Server:
     def _serve(self) -> None:
         asyncio.set_event_loop(self.loop)
         self.loop.run_until_complete(self.server.serve(sockets=[self.sock]))
+        # The whole runtime, not only its store: its control watcher polls while a
+        # session the stopped workers cancelled is still registered with it.
+        self.loop.run_until_complete(self.rt.aclose())
         self.loop.close()
 
     def __enter__(self) -> Server:
@@ -78,7 +81,6 @@ class Server:
         self.server.should_exit = True
         self.thread.join(30)
         self.sock.close()
-        self.rt.store.close()
 
     def call(self, fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """Run a coroutine on the server's loop (where the runtime and workers live)."""

@@ -3,6 +3,7 @@ the CLI's --server mode, and graceful shutdown with durable resume."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -47,9 +48,15 @@ class LiveServer:
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         config = uvicorn.Config(self.app, log_level="warning", lifespan="on")
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]})
+        self.thread = threading.Thread(target=self._serve)
         self.token = self.app.state.nexus.auth.tokens.read()
         self.headers = {"Authorization": f"Bearer {self.token}"}
+
+    def _serve(self) -> None:
+        self.server.run(sockets=[self.sock])
+        # The whole runtime, not only its store: its control watcher polls while a
+        # session the stopped workers cancelled is still registered with it.
+        asyncio.run(self.rt.aclose())
 
     def __enter__(self) -> LiveServer:
         self.thread.start()
@@ -61,7 +68,6 @@ class LiveServer:
         self.server.should_exit = True
         self.thread.join(30)
         self.sock.close()
-        self.rt.store.close()
 
     def post_session(self, **body: Any) -> dict[str, Any]:
         resp = httpx.post(f"{self.url}/api/v1/sessions", json=body, headers=self.headers)

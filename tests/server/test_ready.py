@@ -71,6 +71,7 @@ async def test_readyz_is_ready_with_a_provider(
     )
 
 
+@pytest.mark.sqlite_only
 async def test_a_database_damaged_under_a_running_server_is_reported_not_served(
     client: tuple[httpx.AsyncClient, Runtime],
 ) -> None:

@@ -412,11 +412,12 @@ def audit_verify(
 @audit_app.command("rotate-key")
 def audit_rotate_key() -> None:
     """Make a new audit key (old ones are kept, so old events still verify) and sign a
-    checkpoint with it. Running workers sign with the new key after a restart."""
-    from nexus.runtime.audit import AuditKeys, write_checkpoint
+    checkpoint with it. Running workers sign with the new key after a restart. The keys
+    are the runtime's: beside a database file, in NEXUS_HOME for a database URL."""
+    from nexus.runtime.audit import write_checkpoint
 
     rt = _runtime()
-    keys = AuditKeys.beside(rt.store)
+    keys = rt.journal.keys
     key_id = _read(keys.rotate)
     checkpoint = _read(lambda: write_checkpoint(rt.store, keys))
     _console().print(f"audit key {key_id} in {keys.path}; checkpoint #{checkpoint.id} signed")
