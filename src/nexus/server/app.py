@@ -66,7 +66,6 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        unsubscribe = runtime.journal.subscribe(state.broadcaster.notify)
         await state.broadcaster.start()
         dispatcher = None
         if workers:
@@ -82,7 +81,6 @@ def create_app(
             if dispatcher is not None:
                 state.dispatcher = None
                 await dispatcher.stop()
-            unsubscribe()
             await runtime.aclose_providers()
 
     app = FastAPI(

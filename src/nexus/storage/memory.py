@@ -22,6 +22,7 @@ from nexus.storage.base import (
     SessionRow,
     SessionTotals,
 )
+from nexus.storage.wake import Wakeup
 
 KEEP_CHECKPOINTS = 8  # as the SQLite store
 
@@ -31,6 +32,7 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self.path = ":memory:"
+        self._wakeup = Wakeup()
         self._lock = threading.Lock()
         self._events: list[EventRow] = []
         self._by_session: dict[str, list[EventRow]] = {}
@@ -256,6 +258,10 @@ class MemoryStore:
     def check_integrity(self) -> str | None:
         """Memory is never damaged."""
         return None
+
+    def wakeup(self) -> Wakeup:
+        """Rung by this process's journal (no other process sees this store)."""
+        return self._wakeup
 
     def close(self) -> None:
         """Nothing to release."""
