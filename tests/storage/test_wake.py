@@ -156,3 +156,31 @@ def test_a_dropped_listen_connection_comes_back_and_rings_for_the_gap(
     events.close()
     writer.close()
     reader.close()
+
+
+async def test_journal_follow_is_woken_by_another_process_commits(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """`Journal.follow` (under `nexus logs --follow`) on one store yields what another
+    store on the database appends, to the session's end, with polling and the
+    safety interval both an hour: it is woken by NOTIFY alone."""
+    reader, writer = PostgresStore(postgres_url), PostgresStore(postgres_url)
+    reader.wakeup().safety_s = NEVER_S
+    keys = tmp_path / "audit.key"
+    ours, theirs = Journal(reader, keys=AuditKeys(keys)), Journal(writer, keys=AuditKeys(keys))
+    theirs.append("s1", "session.created", CREATED)
+    follow = ours.follow("s1", poll_s=NEVER_S)
+    seen = [(await anext(follow)).kind]
+
+    def finish() -> None:
+        theirs.append("s1", "note", {})
+        theirs.append("s1", "session.completed", {"answer": "ok"}, reason="completed")
+
+    writes = threading.Thread(target=finish)
+    writes.start()
+    async with asyncio.timeout(30):
+        seen += [event.kind async for event in follow]
+    writes.join()
+    assert seen == ["session.created", "note", "session.completed"]
+    writer.close()
+    reader.close()
