@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import uvicorn
@@ -123,10 +124,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sse-buffer", type=int, default=1000)
     p.add_argument("--heartbeat-s", type=float, default=15.0)
     p.add_argument("--concurrency", type=int, help="sessions in flight (default: settings)")
+    p.add_argument("--database-url", help="a PostgreSQL store (default: SQLite in the home)")
+    p.add_argument("--no-listen", action="store_true", help="PostgreSQL without LISTEN: poll")
+    p.add_argument("--coalesce-s", type=float, help="the broadcaster's wait after a wake")
     args = p.parse_args(argv)
 
-    overrides = {} if args.concurrency is None else {"concurrency": args.concurrency}
-    runtime = Runtime(load_settings(home=args.home, **overrides))
+    overrides: dict[str, Any] = (
+        {} if args.concurrency is None else {"concurrency": args.concurrency}
+    )
+    if args.database_url:
+        overrides["database_url"] = args.database_url
+    store = None
+    if args.no_listen:
+        from nexus.storage.postgres import PostgresStore  # the `postgres` extra
+
+        store = PostgresStore(args.database_url, listen=False)
+    runtime = Runtime(load_settings(home=args.home, **overrides), store=store)
     app = create_app(
         runtime,
         auth=not args.no_auth,
@@ -134,6 +147,8 @@ def main(argv: list[str] | None = None) -> None:
         heartbeat_s=args.heartbeat_s,
         sse_buffer=args.sse_buffer,
     )
+    if args.coalesce_s is not None:
+        app.state.nexus.broadcaster.coalesce_s = args.coalesce_s
     # proto=IPPROTO_TCP, not the default 0: asyncio only sets TCP_NODELAY on sockets
     # whose proto says TCP, and without it every keep-alive response waits ~40 ms for
     # a delayed ACK (Nagle). uvicorn's own host/port binding gets this right.

@@ -62,8 +62,9 @@ async def until(predicate: Callable[[], bool], what: str) -> None:
 async def parts(nexus_home: Path) -> AsyncIterator[tuple[SQLiteStore, Journal, Broadcaster]]:
     store = SQLiteStore(nexus_home / "n.db")
     journal = Journal(store)
-    # Woken only by `notify` (no journal listener, a long poll): the tests decide
-    # when the reader reads, so they can put a client ahead of it.
+    # A long poll: the reader is woken by the journal's commits (the store's
+    # wakeup) but runs only when a test awaits, after its synchronous appends; so
+    # the tests decide when it reads, and can put a client ahead of it.
     broadcaster = Broadcaster(store, poll_s=60, coalesce_s=0)
     await broadcaster.start()
     yield store, journal, broadcaster
@@ -93,14 +94,14 @@ def notes(journal: Journal, session_id: str, n: int) -> None:
 
 
 async def read(b: Broadcaster, store: SQLiteStore, session_id: str) -> None:
-    """Wake the reader and wait until the session's tail holds its last event."""
+    """Let the reader (woken by the appends) run until the session's tail holds its
+    last event."""
     last = store.session(session_id).last_seq  # type: ignore[union-attr]
 
     def held() -> bool:
         caught = b.catch_up(session_id, last - 1)
         return caught is not None and caught.last_seq == last
 
-    b.notify(None)  # type: ignore[arg-type]
     await until(held, "the reader")
 
 

@@ -14,9 +14,12 @@ How a runner learns of a command:
   its journal applied;
 * posted in this process (the API inside `nexus start`, Ctrl-C of `nexus run`): at
   once, handed to the runner in memory;
-* posted in another process: one poller per process reads the commands table
-  after the last id it saw (one indexed query every `control_poll_s`, whatever
-  the number of sessions) and hands each to its runner.
+* posted in another process: one watcher thread per process reads the commands
+  table after the last id it saw (one indexed query, whatever the number of
+  sessions) and hands each to its runner. It reads when the store's `Wakeup`
+  rings (on PostgreSQL the posting transaction's NOTIFY, heard by the process's
+  one listen connection), else every `control_poll_s` (SQLite), or at the slow
+  safety interval while NOTIFY wakes it.
 
 The per-step check is then a look at two attributes in memory. A kill also
 cancels the step in flight: an LLM request is aborted; a tool coroutine is
@@ -54,6 +57,7 @@ from nexus.errors import (
 )
 from nexus.runtime.journal import Journal
 from nexus.storage.base import CommandRow, Store
+from nexus.storage.wake import COMMANDS, Waiter
 from nexus.types import (
     Event,
     Guard,
@@ -174,6 +178,7 @@ class Control(Guard, SessionHook):
         self._seen = 0
         self._seen_lock = threading.Lock()
         self._watcher: threading.Thread | None = None
+        self._waiter: Waiter | None = None  # the watcher's doorbell, while it runs
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = threading.Event()  # set while sessions run here
         self._watcher_lock = threading.Lock()
@@ -329,18 +334,24 @@ class Control(Guard, SessionHook):
                 self._watcher.start()
 
     def _watch(self) -> None:
-        while not self._closing:
-            if not self._wake.wait(timeout=1.0):
-                with self._watcher_lock:
-                    if not self._wake.is_set():  # idle for a second: end; a run restarts it
-                        self._watcher = None
-                        return
-                continue
-            try:
-                self.poll()
-            except Exception:  # a busy or briefly broken database: try again
-                log.exception("reading the control channel failed")
-            time.sleep(self.poll_s)
+        wakeup = self.store.wakeup()
+        waiter = self._waiter = wakeup.waiter(COMMANDS)
+        try:
+            while not self._closing:
+                if not self._wake.wait(timeout=1.0):
+                    with self._watcher_lock:
+                        if not self._wake.is_set():  # idle for a second: end; a run restarts it
+                            self._watcher = None
+                            return
+                    continue
+                waiter.clear()  # before the read: a command posted after it rings again
+                try:
+                    self.poll()
+                except Exception:  # a busy or briefly broken database: try again
+                    log.exception("reading the control channel failed")
+                waiter.wait(wakeup.timeout(self.poll_s))
+        finally:
+            waiter.close()
 
     def poll(self) -> int:
         """Hand commands posted since the last poll to their runners here (any
@@ -378,6 +389,8 @@ class Control(Guard, SessionHook):
         self._closing = True
         with self._watcher_lock:
             self._wake.set()
+            if self._waiter is not None:
+                self._waiter.set()
             watcher, self._watcher = self._watcher, None
         if watcher is not None:
             await asyncio.to_thread(watcher.join, 5.0)

@@ -10,6 +10,7 @@ signed checkpoints (`nexus.runtime.audit`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -21,6 +22,7 @@ from nexus.runtime import audit
 from nexus.runtime.audit import AuditKeys, AuditReport, Tamper, chain_hash, event_hash
 from nexus.runtime.redact import Redactor
 from nexus.storage.base import EventRow, SessionChange, Store
+from nexus.storage.wake import EVENTS
 from nexus.types import JSON, Event, SessionStatus
 
 # One encoder, built once: json.dumps would rebuild it on every call (hot path).
@@ -63,6 +65,7 @@ class Journal:
         self.store = store
         self.redactor = redactor or Redactor()
         self.keys = keys or AuditKeys.beside(store)
+        self._wakeup = store.wakeup()
         self._signer: tuple[str, bytes] | None = None
         # Chain heads of sessions this process writes; a session is written by one
         # worker at a time, and a miss falls back to the database.
@@ -244,6 +247,9 @@ class Journal:
 
     def _commit(self, batch: list[_Entry]) -> None:
         results = self.store.append_many([(e.row, e.change) for e in batch])
+        # This process's live readers read now (other processes' hear the store's
+        # NOTIFY on PostgreSQL, or poll).
+        self._wakeup.ring(EVENTS)
         for entry, result in zip(batch, results, strict=True):
             if isinstance(result, Exception):
                 entry.error = result
@@ -280,20 +286,32 @@ class Journal:
     async def follow(
         self, session_id: str, after_seq: int = 0, *, poll_s: float = 0.05
     ) -> AsyncIterator[Event]:
-        """Yield a session's events as they are appended, until it finishes."""
-        while True:
-            batch = self.events(session_id, after_seq)
-            for event in batch:
-                after_seq = event.seq
-                yield event
-            if not batch:
-                row = self.store.session(session_id)
-                if row is None or SessionStatus(row.status).finished:
-                    # One last read: the final event may have landed meanwhile.
-                    for event in self.events(session_id, after_seq):
-                        yield event
-                    return
-                await asyncio.sleep(poll_s)
+        """Yield a session's events as they are appended, until it finishes.
+
+        Woken by the store's `Wakeup` (any process's commit on PostgreSQL, this
+        process's elsewhere); unwoken it reads every `poll_s`, or at the slow safety
+        interval while other processes' commits wake it."""
+        wakeup = self.store.wakeup()
+        waiter = wakeup.async_waiter(EVENTS)
+        try:
+            while True:
+                waiter.clear()  # before the read: a commit after it rings again
+                batch = self.events(session_id, after_seq)
+                for event in batch:
+                    after_seq = event.seq
+                    yield event
+                if not batch:
+                    row = self.store.session(session_id)
+                    if row is None or SessionStatus(row.status).finished:
+                        # One last read: the final event may have landed meanwhile.
+                        for event in self.events(session_id, after_seq):
+                            yield event
+                        return
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(wakeup.timeout(poll_s)):
+                            await waiter.wait()
+        finally:
+            waiter.close()
 
     def verify(self, session_id: str | None = None) -> AuditReport:
         """Audit the chains (all, or one session's) under the audit keys, against the

@@ -65,7 +65,6 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        unsubscribe = runtime.journal.subscribe(state.broadcaster.notify)
         await state.broadcaster.start()
         dispatcher = None
         if workers:
@@ -81,7 +80,6 @@ def create_app(
             if dispatcher is not None:
                 state.dispatcher = None
                 await dispatcher.stop()
-            unsubscribe()
             tokens.close()
             await runtime.aclose_providers()
 

@@ -1,8 +1,11 @@
 """Fan-out of journal events to live clients (SSE), without slowing the workers.
 
-One task reads new journal rows (woken by in-process appends, polling for other
-processes' writes) and offers them to every matching subscriber's bounded
-buffer. What keeps the workers fast with many clients (measured in
+One task per process reads new journal rows and offers them to every matching
+subscriber's bounded buffer, however many clients there are. It is woken by the
+store's `Wakeup`: this process's appends, and on PostgreSQL every process's (one
+LISTEN connection per process); unwoken it reads every `poll_s` (SQLite: how
+other processes' appends are seen), or at the slow safety interval while NOTIFY
+wakes it. What keeps the workers fast with many clients (measured in
 `bench/api.py`):
 
 * coalescing: after a wake the reader waits so that a burst of appends becomes
@@ -30,7 +33,8 @@ from dataclasses import dataclass, field
 
 from nexus.server import deflate
 from nexus.storage.base import EventRow, SessionRow, Store
-from nexus.types import Event, SessionStatus
+from nexus.storage.wake import EVENTS, AsyncWaiter
+from nexus.types import SessionStatus
 
 TERMINAL_KINDS = frozenset({"session.completed", "session.failed", "session.killed"})
 
@@ -290,7 +294,8 @@ class Broadcaster:
         self.writes_per_s = writes_per_s
         self.heartbeat_s = heartbeat_s
         self._subs: set[Subscription] = set()
-        self._wake = asyncio.Event()
+        self._wakeup = store.wakeup()
+        self._waiter: AsyncWaiter | None = None
         self._task: asyncio.Task[None] | None = None
         self._last_id = 0
         self._closing = False
@@ -326,12 +331,9 @@ class Broadcaster:
 
     async def start(self) -> None:
         """Begin after the newest existing event."""
+        self._waiter = self._wakeup.async_waiter(EVENTS)
         self._last_id = self.store.latest_event_id()
-        self._task = asyncio.create_task(self._run(), name="nexus-broadcaster")
-
-    def notify(self, _event: Event) -> None:
-        """Journal listener: new events are there (cheap: sets a flag)."""
-        self._wake.set()
+        self._task = asyncio.create_task(self._run(self._waiter), name="nexus-broadcaster")
 
     def catch_up(self, session_id: str, after: int) -> CatchUp | None:
         """A session's frames after seq `after`, from memory; None if they are not
@@ -436,6 +438,9 @@ class Broadcaster:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        if self._waiter is not None:
+            self._waiter.close()
+            self._waiter = None
 
     def _heartbeat(self) -> None:
         # One pass for every stream (not a timer per client per wake): a stream
@@ -446,19 +451,21 @@ class Broadcaster:
                 sub.ready.set()
             sub.active = False
 
-    async def _run(self) -> None:
+    async def _run(self, waiter: AsyncWaiter) -> None:
         loop = asyncio.get_running_loop()
         next_beat = loop.time() + self.heartbeat_s
         while True:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(self.poll_s, self.heartbeat_s)):
-                    await self._wake.wait()
+                async with asyncio.timeout(
+                    min(self._wakeup.timeout(self.poll_s), self.heartbeat_s)
+                ):
+                    await waiter.wait()
             if loop.time() >= next_beat:
                 self._heartbeat()
                 next_beat = loop.time() + self.heartbeat_s
-            if self._wake.is_set() and (wait := self.coalesce_wait) > 0:
+            if waiter.is_set() and (wait := self.coalesce_wait) > 0:
                 await asyncio.sleep(wait)  # let the burst land: one batch
-            self._wake.clear()
+            waiter.clear()  # before the read: a commit after it wakes the next turn
             while True:
                 if not self._subs and not self._tails:
                     # Nobody to tell: skip ahead without reading the rows.

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from nexus.storage.migrations import Sql
+from nexus.storage.wake import Wakeup
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,6 +385,13 @@ class Store(EventStore, SessionIndex, CommandStore, WorkerStore, Protocol):
 
     def checkpoint(self, checkpoint_id: int | None = None) -> CheckpointRow | None:
         """One checkpoint by id, or the newest (None when there is none)."""
+        ...
+
+    def wakeup(self) -> Wakeup:
+        """This process's doorbells for live readers (`nexus.storage.wake`): readers
+        wait on them between reads, with a timeout. Rung by this process's journal
+        after each commit; on PostgreSQL also by every process's commits (NOTIFY), so
+        readers there poll only at a slow safety interval."""
         ...
 
     def close(self) -> None:

@@ -23,6 +23,7 @@ from nexus.storage.base import (
     SessionTotals,
     WorkerRow,
 )
+from nexus.storage.wake import Wakeup
 from nexus.storage.workers import ALIVE, DEAD, LEFT, STOPPED, by_worker, fenced
 
 KEEP_CHECKPOINTS = 8  # as the SQLite store
@@ -33,6 +34,7 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self.path = ":memory:"
+        self._wakeup = Wakeup()
         self._lock = threading.Lock()
         self._events: list[EventRow] = []
         self._by_session: dict[str, list[EventRow]] = {}
@@ -325,6 +327,10 @@ class MemoryStore:
     def check_integrity(self) -> str | None:
         """Memory is never damaged."""
         return None
+
+    def wakeup(self) -> Wakeup:
+        """Rung by this process's journal (no other process sees this store)."""
+        return self._wakeup
 
     def close(self) -> None:
         """Nothing to release."""

@@ -12,19 +12,26 @@ before another commits id 10, and a reader following `events_after(10)` would sk
 10 for ever. The lock costs one statement per transaction and serialises writers,
 as SQLite's write lock does.
 
+The same transactions `NOTIFY` (delivered at commit, to every process): one
+`Listener` per store holds a dedicated connection that `LISTEN`s and wakes this
+process's live readers (`nexus.storage.wake`).
+
 Needs the `postgres` extra: `pip install 'nexus-runtime[postgres]'`.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 from psycopg_pool import ConnectionPool
 
 from nexus.errors import JournalError, SchemaVersionError, StorageError
@@ -43,6 +50,7 @@ from nexus.storage.base import (
     WorkerRow,
 )
 from nexus.storage.migrations import LATEST, POSTGRES_MIGRATIONS, dialect_sql
+from nexus.storage.wake import COMMANDS, EVENTS, Channel, Wakeup
 from nexus.storage.workers import by_worker, fenced, index_update, queries, worker_row
 
 _WORKERS = queries("postgresql")
@@ -55,6 +63,18 @@ SCHEMA_LOCK = 0x6E78736368656D61
 # As the SQLite store: the newest checkpoint counts, a few more cover racing writers.
 KEEP_CHECKPOINTS = 8
 CONNECT_TIMEOUT_S = 10
+
+# LISTEN/NOTIFY channels (scoped to the database): a commit of events or of a
+# command notifies one; the notification carries nothing (readers read after their
+# last id), so PostgreSQL may merge or a dropped connection may lose it.
+NOTIFY_CHANNELS: dict[Channel, str] = {EVENTS: "nexus_events", COMMANDS: "nexus_commands"}
+LISTEN_APP = "nexus-listen"  # the listen connection's application_name (pg_stat_activity)
+
+# A listen connection to a vanished server is known dead in about 25 s (10 idle,
+# then 3 probes 5 s apart), instead of the kernel's default two hours.
+_KEEPALIVES = dict(keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3)
+
+log = logging.getLogger("nexus.storage")
 
 _EVENT_COLS = (
     "id, session_id, seq, ts, kind, payload, tokens_in, tokens_out, cost_usd, "
@@ -112,6 +132,8 @@ class PostgresStore:
         min_size: connections the pool keeps open.
         max_size: connections it may open (a worker's appends are serialised by the
             events lock anyway; reads of the API share the rest).
+        listen: wake this process's readers on other processes' commits (one
+            more connection, opened when the first reader waits).
 
     Raises:
         StorageError: the database cannot be reached or migrated (one line, the
@@ -119,9 +141,15 @@ class PostgresStore:
         SchemaVersionError: the database was migrated by a newer NEXUS.
     """
 
-    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 4) -> None:
+    def __init__(
+        self, url: str, *, min_size: int = 1, max_size: int = 4, listen: bool = True
+    ) -> None:
         self._url = url
         self.path = masked(url)
+        # `listen=False`: no listen connection, readers poll (the baseline of
+        # `bench.live`; also for a pooler that cannot LISTEN, like PgBouncer in
+        # transaction mode).
+        self._wakeup = Listener(url, self.path) if listen else Wakeup()
         try:
             with psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as db:
                 self._migrate(db)
@@ -202,6 +230,10 @@ class PostgresStore:
         """A new connection to this database (autocommit), for a subsystem's own
         queries; the caller closes it."""
         return psycopg.connect(self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+
+    def wakeup(self) -> Wakeup:
+        """This process's readers' doorbells, rung by every process's commits."""
+        return self._wakeup
 
     # -- journal ------------------------------------------------------------------
 
@@ -428,8 +460,12 @@ class PostgresStore:
     ) -> CommandRow:
         ts = time.time()
         with self._pool.connection() as db, db.transaction():
-            # Ids in commit order, for `commands_after` (see the module docstring).
-            db.execute("SELECT pg_advisory_xact_lock(%s)", (COMMANDS_LOCK,))
+            # Ids in commit order, for `commands_after` (see the module docstring);
+            # the notification goes out at commit.
+            db.execute(
+                "SELECT pg_advisory_xact_lock(%s), pg_notify(%s, '')",
+                (COMMANDS_LOCK, NOTIFY_CHANNELS[COMMANDS]),
+            )
             command_id = _scalar(
                 db,
                 "INSERT INTO commands (session_id, kind, by, reason, data, ts) "
@@ -478,7 +514,85 @@ class PostgresStore:
         return None
 
     def close(self) -> None:
+        self._wakeup.close()
         self._pool.close()
+
+
+class Listener(Wakeup):
+    """The `Wakeup` of a `PostgresStore`: one dedicated autocommit connection (one
+    per store, so one per process, whatever the number of readers) `LISTEN`s on the
+    store's channels in a daemon thread and rings this process's waiters at each
+    notification. The thread starts when the first reader waits.
+
+    If the connection drops (the server restarts, an operator terminates it, the
+    network fails) `live` turns false, so readers poll at their own intervals, and
+    the thread reconnects with backoff (`BACKOFF_S` doubling to `MAX_BACKOFF_S`).
+    Once it listens again it rings every waiter: what committed in between notified
+    nobody here. TCP keepalives bound how long a silently dead connection counts as
+    live; readers' `safety_s` reads cover that time.
+    """
+
+    BACKOFF_S = 0.1
+    MAX_BACKOFF_S = 5.0
+    TICK_S = 0.5  # how often the thread looks whether the store was closed
+
+    def __init__(self, url: str, path: str) -> None:
+        super().__init__()
+        self._conninfo = make_conninfo(url, application_name=LISTEN_APP, **_KEEPALIVES)
+        self._path = path  # the URL with its password masked, for messages
+        self._thread: threading.Thread | None = None
+        self._closed = threading.Event()
+        self._live = False
+
+    @property
+    def live(self) -> bool:
+        """Whether the listen connection is up."""
+        return self._live
+
+    def close(self) -> None:
+        """Stop listening (the thread ends within `TICK_S`, closing its connection)."""
+        self._closed.set()
+
+    def _watched(self) -> None:
+        with self._lock:
+            if self._thread is None and not self._closed.is_set():
+                self._thread = threading.Thread(target=self._run, name=LISTEN_APP, daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        delay, failing = self.BACKOFF_S, False
+        while not self._closed.is_set():
+            try:
+                with psycopg.connect(
+                    self._conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
+                ) as db:
+                    for name in NOTIFY_CHANNELS.values():
+                        db.execute(f"LISTEN {name}")
+                    if failing:
+                        log.info("listening to %s again", self._path)
+                    delay, failing = self.BACKOFF_S, False
+                    self._listen(db)
+            except psycopg.Error as exc:
+                if not failing and not self._closed.is_set():
+                    log.warning(
+                        "the listen connection to %s failed (%s): live readers poll until "
+                        "it is back",
+                        self._path,
+                        _one_line(exc),
+                    )
+                failing = True
+            self._live = False
+            self.ring_all()  # the readers read now, then poll at their own pace
+            self._closed.wait(delay)
+            delay = min(delay * 2, self.MAX_BACKOFF_S)
+
+    def _listen(self, db: psycopg.Connection[Any]) -> None:
+        channel_of = {name: channel for channel, name in NOTIFY_CHANNELS.items()}
+        self._live = True
+        self.ring_all()  # whatever committed while nobody here listened
+        while not self._closed.is_set():
+            for note in db.notifies(timeout=self.TICK_S):
+                self.ring(channel_of[note.channel])
 
 
 def _transaction(
@@ -489,7 +603,12 @@ def _transaction(
     ids: list[int | Exception] = []
     try:
         with db.transaction():
-            db.execute("SELECT pg_advisory_xact_lock(%s)", (EVENTS_LOCK,))
+            # The notification rides in the lock's statement (no round trip of its
+            # own) and goes out only if the transaction commits.
+            db.execute(
+                "SELECT pg_advisory_xact_lock(%s), pg_notify(%s, '')",
+                (EVENTS_LOCK, NOTIFY_CHANNELS[EVENTS]),
+            )
             for row, change in items:
                 _insert(db, row, change, ids)
     except _REFUSED as exc:

@@ -35,6 +35,7 @@ from nexus.storage.base import (
     WorkerRow,
 )
 from nexus.storage.migrations import LATEST, MIGRATIONS, dialect_sql
+from nexus.storage.wake import Wakeup
 from nexus.storage.workers import by_worker, fenced, index_update, queries, worker_row
 
 _WORKERS = queries("sqlite")
@@ -111,6 +112,7 @@ class SQLiteStore:
     def __init__(self, path: Path, *, durability: Durability = "normal") -> None:
         self.path = str(path)
         self._damage: str | None = None
+        self._wakeup = Wakeup()
         path.parent.mkdir(parents=True, exist_ok=True)
         # A file that is not there yet is new; one that is there must hold a database.
         self._existed = path.exists()
@@ -672,6 +674,11 @@ class SQLiteStore:
         with self._lock:
             (latest,) = self._db.execute("SELECT coalesce(max(id), 0) FROM commands").fetchone()
         return int(latest)
+
+    def wakeup(self) -> Wakeup:
+        """Rung by this process's journal only: other processes' commits are found
+        by the readers' polling (SQLite has no notifications between processes)."""
+        return self._wakeup
 
     def close(self) -> None:
         with self._lock:
