@@ -121,6 +121,17 @@ def steady_rate(ends: list[float]) -> tuple[float, float]:
     return ((high - low) / window if window > 0 else float("nan")), window
 
 
+def mean_in_flight(runs: list[tuple[float, float]]) -> float:
+    """How many sessions ran at once on average over the steady part: each run's
+    (`session.started`, end) overlap with that window, summed, over its length."""
+    ends = sorted(end for _, end in runs)
+    low, high = ends[int(len(ends) * 0.1)], ends[int(len(ends) * 0.9) - 1]
+    if high <= low:
+        return float("nan")
+    busy = sum(max(0.0, min(end, high) - max(start, low)) for start, end in runs)
+    return busy / (high - low)
+
+
 async def _start_workers(
     case: Case, homes: list[Path], peer_url: str, url: str | None, timeout_s: float
 ) -> list[Worker]:
@@ -173,9 +184,14 @@ async def run_case(
             for w in workers:
                 w.close()
         rows = finished_rows(rt, case.name, case.sessions)
+        started_at = [
+            next(e.ts for e in rt.journal.events(r.id) if e.kind == ev.SESSION_STARTED)
+            for r in rows
+        ]
     finally:
         await rt.aclose()
     rate, window = steady_rate([r.updated_at for r in rows])
+    runs = [(start, r.updated_at) for start, r in zip(started_at, rows, strict=True)]
     return {
         "case": case.name,
         "store": case.store,
@@ -186,6 +202,7 @@ async def run_case(
         "sessions": case.sessions,
         "runs_per_s": round(rate, 1),
         "steady_window_s": round(window, 2),
+        "mean_in_flight": round(mean_in_flight(runs), 1),
         "submit_s": round(submit_s, 2),
         "start_to_last_s": round(max(r.updated_at for r in rows) - started, 2),
         "worker_cores": round(cpu / elapsed, 2),
@@ -367,6 +384,7 @@ def print_report(data: dict[str, Any]) -> None:
             "sessions",
             "runs/s",
             "x 1 PG\nworker",
+            "mean\nin flight",
             "worker\ncores",
             "peer\ncores",
             "peak RSS\nMB",
@@ -382,13 +400,15 @@ def print_report(data: dict[str, Any]) -> None:
                 str(r["sessions"]),
                 f"{r['runs_per_s']:.1f}",
                 "-" if ratio is None else f"{ratio:.2f}",
+                f"{r['mean_in_flight']:.1f}",
                 f"{r['worker_cores']:.2f}",
                 f"{r['peer_cores']:.2f}",
                 f"{r['worker_peak_rss_mb']:.0f}",
             )
         console.print(table)
         console.print(
-            "in flight = the sessions the workers run at once, split between them; "
+            "in flight = the workers' concurrency, split between them; mean in flight = "
+            "how many ran at once on average; "
             "cores = CPU seconds per wall second (all workers together). PostgreSQL: "
             "a throwaway cluster on this machine, fsync off."
         )

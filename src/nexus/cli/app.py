@@ -129,6 +129,10 @@ def worker(
     # is sized from them, and a pool smaller than the sessions in flight queues
     # their LLM calls until they miss their deadline.
     rt = _runtime(**({} if concurrency is None else {"concurrency": concurrency}))
+    # Imported before the first session, not inside its start: importing the provider
+    # stack (aiohttp and its TLS contexts) blocks the event loop for 0.3-0.6 s on the
+    # 2-core dev machine, while every session queued behind it waits.
+    import nexus.runtime.providers.compose  # noqa: F401
     try:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(serve_forever(rt))
