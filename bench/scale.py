@@ -23,7 +23,7 @@ PostgreSQL is a throwaway cluster (`tests/peers/postgres.py`) with fsync off.
 
 Run from the repository root:
 
-    .venv/bin/python -m bench.scale              # the whole table, ~10 minutes on 2 cores
+    .venv/bin/python -m bench.scale              # the whole table, ~6 minutes on 2 cores
     .venv/bin/python -m bench.scale --quick      # smoke run, ~2 minutes
     .venv/bin/python -m bench.scale --only big   # one part
 """
