@@ -100,12 +100,15 @@ def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
-def _runtime() -> Runtime:
+def _runtime(**overrides: Any) -> Runtime:
+    """The runtime on the settings, with a command's options (`overrides`) winning
+    over them: every part sized from a setting sees the option's value."""
+    from nexus.config import load_settings
     from nexus.errors import ConfigError, StorageError
     from nexus.runtime.runtime import Runtime
 
     try:
-        rt = Runtime()
+        rt = Runtime(load_settings(**overrides))
     except (ConfigError, StorageError) as exc:
         _die(str(exc), EXIT_USAGE)
     from nexus.observe.logs import configure
@@ -124,10 +127,17 @@ def worker(
     from nexus.errors import NexusError
     from nexus.runtime.dispatch import serve_forever
 
-    rt = _runtime()
+    # Through the settings, not only the dispatcher: the provider's connection pool
+    # is sized from them, and a pool smaller than the sessions in flight queues
+    # their LLM calls until they miss their deadline.
+    rt = _runtime(**({} if concurrency is None else {"concurrency": concurrency}))
+    # Imported before the first session, not inside its start: importing the provider
+    # stack (aiohttp and its TLS contexts) blocks the event loop for 0.3-0.6 s on the
+    # 2-core dev machine, while every session queued behind it waits.
+    import nexus.runtime.providers.compose  # noqa: F401
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(serve_forever(rt, concurrency=concurrency))
+            asyncio.run(serve_forever(rt))
     except NexusError as exc:
         _die(str(exc), EXIT_USAGE)
 
