@@ -1,7 +1,8 @@
 """Read commands against a running server (`--server URL`), on the stdlib HTTP client.
 
 The token comes from `NEXUS_TOKEN`, else `NEXUS_API_TOKEN` (the servers' own setting),
-else the token file of this `NEXUS_HOME`.
+else the database when `NEXUS_DATABASE_URL` is set (where the servers on it keep
+theirs), else the token file of this `NEXUS_HOME`.
 """
 
 from __future__ import annotations
@@ -37,13 +38,41 @@ class ServerUnreachable(RemoteError):
 
 
 def find_token() -> str | None:
-    """`NEXUS_TOKEN`, else `NEXUS_API_TOKEN`, else `$NEXUS_HOME/api-token` if it exists."""
+    """`NEXUS_TOKEN`, else `NEXUS_API_TOKEN`, else the database's token when the settings
+    name a database, else `$NEXUS_HOME/api-token` if it exists."""
     token = os.environ.get("NEXUS_TOKEN") or os.environ.get("NEXUS_API_TOKEN")
     if token:
         return token.strip()
-    home = Path(os.environ.get("NEXUS_HOME") or "~/.nexus").expanduser()
+    from nexus.config import load_settings
+    from nexus.errors import ConfigError, StorageError
+
+    try:
+        settings = load_settings()
+    except ConfigError:
+        settings = None
+    if settings is not None and settings.database_url is not None:
+        from nexus.server.tokens import DatabaseToken
+        from nexus.storage.base import open_store
+
+        try:
+            store = open_store(settings.db_path, url=settings.database_url.get_secret_value())
+        except StorageError:
+            return None  # the server will answer 401, which says what to set
+        tokens = DatabaseToken(store, dialect="postgresql")
+        try:
+            return tokens.read()
+        except StorageError:
+            return None
+        finally:
+            tokens.close()
+            store.close()
+    home = settings.home if settings is not None else _home()
     path = home / "api-token"
     return path.read_text().strip() if path.is_file() else None
+
+
+def _home() -> Path:
+    return Path(os.environ.get("NEXUS_HOME") or "~/.nexus").expanduser()
 
 
 class Remote:
