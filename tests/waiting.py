@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 
 def wait_for(predicate: Callable[[], object], what: str, timeout: float = 30.0) -> None:
@@ -23,6 +23,20 @@ async def until(predicate: Callable[[], object], what: str, timeout: float = 30.
 
     deadline = time.monotonic() + timeout
     while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def until_async(
+    predicate: Callable[[], Awaitable[object]], what: str, timeout: float = 30.0
+) -> None:
+    """`until` for a predicate that must itself await (an HTTP request to an app on
+    this loop)."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while not await predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.02)

@@ -7,6 +7,8 @@ Pages:
 * `/` — sessions, live; `/sessions/{id}` — one session's header, actions bar,
   panels and live journal timeline (`sessions.py`).
 * `/new` — start a session (`new.py`).
+* `/workers` — the worker processes on this database, their heartbeats and the
+  sessions they run, live (`workers.py`).
 * `POST /sessions/{id}/kill|pause|resume` — the control forms of a session's
   actions bar; a kill confirms first (`GET /sessions/{id}/kill`) (`control.py`).
 

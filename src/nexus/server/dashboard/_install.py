@@ -7,7 +7,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from nexus.server.dashboard import control, login, new, sessions
+from nexus.server.dashboard import control, login, new, sessions, workers
 from nexus.server.dashboard.registry import PAGES
 from nexus.server.dashboard.web import http_error_page, static_files, wants_page
 from nexus.server.problems import http_problem
@@ -17,7 +17,14 @@ def install(app: FastAPI) -> None:
     """Mount the dashboard's pages (built-in, then `PAGES`) and its static files, and
     show browsers that ask for a page that is not there the dashboard's error page
     (the API's problem+json stays for everything else)."""
-    for router in (login.router, sessions.router, new.router, control.router, *PAGES):
+    for router in (
+        login.router,
+        sessions.router,
+        new.router,
+        control.router,
+        workers.router,
+        *PAGES,
+    ):
         app.include_router(router)
     app.mount("/static", static_files(), name="static")
 

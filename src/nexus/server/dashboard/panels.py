@@ -95,13 +95,17 @@ def _lim(limits: dict[str, Any], key: str) -> str:
 
 
 def details(view: View) -> dict[str, Any]:
-    """Priority, labels, model and replay source, and the journal's head hash."""
+    """Priority, labels, model and replay source, the worker of its latest run and
+    that run's epoch, and the journal's head hash."""
     s = view.session
     created = created_payload(view)
-    head = view.state.runtime.store.head(s.id)[1] if s is not None else ""
+    store = view.state.runtime.store
+    head = store.head(s.id)[1] if s is not None else ""
+    epoch, worker = store.session_owner(s.id) if s is not None else (0, None)
     return {
         "created": created,
         "journal_head": head,
+        "run": {"epoch": epoch, "worker": worker},
     }
 
 

@@ -102,6 +102,7 @@ ACTIONS: list[Action] = [
 NAV: list[NavLink] = [
     NavLink("Sessions", "/", match="/sessions"),
     NavLink("New session", "/new", match="/new"),
+    NavLink("Workers", "/workers", match="/workers"),
 ]
 """Top navigation."""
 

@@ -164,6 +164,29 @@
     live("/api/v1/events/stream", { journal: function () { refreshPage(); } }, function () { refreshPage(); });
   }
 
+  /* -- workers ---------------------------------------------------------------------- */
+
+  // Heartbeats are not journal events: refresh every heartbeat interval, and on
+  // journal news (a session that starts or ends moves between workers).
+  function workersPage() {
+    const rows = slot("worker-rows");
+    function keys() {
+      const m = new Map();
+      rows.querySelectorAll("tr[data-id]").forEach(function (tr) { m.set(tr.dataset.id, tr.dataset.key); });
+      return m;
+    }
+    refreshPage = coalesce(async function () {
+      const before = keys();
+      apply(await fetchFragments("/fragments/workers"));
+      rows.querySelectorAll("tr[data-id]").forEach(function (tr) {
+        if (before.has(tr.dataset.id) && before.get(tr.dataset.id) !== tr.dataset.key) tr.classList.add("changed");
+      });
+    }, 250);
+    const everyMs = Math.max(1000, (Number(body.dataset.heartbeatS) || 3) * 1000);
+    setInterval(function () { refreshPage(); }, everyMs);
+    live("/api/v1/events/stream", { journal: function () { refreshPage(); } }, function () { refreshPage(); });
+  }
+
   /* -- one session ------------------------------------------------------------------ */
 
   function sessionPage() {
@@ -271,4 +294,5 @@
 
   if (body.dataset.page === "sessions") sessionsPage();
   if (body.dataset.page === "session") sessionPage();
+  if (body.dataset.page === "workers") workersPage();
 })();
