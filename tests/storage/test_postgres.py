@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import psycopg
@@ -200,6 +201,63 @@ def test_two_stores_racing_one_session_each_seq_is_won_once_and_the_chain_holds(
     finally:
         for s in stores:
             s.close()
+
+
+def test_appends_after_refusals_keep_working_and_refusals_write_nothing(
+    postgres_url: str,
+) -> None:
+    """Appends are pipelined and prepared once psycopg has seen them 5 times: refused
+    appends (a repeated seq, refused by the database; a NUL, refused before it is
+    sent) write nothing of their transaction, and the appends after them, on the
+    same one-connection pool, still commit. (A refusal that aborts the pipeline in
+    which psycopg prepares a statement leaves psycopg believing it prepared: reusing
+    that connection fails with "prepared statement ... does not exist".)"""
+    store = PostgresStore(postgres_url, max_size=1)
+    try:
+        store.append(*created("s1", ts=1.0))
+        store.append(row("s1", 2, prev_hash="h1", hash="h2"), SessionChange())
+        for _ in range(8):  # the same statement, past the prepare threshold, refused
+            with pytest.raises(JournalError, match="cannot append note #2 to session s1"):
+                store.append(row("s1", 2, prev_hash="x", hash="y"), SessionChange())
+            bad = replace(row("s1", 3, prev_hash="h2", hash="h3"), payload='{"raw": "\x00"}')
+            with pytest.raises(JournalError, match="cannot append note #3 to session s1"):
+                store.append(bad, SessionChange())
+        for seq in range(3, 12):
+            store.append(row("s1", seq, prev_hash=f"h{seq - 1}", hash=f"h{seq}"), SessionChange())
+        results = store.append_many(
+            [(row("s1", n, prev_hash=f"h{n - 1}", hash=f"h{n}"), SessionChange()) for n in (12, 13)]
+        )
+        assert [type(r) for r in results] == [int, int]
+        assert [e.seq for e in store.events("s1")] == list(range(1, 14))
+        assert [e.hash for e in store.events("s1", 10)] == ["h11", "h12", "h13"]
+        session = store.session("s1")
+        assert session is not None and session.last_seq == 13
+    finally:
+        store.close()
+
+
+def test_pooled_connections_the_server_ended_are_replaced_unnoticed(postgres_url: str) -> None:
+    """The pool checks a connection it hands out without a round trip, and only asks
+    the server when the socket has something to read: connections ended by the server
+    meanwhile (`pg_terminate_backend`, as at a restart) are replaced, and no store call
+    fails."""
+    store = PostgresStore(postgres_url, min_size=2, max_size=2)
+    try:
+        store.append(*created("s1", ts=1.0))
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            ended = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                "AND application_name = ''"
+            ).fetchall()
+        assert len(ended) >= 1
+        for _ in range(4):  # every pooled connection, each taken in turn
+            session = store.session("s1")
+            assert session is not None and session.id == "s1"
+        store.append(row("s1", 2, prev_hash="h1", hash="h2"), SessionChange())
+        assert [e.seq for e in store.events("s1")] == [1, 2]
+    finally:
+        store.close()
 
 
 def test_a_follower_of_events_after_sees_every_event_once_while_two_stores_write(

@@ -135,6 +135,7 @@ def worker(
     # stack (aiohttp and its TLS contexts) blocks the event loop for 0.3-0.6 s on the
     # 2-core dev machine, while every session queued behind it waits.
     import nexus.runtime.providers.compose  # noqa: F401
+
     try:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(serve_forever(rt))

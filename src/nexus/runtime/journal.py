@@ -279,6 +279,15 @@ class Journal:
         """Drop the cached chain head of a finished session."""
         self._heads.pop(session_id, None)
 
+    def resume_after(self, session_id: str, events: list[Event]) -> None:
+        """Take the chain head from `events`, all of a session's events as read after
+        this run's claim (no other run can append after it): the run's first append
+        then needs no read of the head."""
+        if events:
+            self._heads[session_id] = (events[-1].seq, events[-1].hash)
+        else:
+            self._heads[session_id] = (0, "")
+
     def events(self, session_id: str, after_seq: int = 0) -> list[Event]:
         """A session's events after `after_seq`, in order."""
         return [_event(r) for r in self.store.events(session_id, after_seq)]

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from nexus import events as ev
 from nexus.config import Settings, load_settings
-from nexus.errors import ConfigError, NexusError, SessionNotFound
+from nexus.errors import ConfigError, JournalError, NexusError, SessionNotFound
 from nexus.runtime.agents import Agent, AgentRegistry, Limits
 from nexus.runtime.audit import KEY_FILE, AuditKeys
 from nexus.runtime.control import Applied, Control, resume_pending
@@ -188,17 +188,20 @@ class Runtime:
 
         A session that cannot run at all (its agent or toolkit is gone, no LLM
         provider, a bad replay source) ends `failed` with the reason journaled."""
-        self.session(session_id)  # SessionNotFound first
         # Claim before reading: from here on, an older run's appends are refused, and
         # everything it committed before is in what this run reads (a run that read
         # first could miss a completion committed meanwhile, and finish it twice).
-        epoch = self.store.claim_session(session_id, self.worker_id)
+        try:
+            epoch = self.store.claim_session(session_id, self.worker_id)
+        except JournalError:
+            self.session(session_id)  # SessionNotFound, when that is why
+            raise
         self.journal.fence(session_id, epoch)
         row = self.session(session_id)
         # The database is the truth: another process may have run part of this
         # session since this one cached its chain head (it created it, say).
-        self.journal.forget(session_id)
         events = self.journal.events(session_id)
+        self.journal.resume_after(session_id, events)
         if SessionStatus(row.status).finished:
             self.journal.fence(session_id, None)
             return SessionStatus(row.status)

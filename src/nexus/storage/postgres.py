@@ -21,9 +21,11 @@ Needs the `postgres` extra: `pip install 'nexus-runtime[postgres]'`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
+import select
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -32,6 +34,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg.conninfo import make_conninfo
+from psycopg.pq import ExecStatus
 from psycopg_pool import ConnectionPool
 
 from nexus.errors import JournalError, SchemaVersionError, StorageError
@@ -89,9 +92,9 @@ _INSERT_SESSION = (
     f"INSERT INTO sessions ({_SESSION_COLS}) "
     "VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s, %s, NULL, 0, 0, 0, 0, 0)"
 )
-_INSERT_EVENT = (
+_APPEND_EVENT = (  # then ` WHERE ...` (a run's append) and ` RETURNING id`
     f"INSERT INTO events ({_EVENT_COLS.removeprefix('id, ')}) "
-    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id"
+    "SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s"
 )
 _COUNTERS = (
     "UPDATE sessions SET updated_at = %s, last_seq = %s, steps = steps + %s, "
@@ -161,7 +164,7 @@ class PostgresStore:
             max_size=max_size,
             kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
             # A connection the server dropped (a restart) is replaced, not handed out.
-            check=ConnectionPool.check_connection,
+            check=_usable,
             open=False,
             name="nexus-store",
         )
@@ -244,23 +247,25 @@ class PostgresStore:
         return result
 
     def append_many(self, items: Sequence[tuple[EventRow, SessionChange]]) -> list[int | Exception]:
-        with self._pool.connection() as db:
-            try:
+        try:
+            with self._pool.connection() as db:
                 return _transaction(db, items)
-            except JournalError as exc:
-                if len(items) == 1:
-                    return [exc]
-            # One row was refused: isolate its session's rows so the other sessions'
-            # still commit; a session's rows stay all or nothing (they chain).
-            results: list[int | Exception] = [0] * len(items)
-            for indexes in _by_session(items):
-                try:
+        except JournalError as exc:
+            if len(items) == 1:
+                return [exc]
+        # One row was refused: isolate its session's rows so the other sessions'
+        # still commit; a session's rows stay all or nothing (they chain). A refusal
+        # closed its connection: each group takes one from the pool.
+        results: list[int | Exception] = [0] * len(items)
+        for indexes in _by_session(items):
+            try:
+                with self._pool.connection() as db:
                     ids = _transaction(db, [items[i] for i in indexes])
-                except JournalError as exc:
-                    ids = [exc] * len(indexes)
-                for i, result in zip(indexes, ids, strict=True):
-                    results[i] = result
-            return results
+            except JournalError as exc:
+                ids = [exc] * len(indexes)
+            for i, result in zip(indexes, ids, strict=True):
+                results[i] = result
+        return results
 
     def head(self, session_id: str) -> tuple[int, str]:
         if _has_nul(session_id):
@@ -599,69 +604,136 @@ def _transaction(
     db: psycopg.Connection[Any], items: Sequence[tuple[EventRow, SessionChange]]
 ) -> list[int | Exception]:
     """Insert `items` and apply their session changes in one transaction; a refused
-    row rolls all of them back and raises `JournalError` naming it."""
-    ids: list[int | Exception] = []
+    row rolls all of them back and raises `JournalError` naming it. A run's row whose
+    epoch is no longer the session's is not written and comes back as `SessionFenced`
+    (with every other row of its session: they carry the same epoch).
+
+    One round trip: BEGIN, the statements and COMMIT go out in pipeline mode and
+    are synced once. The transaction is explicit: the implicit one of a pipeline
+    would commit what was sent before an error raised here (a value psycopg refuses
+    to send, such as a NUL) at the sync that follows.
+
+    After a refusal the connection is closed (the pool opens another): psycopg
+    counts as prepared a statement whose pipeline an error aborted before the
+    server prepared it ("prepared statement _pg3_2 does not exist" at its next
+    use), and a new connection starts with nothing prepared. Refusals are rare (a
+    race for one seq, a value PostgreSQL cannot store); prepared appends are every
+    time (half the server's time per append)."""
+    pending: list[psycopg.Cursor[Any]] = []
+    refused: psycopg.Error | None = None
     try:
-        with db.transaction():
-            # The notification rides in the lock's statement (no round trip of its
-            # own) and goes out only if the transaction commits.
-            db.execute(
-                "SELECT pg_advisory_xact_lock(%s), pg_notify(%s, '')",
-                (EVENTS_LOCK, NOTIFY_CHANNELS[EVENTS]),
-            )
-            for row, change in items:
-                _insert(db, row, change, ids)
-    except _REFUSED as exc:
-        row = items[len(ids)][0]
-        raise JournalError(
-            f"cannot append {row.kind} #{row.seq} to session {row.session_id}: {_one_line(exc)}"
-        ) from None
+        with db.pipeline() as pipeline:
+            # Refusals are caught inside: a pipeline left by an exception logs a
+            # warning of its own.
+            try:
+                db.execute("BEGIN")
+                # The lock before any row lock (no deadlock with another appender),
+                # the notification in its statement (sent only if this commits).
+                db.execute(
+                    "SELECT pg_advisory_xact_lock(%s), pg_notify(%s, '')",
+                    (EVENTS_LOCK, NOTIFY_CHANNELS[EVENTS]),
+                )
+                for row, change in items:
+                    if change.create is not None:
+                        args = _session_args(row, change.create)
+                        db.execute(_INSERT_SESSION, args)
+                    pending.append(db.execute(*_append(row, change)))
+                db.execute("COMMIT")
+                pipeline.sync()
+            except _REFUSED as exc:  # by the database, or a value psycopg won't send
+                refused = exc
+                # Drain the aborted pipeline (the error may surface at any execute,
+                # as results arrive), so that it ends cleanly.
+                with contextlib.suppress(psycopg.Error):
+                    pipeline.sync()
+    except _REFUSED as exc:  # at the pipeline's end (its last sync)
+        refused = refused or exc
+    except BaseException:
+        _discard(db)
+        raise
+    if refused is not None:
+        _discard(db)
+        which = _refused(items, pending)
+        raise JournalError(f"cannot append {which}: {_one_line(refused)}") from None
+    ids: list[int | Exception] = []
+    for (row, change), cursor in zip(items, pending, strict=True):
+        found = cursor.fetchone()
+        ids.append(int(found[0]) if found is not None else fenced(row, change.epoch or 0))
     return ids
 
 
-def _insert(
-    db: psycopg.Connection[Any], row: EventRow, change: SessionChange, ids: list[int | Exception]
-) -> None:
-    if change.create is not None:
-        c = change.create
-        db.execute(
-            _INSERT_SESSION,
-            (
-                row.session_id,
-                c["agent"],
-                c["goal"],
-                c["status"],
-                c["priority"],
-                json.dumps(c["labels"]),
-                row.ts,
-                row.ts,
-            ),
-        )
-    # The index change first: a stale run is refused by its epoch before its row
-    # could collide with the new run's rows (same seq).
-    sql, args = index_update(row, change, _UPDATE_COUNTERS, _UPDATE_STATUS, _IN_EPOCH)
-    if db.execute(sql, args).rowcount == 0 and change.epoch is not None:
-        raise fenced(row, change.epoch)
-    ids.append(
-        _scalar(
-            db,
-            _INSERT_EVENT,
-            (
-                row.session_id,
-                row.seq,
-                row.ts,
-                row.kind,
-                row.payload,
-                row.tokens_in,
-                row.tokens_out,
-                row.cost_usd,
-                row.latency_ms,
-                row.prev_hash,
-                row.hash,
-                row.key_id,
-            ),
-        )
+def _discard(db: psycopg.Connection[Any]) -> None:
+    """Close a connection whose transaction failed: the server rolls it back, and the
+    pool replaces the connection."""
+    with contextlib.suppress(Exception):
+        db.close()
+
+
+def _session_args(row: EventRow, c: dict[str, Any]) -> tuple[object, ...]:
+    labels = json.dumps(c["labels"])
+    return (
+        row.session_id,
+        c["agent"],
+        c["goal"],
+        c["status"],
+        c["priority"],
+        labels,
+        row.ts,
+        row.ts,
     )
+
+
+def _append(row: EventRow, change: SessionChange) -> tuple[str, tuple[object, ...]]:
+    """One statement for an event and its session-index change: the UPDATE in a CTE,
+    then the INSERT. A run's append (an epoch) inserts only if the UPDATE found the
+    session at that epoch: none of a stale run's rows is written, and it can never
+    collide with the new run's rows (same seq) first."""
+    update, update_args = index_update(row, change, _UPDATE_COUNTERS, _UPDATE_STATUS, _IN_EPOCH)
+    event = (
+        row.session_id,
+        row.seq,
+        row.ts,
+        row.kind,
+        row.payload,
+        row.tokens_in,
+        row.tokens_out,
+        row.cost_usd,
+        row.latency_ms,
+        row.prev_hash,
+        row.hash,
+        row.key_id,
+    )
+    when = "" if change.epoch is None else " WHERE EXISTS (SELECT 1 FROM changed)"
+    sql = f"WITH changed AS ({update} RETURNING 1) {_APPEND_EVENT}{when} RETURNING id"
+    return sql, (*update_args, *event)
+
+
+def _refused(
+    items: Sequence[tuple[EventRow, SessionChange]],
+    pending: Sequence[psycopg.Cursor[Any]],
+) -> str:
+    """`kind #seq to session id` of the row the database refused: the first whose
+    statement has no result (the pipeline stops at the error)."""
+    done = sum(
+        1 for c in pending if c.pgresult is not None and c.pgresult.status == ExecStatus.TUPLES_OK
+    )
+    row = items[min(done, len(items) - 1)][0]
+    return f"{row.kind} #{row.seq} to session {row.session_id}"
+
+
+def _usable(conn: psycopg.Connection[Any]) -> None:
+    """The pool's check of a connection it hands out, without a round trip for one
+    that is fine. An idle connection has nothing to read: a readable socket means the
+    server wrote to it while idle (its goodbye at a restart or a
+    `pg_terminate_backend`, or a stray notice), and only then is the server asked; a
+    dead connection raises and the pool replaces it. (`check_connection` on every
+    hand-out cost a round trip per store call: 17 per agent run.)"""
+    if conn.closed or conn.broken:
+        raise psycopg.OperationalError("the connection is closed")
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
+    if poller.poll(0):
+        ConnectionPool.check_connection(conn)
 
 
 def _scalar(db: psycopg.Connection[Any], sql: str, args: Sequence[object] = ()) -> int:
