@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nexus.errors import JournalError
+from nexus.errors import JournalError, StorageError
 from nexus.runtime.journal import Journal
 from nexus.storage.base import EventRow, SessionChange
 from nexus.storage.sqlite import SQLiteStore
@@ -95,3 +95,50 @@ async def test_cancelling_the_leader_still_commits_the_batch(store: CountingStor
         await leader
     assert event.seq == 2
     assert [e.kind for e in journal.events("a")] == ["session.created", "note"]
+
+
+class FailingStore(CountingStore):
+    """The real store, whose database fails as a whole for the next `failures`
+    transactions (as an unreachable server does: the call raises, no row result)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.failures = 0
+
+    def append_many(self, items: Sequence[tuple[EventRow, SessionChange]]) -> list[int | Exception]:
+        if self.failures:
+            self.failures -= 1
+            raise StorageError("cannot reach the database (injected)")
+        return super().append_many(items)
+
+
+async def test_a_store_failing_as_a_whole_fails_every_writer_of_the_batch(
+    tmp_path: Path,
+) -> None:
+    """When the database fails a group commit as a whole, the leader and every
+    follower of that batch get the error (none is left waiting), nothing is written,
+    and once the database is back each session appends again from its real head."""
+    store = FailingStore(tmp_path / "j.db")
+    journal = Journal(store)
+    for i in range(5):
+        journal.append(f"s{i}", "session.created", CREATED)
+    store.batches.clear()
+    store.failures = 1
+
+    async def writer(i: int) -> Exception | int:
+        try:
+            return (await journal.append_async(f"s{i}", "note", {"n": 1})).seq
+        except StorageError as exc:
+            return exc
+
+    outcomes = await asyncio.wait_for(asyncio.gather(*(writer(i) for i in range(5))), 30)
+    assert [str(o) for o in outcomes] == ["cannot reach the database (injected)"] * 5
+    assert [store.head(f"s{i}")[0] for i in range(5)] == [1] * 5
+    again = await asyncio.gather(*(writer(i) for i in range(5)))
+    assert again == [2] * 5
+    report = journal.verify()
+    assert (report.ok, report.sessions, report.events) == (True, 5, 10)
+    with pytest.raises(StorageError):
+        store.failures = 1
+        journal.append("s0", "note", {"n": 2})
+    assert journal.append("s0", "note", {"n": 2}).seq == 3

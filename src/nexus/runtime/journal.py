@@ -246,7 +246,10 @@ class Journal:
         return signer
 
     def _commit(self, batch: list[_Entry]) -> None:
-        results = self.store.append_many([(e.row, e.change) for e in batch])
+        try:
+            results = self.store.append_many([(e.row, e.change) for e in batch])
+        except Exception as exc:  # the store failed as a whole: every writer hears it
+            results = [exc] * len(batch)
         # This process's live readers read now (other processes' hear the store's
         # NOTIFY on PostgreSQL, or poll).
         self._wakeup.ring(EVENTS)
