@@ -36,7 +36,7 @@ def defaults(home: Path) -> dict[str, object]:
         "ollama_model": "llama3.2",
         "default_agent": "assistant",
         "concurrency": 50,
-        "queue_poll_s": 0.2,
+        "queue_poll_s": 0.05,
         "audit_checkpoint_events": 1000,
         "audit_checkpoint_s": 60.0,
         "control_poll_s": 0.05,

@@ -97,7 +97,11 @@ class Settings(BaseSettings):
     ollama_model: str = "llama3.2"
     default_agent: str = "assistant"
     concurrency: int = Field(default=50, ge=1, le=10_000, description="Sessions in flight.")
-    queue_poll_s: float = Field(default=0.2, gt=0, le=60)
+    # How often a worker claims sessions off the queue. 0.05 s rather than 0.2 s: short
+    # sessions ran at 113 runs/s instead of 87 on one PostgreSQL worker, 165 instead of
+    # 109 on SQLite, and 1,000 sessions in flight finished within 1.27x of the ideal
+    # instead of 1.38x (bench.scale), for 4.7% more of a core while the worker idles.
+    queue_poll_s: float = Field(default=0.05, gt=0, le=60)
     audit_checkpoint_events: int = Field(
         default=1000,
         ge=1,
