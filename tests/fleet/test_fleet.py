@@ -42,6 +42,12 @@ def registered(fleet: Fleet, *names: str) -> bool:
     )
 
 
+def running_workers(fleet: Fleet, names: list[str]) -> list[str]:
+    """The names of the workers whose runs own a running session now."""
+    owners = fleet.rt.store.running_by_worker()
+    return [n for n in names if owners.get(fleet.worker_id(n))]
+
+
 def held_on(fleet: Fleet, name: str, sid: str) -> None:
     """Wait until worker `name` runs the session's held tool call."""
     wait_for(lambda: any(x.startswith("start hold") for x in fleet.effect_log()), "tool start")
@@ -148,7 +154,7 @@ def test_three_workers_sixty_sessions_random_sigkills(
     fleet: Fleet, threaded_peer: ThreadedPeerServer
 ) -> None:
     """3 workers, 60 sessions of two tool calls, seeded random SIGKILLs of any worker
-    (each restarted): every session completes exactly once, `nexus audit verify`
+    running a session (each restarted): every session completes exactly once, `nexus audit verify`
     passes, and every tool effect is made exactly once (files keyed by the call's
     idempotency key: a retried call finds its effect made)."""
     rng = random.Random(20261203)
@@ -168,7 +174,10 @@ def test_three_workers_sixty_sessions_random_sigkills(
             "progress between kills",
             120,
         )
-        victim = rng.choice(names)
+        # Any worker that runs a session now (a kill of an idle one proves nothing).
+        busy: list[str] = []
+        wait_for(lambda: busy.extend(running_workers(fleet, names)) or busy, "a worker running", 60)
+        victim = rng.choice(sorted(set(busy)))
         fleet.signal(victim, signal.SIGKILL)
         fleet.start(victim)
     wait_for(

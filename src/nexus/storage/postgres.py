@@ -165,6 +165,10 @@ class PostgresStore:
             kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
             # A connection the server dropped (a restart) is replaced, not handed out.
             check=_usable,
+            # How long a call waits for a connection: as long as one takes to open,
+            # not psycopg_pool's 30 s (with the server gone, every store call on an
+            # event loop held it that long before failing).
+            timeout=CONNECT_TIMEOUT_S,
             open=False,
             name="nexus-store",
         )
