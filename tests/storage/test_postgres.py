@@ -27,6 +27,7 @@ from nexus.storage.postgres import PostgresStore, masked
 from nexus.storage.sqlite import SQLiteStore
 from tests.storage.test_sqlite import row
 from tests.storage.test_store_contract import created
+from tests.waiting import wait_for
 
 # SHA-256 of each SQLite migration's text as released: a released version is never
 # edited (existing files must not change); new versions are appended here.
@@ -244,13 +245,20 @@ def test_pooled_connections_the_server_ended_are_replaced_unnoticed(postgres_url
     store = PostgresStore(postgres_url, min_size=2, max_size=2)
     try:
         store.append(*created("s1", ts=1.0))
+        others = (
+            "FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND application_name = ''"
+        )
         with psycopg.connect(postgres_url, autocommit=True) as admin:
-            ended = admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid() "
-                "AND application_name = ''"
-            ).fetchall()
-        assert len(ended) >= 1
+            ended = admin.execute(f"SELECT pg_terminate_backend(pid) {others}").fetchall()
+            assert len(ended) >= 1
+            # pg_terminate_backend only signals: wait until the backends have ended
+            # (their goodbye is on the sockets then), as they have by the time a
+            # restarted server answers.
+            wait_for(
+                lambda: admin.execute(f"SELECT count(*) {others}").fetchone() == (0,),
+                "the terminated backends gone",
+            )
         for _ in range(4):  # every pooled connection, each taken in turn
             session = store.session("s1")
             assert session is not None and session.id == "s1"
