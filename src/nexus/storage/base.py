@@ -33,6 +33,24 @@ class EventRow:
     hash: str
     key_id: str = ""
 
+    def values(self) -> tuple[object, ...]:
+        """Every column but `id` (the database assigns it), in the order of the
+        stores' INSERT."""
+        return (
+            self.session_id,
+            self.seq,
+            self.ts,
+            self.kind,
+            self.payload,
+            self.tokens_in,
+            self.tokens_out,
+            self.cost_usd,
+            self.latency_ms,
+            self.prev_hash,
+            self.hash,
+            self.key_id,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Head:

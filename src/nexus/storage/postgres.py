@@ -693,23 +693,9 @@ def _append(row: EventRow, change: SessionChange) -> tuple[str, tuple[object, ..
     session at that epoch: none of a stale run's rows is written, and it can never
     collide with the new run's rows (same seq) first."""
     update, update_args = index_update(row, change, _UPDATE_COUNTERS, _UPDATE_STATUS, _IN_EPOCH)
-    event = (
-        row.session_id,
-        row.seq,
-        row.ts,
-        row.kind,
-        row.payload,
-        row.tokens_in,
-        row.tokens_out,
-        row.cost_usd,
-        row.latency_ms,
-        row.prev_hash,
-        row.hash,
-        row.key_id,
-    )
     when = "" if change.epoch is None else " WHERE EXISTS (SELECT 1 FROM changed)"
     sql = f"WITH changed AS ({update} RETURNING 1) {_APPEND_EVENT}{when} RETURNING id"
-    return sql, (*update_args, *event)
+    return sql, (*update_args, *row.values())
 
 
 def _refused(

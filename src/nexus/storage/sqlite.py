@@ -379,23 +379,7 @@ class SQLiteStore:
                 sql, args = index_update(row, change, _UPDATE_COUNTERS, _UPDATE_STATUS, _IN_EPOCH)
                 if db.execute(sql, args).rowcount == 0 and change.epoch is not None:
                     raise fenced(row, change.epoch)
-                cur = db.execute(
-                    _INSERT_EVENT,
-                    (
-                        row.session_id,
-                        row.seq,
-                        row.ts,
-                        row.kind,
-                        row.payload,
-                        row.tokens_in,
-                        row.tokens_out,
-                        row.cost_usd,
-                        row.latency_ms,
-                        row.prev_hash,
-                        row.hash,
-                        row.key_id,
-                    ),
-                )
+                cur = db.execute(_INSERT_EVENT, row.values())
                 ids.append(int(cur.lastrowid or 0))
         except sqlite3.IntegrityError as exc:
             db.execute("ROLLBACK")

@@ -143,10 +143,14 @@
 
   let refreshPage = null;
 
-  /* -- the sessions list ------------------------------------------------------------ */
+  /* -- live tables ------------------------------------------------------------------ */
 
-  function sessionsPage() {
-    const rows = slot("rows");
+  /* A table whose rows (tr[data-id][data-key]) a fragment replaces: refresh it from
+   * `url`, flashing the rows whose key changed (`newRows` also flashes rows that were
+   * not there before), on every journal event of the stream and, if given, every
+   * `everyMs`. */
+  function liveTable(slotName, url, delayMs, newRows, everyMs) {
+    const rows = slot(slotName);
     function keys() {
       const m = new Map();
       rows.querySelectorAll("tr[data-id]").forEach(function (tr) { m.set(tr.dataset.id, tr.dataset.key); });
@@ -154,37 +158,27 @@
     }
     refreshPage = coalesce(async function () {
       const before = keys();
-      apply(await fetchFragments("/fragments/sessions" + location.search));
+      apply(await fetchFragments(url()));
       rows.querySelectorAll("tr[data-id]").forEach(function (tr) {
-        if (before.get(tr.dataset.id) !== tr.dataset.key) tr.classList.add("changed");
+        const was = before.get(tr.dataset.id);
+        if ((newRows || was !== undefined) && was !== tr.dataset.key) tr.classList.add("changed");
       });
-    }, 500);
+    }, delayMs);
+    if (everyMs) setInterval(function () { refreshPage(); }, everyMs);
     // Without Last-Event-ID the stream starts "now": refresh on (re)open so that
     // nothing between the page's render and the connection is missed.
     live("/api/v1/events/stream", { journal: function () { refreshPage(); } }, function () { refreshPage(); });
   }
 
-  /* -- workers ---------------------------------------------------------------------- */
+  function sessionsPage() {
+    liveTable("rows", function () { return "/fragments/sessions" + location.search; }, 500, true);
+  }
 
-  // Heartbeats are not journal events: refresh every heartbeat interval, and on
-  // journal news (a session that starts or ends moves between workers).
+  // Heartbeats are not journal events: the workers page also refreshes every
+  // heartbeat interval (a session that starts or ends is journal news).
   function workersPage() {
-    const rows = slot("worker-rows");
-    function keys() {
-      const m = new Map();
-      rows.querySelectorAll("tr[data-id]").forEach(function (tr) { m.set(tr.dataset.id, tr.dataset.key); });
-      return m;
-    }
-    refreshPage = coalesce(async function () {
-      const before = keys();
-      apply(await fetchFragments("/fragments/workers"));
-      rows.querySelectorAll("tr[data-id]").forEach(function (tr) {
-        if (before.has(tr.dataset.id) && before.get(tr.dataset.id) !== tr.dataset.key) tr.classList.add("changed");
-      });
-    }, 250);
     const everyMs = Math.max(1000, (Number(body.dataset.heartbeatS) || 3) * 1000);
-    setInterval(function () { refreshPage(); }, everyMs);
-    live("/api/v1/events/stream", { journal: function () { refreshPage(); } }, function () { refreshPage(); });
+    liveTable("worker-rows", function () { return "/fragments/workers"; }, 250, false, everyMs);
   }
 
   /* -- one session ------------------------------------------------------------------ */
