@@ -175,10 +175,12 @@ async def run_case(
         workers = await _start_workers(case, homes, peer.url, url, timeout_s)
         try:
             cpu0, peer0 = sum(w.cpu_s() for w in workers), peer.cpu_s()
+            machine0 = machine_busy_s()
             await wait_finished(rt, case.sessions, timeout_s)
             elapsed = time.time() - started
             cpu = sum(w.cpu_s() for w in workers) - cpu0
             peer_cpu = peer.cpu_s() - peer0
+            machine = machine_busy_s() - machine0
             rss = max(w.peak_rss_mb() for w in workers)
         finally:
             for w in workers:
@@ -207,8 +209,17 @@ async def run_case(
         "start_to_last_s": round(max(r.updated_at for r in rows) - started, 2),
         "worker_cores": round(cpu / elapsed, 2),
         "peer_cores": round(peer_cpu / elapsed, 2),
+        "machine_cores": round(machine / elapsed, 2),
         "worker_peak_rss_mb": round(rss, 1),
     }
+
+
+def machine_busy_s() -> float:
+    """CPU seconds this machine has spent busy (every process, every core: the
+    workers, PostgreSQL, the peer and this benchmark), from /proc/stat."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def table_cases(args: argparse.Namespace) -> list[Case]:
@@ -387,6 +398,7 @@ def print_report(data: dict[str, Any]) -> None:
             "mean\nin flight",
             "worker\ncores",
             "peer\ncores",
+            "machine\ncores",
             "peak RSS\nMB",
         ):
             table.add_column(col, justify="left" if col == "store" else "right")
@@ -403,13 +415,15 @@ def print_report(data: dict[str, Any]) -> None:
                 f"{r['mean_in_flight']:.1f}",
                 f"{r['worker_cores']:.2f}",
                 f"{r['peer_cores']:.2f}",
+                f"{r.get('machine_cores', float('nan')):.2f}",
                 f"{r['worker_peak_rss_mb']:.0f}",
             )
         console.print(table)
         console.print(
             "in flight = the workers' concurrency, split between them; mean in flight = "
             "how many ran at once on average; "
-            "cores = CPU seconds per wall second (all workers together). PostgreSQL: "
+            "cores = CPU seconds per wall second (all workers together; machine: every "
+            f"process, of {os.cpu_count()}). PostgreSQL: "
             "a throwaway cluster on this machine, fsync off."
         )
     big = data.get("big")
