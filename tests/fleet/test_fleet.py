@@ -42,6 +42,10 @@ def registered(fleet: Fleet, *names: str) -> bool:
     )
 
 
+def all_completed(fleet: Fleet, ids: list[str]) -> bool:
+    return all(fleet.rt.session(s).status == "completed" for s in ids)
+
+
 def running_workers(fleet: Fleet, names: list[str]) -> list[str]:
     """The names of the workers whose runs own a running session now."""
     owners = fleet.rt.store.running_by_worker()
@@ -174,10 +178,14 @@ def test_three_workers_sixty_sessions_random_sigkills(
             "progress between kills",
             120,
         )
-        # Any worker that runs a session now (a kill of an idle one proves nothing).
-        busy: list[str] = []
-        wait_for(lambda: busy.extend(running_workers(fleet, names)) or busy, "a worker running", 60)
-        victim = rng.choice(sorted(set(busy)))
+        # Any worker that runs a session now (a kill of an idle one proves nothing);
+        # once every session has ended there is none, and any worker is killed.
+        wait_for(
+            lambda: running_workers(fleet, names) or all_completed(fleet, ids),
+            "a worker running a session",
+            60,
+        )
+        victim = rng.choice(running_workers(fleet, names) or names)
         fleet.signal(victim, signal.SIGKILL)
         fleet.start(victim)
     wait_for(
