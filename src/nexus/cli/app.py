@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from nexus.cli.source import Source
     from nexus.runtime.runtime import Runtime
     from nexus.server.tokens import TokenSource
-    from nexus.storage.base import Store
 
 T = TypeVar("T")
 
@@ -565,33 +564,17 @@ def start(
 
 @contextlib.contextmanager
 def _tokens() -> Iterator[TokenSource]:
-    """The token source the settings choose (`nexus.server.tokens`); the store is
-    opened only when the token lives in the database, and closed after."""
+    """The token source the settings choose (`nexus.server.tokens`); a bad setting or
+    an unreachable database exits 2 in one line."""
     from nexus.config import load_settings
     from nexus.errors import ConfigError, StorageError
-    from nexus.server.tokens import token_source
-    from nexus.storage.base import open_store
-
-    opened: list[Store] = []
-
-    def store() -> Store:
-        url = settings.database_url
-        secret = None if url is None else url.get_secret_value()
-        opened.append(open_store(settings.db_path, settings.durability, url=secret))
-        return opened[-1]
+    from nexus.server.tokens import opened_token_source
 
     try:
-        settings = load_settings()
-        tokens = token_source(settings, store)
-        try:
+        with opened_token_source(load_settings()) as tokens:
             yield tokens
-        finally:
-            tokens.close()
     except (ConfigError, StorageError) as exc:
         _die(str(exc), EXIT_USAGE)
-    finally:
-        for each in opened:
-            each.close()
 
 
 @token_app.command("show")

@@ -38,41 +38,26 @@ class ServerUnreachable(RemoteError):
 
 
 def find_token() -> str | None:
-    """`NEXUS_TOKEN`, else `NEXUS_API_TOKEN`, else the database's token when the settings
-    name a database, else `$NEXUS_HOME/api-token` if it exists."""
+    """`NEXUS_TOKEN`, else `NEXUS_API_TOKEN`, else the token the settings choose for
+    the servers (`nexus.server.tokens`: the database's when they name a database,
+    else `$NEXUS_HOME/api-token`), if there is one to read."""
     token = os.environ.get("NEXUS_TOKEN") or os.environ.get("NEXUS_API_TOKEN")
     if token:
         return token.strip()
     from nexus.config import load_settings
     from nexus.errors import ConfigError, StorageError
+    from nexus.server.tokens import opened_token_source
 
     try:
         settings = load_settings()
-    except ConfigError:
-        settings = None
-    if settings is not None and settings.database_url is not None:
-        from nexus.server.tokens import DatabaseToken
-        from nexus.storage.base import open_store
-
-        try:
-            store = open_store(settings.db_path, url=settings.database_url.get_secret_value())
-        except StorageError:
-            return None  # the server will answer 401, which says what to set
-        tokens = DatabaseToken(store, dialect="postgresql")
-        try:
+    except ConfigError:  # the servers' settings are not this shell's to judge
+        path = Path(os.environ.get("NEXUS_HOME") or "~/.nexus").expanduser() / "api-token"
+        return path.read_text().strip() if path.is_file() else None
+    try:
+        with opened_token_source(settings) as tokens:
             return tokens.read()
-        except StorageError:
-            return None
-        finally:
-            tokens.close()
-            store.close()
-    home = settings.home if settings is not None else _home()
-    path = home / "api-token"
-    return path.read_text().strip() if path.is_file() else None
-
-
-def _home() -> Path:
-    return Path(os.environ.get("NEXUS_HOME") or "~/.nexus").expanduser()
+    except (StorageError, OSError):
+        return None  # the server will answer 401, which says what to set
 
 
 class Remote:

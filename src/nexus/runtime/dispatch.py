@@ -135,8 +135,7 @@ async def _run_through_outages(runtime: Runtime, session_id: str) -> SessionStat
                     raise
                 await asyncio.sleep(1.0)
             log.warning("session %s: the database is back; resuming from the journal", session_id)
-            runtime.journal.forget(session_id)
-            runtime.journal.discard(session_id)
+            runtime.journal.discard(session_id)  # the next run reads its head afresh
 
 
 def _answers(store: Any) -> bool:

@@ -303,7 +303,7 @@ class Journal:
         Woken by the store's `Wakeup` (any process's commit on PostgreSQL, this
         process's elsewhere); unwoken it reads every `poll_s`, or at the slow safety
         interval while other processes' commits wake it."""
-        wakeup = self.store.wakeup()
+        wakeup = self._wakeup
         waiter = wakeup.async_waiter(EVENTS)
         try:
             while True:

@@ -27,7 +27,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -273,3 +273,28 @@ def token_source(settings: Settings, store: Callable[[], Store]) -> TokenSource:
     if settings.database_url is not None:
         return DatabaseToken(store(), dialect="postgresql")
     return TokenFile(settings.home / "api-token")
+
+
+@contextlib.contextmanager
+def opened_token_source(settings: Settings) -> Iterator[TokenSource]:
+    """`token_source` outside a runtime (the CLI): the store is opened only when the
+    token lives in the database, and closed, with the source, after."""
+    from nexus.storage.base import open_store
+
+    opened: list[Store] = []
+
+    def store() -> Store:
+        url = settings.database_url
+        secret = None if url is None else url.get_secret_value()
+        opened.append(open_store(settings.db_path, settings.durability, url=secret))
+        return opened[-1]
+
+    try:
+        tokens = token_source(settings, store)
+        try:
+            yield tokens
+        finally:
+            tokens.close()
+    finally:
+        for each in opened:
+            each.close()

@@ -54,7 +54,15 @@ from nexus.storage.base import (
 )
 from nexus.storage.migrations import LATEST, POSTGRES_MIGRATIONS, dialect_sql
 from nexus.storage.wake import COMMANDS, EVENTS, Channel, Wakeup
-from nexus.storage.workers import by_worker, fenced, index_update, queries, worker_row
+from nexus.storage.workers import (
+    by_worker,
+    commit_isolated,
+    fenced,
+    index_update,
+    queries,
+    session_values,
+    worker_row,
+)
 
 _WORKERS = queries("postgresql")
 
@@ -251,25 +259,14 @@ class PostgresStore:
         return result
 
     def append_many(self, items: Sequence[tuple[EventRow, SessionChange]]) -> list[int | Exception]:
-        try:
-            with self._pool.connection() as db:
-                return _transaction(db, items)
-        except JournalError as exc:
-            if len(items) == 1:
-                return [exc]
-        # One row was refused: isolate its session's rows so the other sessions'
-        # still commit; a session's rows stay all or nothing (they chain). A refusal
-        # closed its connection: each group takes one from the pool.
-        results: list[int | Exception] = [0] * len(items)
-        for indexes in _by_session(items):
-            try:
-                with self._pool.connection() as db:
-                    ids = _transaction(db, [items[i] for i in indexes])
-            except JournalError as exc:
-                ids = [exc] * len(indexes)
-            for i, result in zip(indexes, ids, strict=True):
-                results[i] = result
-        return results
+        return commit_isolated(items, self._transaction)
+
+    def _transaction(
+        self, items: Sequence[tuple[EventRow, SessionChange]]
+    ) -> list[int | Exception]:
+        # A connection per attempt: a refusal closes the one it failed on.
+        with self._pool.connection() as db:
+            return _transaction(db, items)
 
     def head(self, session_id: str) -> tuple[int, str]:
         if _has_nul(session_id):
@@ -639,7 +636,7 @@ def _transaction(
                 )
                 for row, change in items:
                     if change.create is not None:
-                        args = _session_args(row, change.create)
+                        args = session_values(row, change.create)
                         db.execute(_INSERT_SESSION, args)
                     pending.append(db.execute(*_append(row, change)))
                 db.execute("COMMIT")
@@ -671,20 +668,6 @@ def _discard(db: psycopg.Connection[Any]) -> None:
     pool replaces the connection."""
     with contextlib.suppress(Exception):
         db.close()
-
-
-def _session_args(row: EventRow, c: dict[str, Any]) -> tuple[object, ...]:
-    labels = json.dumps(c["labels"])
-    return (
-        row.session_id,
-        c["agent"],
-        c["goal"],
-        c["status"],
-        c["priority"],
-        labels,
-        row.ts,
-        row.ts,
-    )
 
 
 def _append(row: EventRow, change: SessionChange) -> tuple[str, tuple[object, ...]]:
@@ -732,14 +715,6 @@ def _scalar(db: psycopg.Connection[Any], sql: str, args: Sequence[object] = ()) 
     if found is None:
         raise StorageError(f"no row from: {sql}")
     return int(found[0])
-
-
-def _by_session(items: Sequence[tuple[EventRow, SessionChange]]) -> list[list[int]]:
-    """The indexes of `items`, grouped by session, each group in order."""
-    groups: dict[str, list[int]] = {}
-    for i, (row, _) in enumerate(items):
-        groups.setdefault(row.session_id, []).append(i)
-    return list(groups.values())
 
 
 def _has_nul(*texts: str) -> bool:

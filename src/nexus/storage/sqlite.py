@@ -36,7 +36,15 @@ from nexus.storage.base import (
 )
 from nexus.storage.migrations import LATEST, MIGRATIONS, dialect_sql
 from nexus.storage.wake import Wakeup
-from nexus.storage.workers import by_worker, fenced, index_update, queries, worker_row
+from nexus.storage.workers import (
+    by_worker,
+    commit_isolated,
+    fenced,
+    index_update,
+    queries,
+    session_values,
+    worker_row,
+)
 
 _WORKERS = queries("sqlite")
 
@@ -332,23 +340,7 @@ class SQLiteStore:
         self, items: Sequence[tuple[EventRow, SessionChange]]
     ) -> list[int | Exception]:
         with self._lock:
-            try:
-                return self._transaction(items)
-            except JournalError as exc:
-                if len(items) == 1:
-                    return [exc]
-            # One row was refused: isolate its session's rows so the other sessions'
-            # still commit. A session's rows stay all or nothing (a step's deferred
-            # outcome and the next step's intent chain onto each other).
-            results: list[int | Exception] = [0] * len(items)
-            for indexes in _by_session(items):
-                try:
-                    ids = self._transaction([items[i] for i in indexes])
-                except JournalError as exc:
-                    ids = [exc] * len(indexes)
-                for i, result in zip(indexes, ids, strict=True):
-                    results[i] = result
-            return results
+            return commit_isolated(items, self._transaction)
 
     def _transaction(
         self, items: Sequence[tuple[EventRow, SessionChange]]
@@ -363,16 +355,7 @@ class SQLiteStore:
                     db.execute(
                         f"INSERT INTO sessions ({_SESSION_COLS}) "
                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, 0, 0, 0, 0, 0)",
-                        (
-                            row.session_id,
-                            c["agent"],
-                            c["goal"],
-                            c["status"],
-                            c["priority"],
-                            json.dumps(c["labels"]),
-                            row.ts,
-                            row.ts,
-                        ),
+                        session_values(row, c),
                     )
                 # The index change first: a stale run is refused by its epoch before
                 # its row could collide with the new run's rows (same seq).
@@ -667,14 +650,6 @@ class SQLiteStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
-
-
-def _by_session(items: Sequence[tuple[EventRow, SessionChange]]) -> list[list[int]]:
-    """The indexes of `items`, grouped by session, each group in order."""
-    groups: dict[str, list[int]] = {}
-    for i, (row, _) in enumerate(items):
-        groups.setdefault(row.session_id, []).append(i)
-    return list(groups.values())
 
 
 def _enable_wal(db: sqlite3.Connection, attempts: int = 50) -> None:

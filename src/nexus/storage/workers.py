@@ -8,11 +8,12 @@ changed, so two processes racing for a lease or a dead worker never both win.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from nexus.errors import SessionFenced
+from nexus.errors import JournalError, SessionFenced
 from nexus.storage.base import EventRow, SessionChange, WorkerRow
 from nexus.storage.migrations import NOW, Dialect
 
@@ -124,3 +125,50 @@ def index_update(
     if change.epoch is not None:
         return sql + in_epoch, (*args, change.epoch)
     return sql, args
+
+
+def session_values(row: EventRow, create: dict[str, Any]) -> tuple[object, ...]:
+    """The new index row of a `session.created` append (`SessionChange.create`): id,
+    agent, goal, status, priority, labels (JSON), created and updated at the event's
+    time; the stores' INSERT gives the rest their zeros."""
+    c = create
+    labels = json.dumps(c["labels"])
+    return (
+        row.session_id,
+        c["agent"],
+        c["goal"],
+        c["status"],
+        c["priority"],
+        labels,
+        row.ts,
+        row.ts,
+    )
+
+
+Appends = Sequence[tuple[EventRow, SessionChange]]
+
+
+def commit_isolated(
+    items: Appends, transaction: Callable[[Appends], list[int | Exception]]
+) -> list[int | Exception]:
+    """A group commit in a store's `transaction`: all of `items` at once; when that
+    refuses a row (`JournalError`), each session's rows again on their own, so the
+    other sessions' still commit. A session's rows stay all or nothing: a step's
+    deferred outcome and the next step's intent chain onto each other."""
+    try:
+        return transaction(items)
+    except JournalError as exc:
+        if len(items) == 1:
+            return [exc]
+    groups: dict[str, list[int]] = {}
+    for i, (row, _) in enumerate(items):
+        groups.setdefault(row.session_id, []).append(i)
+    results: list[int | Exception] = [0] * len(items)
+    for indexes in groups.values():
+        try:
+            ids = transaction([items[i] for i in indexes])
+        except JournalError as exc:
+            ids = [exc] * len(indexes)
+        for i, result in zip(indexes, ids, strict=True):
+            results[i] = result
+    return results
