@@ -176,6 +176,14 @@ class Settings(BaseSettings):
         description="A tool result larger than this (as JSON) goes back to the model as an error.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = "warning"
+    # -- observability: metrics -------------------------------------------------------
+    metrics_public: bool = Field(
+        default=False,
+        description=(
+            "Serve /metrics without the API token (a scraper on a private network); "
+            "default: a scrape needs the token as a bearer token, like the API."
+        ),
+    )
 
     @field_validator("worker_id")
     @classmethod

@@ -21,6 +21,8 @@ class Source(Protocol):
     def agents(self) -> list[dict[str, Any]]: ...
     def workers(self) -> list[dict[str, Any]]: ...
     def config(self) -> dict[str, Any]: ...
+    def costs(self, **query: Any) -> dict[str, Any]: ...
+    def tool_stats(self, **query: Any) -> dict[str, Any]: ...
 
 
 class LocalSource:
@@ -90,6 +92,50 @@ class LocalSource:
         data: dict[str, Any] = public_view(self.rt.settings)
         return data
 
+    def _rollup(self) -> Any:
+        """The journal's rollup, caught up (the first time on a big journal, it folds
+        every event once: later calls fold only what is new)."""
+        from nexus.observe.rollup import Rollup
+
+        rollup = Rollup(self.rt.store)
+        rollup.catch_up()
+        return rollup
+
+    def costs(self, **query: Any) -> dict[str, Any]:
+        """The `GET /api/v1/costs` document, from this home's journal."""
+        by = query.pop("by", "agent")
+        if by == "session":
+            from nexus.storage.base import SessionQuery
+
+            rows = self.rt.sessions(
+                SessionQuery(
+                    agent=query.get("agent"),
+                    created_after=query.get("since"),
+                    created_before=query.get("until"),
+                    sort="-cost",
+                    limit=query.get("limit", 50),
+                )
+            )
+            keys = ("id", "agent", "status", "created_at", "steps", "tokens_in", "tokens_out",
+                    "cost_usd")  # fmt: skip
+            return {"by": "session", "items": [{k: getattr(r, k) for k in keys} for r in rows]}
+        rollup = self._rollup()
+        try:
+            query.pop("limit", None)
+            data: dict[str, Any] = rollup.costs(by, **query).to_dict()
+            return data
+        finally:
+            rollup.close()
+
+    def tool_stats(self, **query: Any) -> dict[str, Any]:
+        """The `GET /api/v1/tools/stats` document, from this home's journal."""
+        rollup = self._rollup()
+        try:
+            items = rollup.tool_stats(**query)
+            return {"since": query.get("since"), "until": query.get("until"), "items": items}
+        finally:
+            rollup.close()
+
 
 def _event(d: dict[str, Any]) -> Event:
     return Event(
@@ -145,3 +191,11 @@ class RemoteSource:
 
     def config(self) -> dict[str, Any]:
         return self.remote.config()
+
+    def costs(self, **query: Any) -> dict[str, Any]:
+        data: dict[str, Any] = self.remote.get("/api/v1/costs", **query)
+        return data
+
+    def tool_stats(self, **query: Any) -> dict[str, Any]:
+        data: dict[str, Any] = self.remote.get("/api/v1/tools/stats", **query)
+        return data

@@ -643,7 +643,7 @@ class Totals:
 
 def _cost_line(key: Sequence[Any], sums: Sequence[Any]) -> JSON:
     values = dict(zip(_COST_INTS, (int(v or 0) for v in sums), strict=True))
-    line: JSON = {}
+    line: JSON = {"key": None, "provider": None, "model": None}
     if len(key) == 2:
         line.update(provider=key[0], model=key[1], key=f"{key[0]}/{key[1]}" if key[0] else key[1])
     elif key:

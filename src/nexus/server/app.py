@@ -16,7 +16,7 @@ from fastapi import Depends, FastAPI
 from nexus import __version__
 from nexus.runtime.runtime import Runtime
 from nexus.server import problems
-from nexus.server.api import admin, agents, control, health, sessions, workers
+from nexus.server.api import admin, agents, control, health, observe, sessions, workers
 from nexus.server.api.models import Problem
 from nexus.server.auth import Auth
 from nexus.server.bodylimit import BodyLimit
@@ -32,6 +32,8 @@ ROUTERS = [
     agents.router,
     workers.router,
     admin.router,
+    observe.router,
+    observe.open_router,
 ]
 MAX_BODY = 1024 * 1024
 
@@ -62,10 +64,17 @@ def create_app(
     )
     state.auth.token()  # masked in the journal and the logs from the start
     tokens.close()  # until the lifespan runs (and after: it closes what requests open)
+    from nexus.observe.metrics import RollupFollower, registry
+    from nexus.observe.rollup import Rollup
+
+    state.rollup = Rollup(runtime.store)
+    state.metrics = registry(runtime.store, state.rollup)
+    follower = RollupFollower(state.rollup, runtime.store)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await state.broadcaster.start()
+        follower.start()
         dispatcher = None
         if workers:
             from nexus.runtime.dispatch import Dispatcher
@@ -77,6 +86,7 @@ def create_app(
             yield
         finally:
             await state.broadcaster.stop()
+            follower.stop()
             if dispatcher is not None:
                 state.dispatcher = None
                 await dispatcher.stop()

@@ -22,6 +22,8 @@ class ServerState:
     dispatcher: Any = None  # nexus.runtime.dispatch.Dispatcher once workers run
     integrity: str | None = None  # the database's damage at the last full check
     integrity_checked_at: float | None = None
+    rollup: Any = None  # nexus.observe.rollup.Rollup: costs, tool statistics, series
+    metrics: Any = None  # the prometheus_client registry of /metrics
 
     async def submit(self, session_id: str, priority: int) -> None:
         """Hand a new session to the workers (if this server runs them)."""
