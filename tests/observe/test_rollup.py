@@ -102,7 +102,8 @@ async def test_the_rollup_equals_a_fold_of_the_whole_journal_and_money_is_exact(
             report = rollup.costs("agent")
             assert by_agent(report) == truth_by_agent(rt)
             assert report.total == {
-                "key": None, "provider": None, "model": None, "requests": 18, "failed": 0, "lost": 0,
+                "key": None, "provider": None, "model": None,
+                "requests": 18, "failed": 0, "lost": 0,
                 "cost_nusd": 18 * 100_000_000, "estimated_nusd": 0,
                 "tokens_in": 18 * 120, "tokens_out": 18 * 30,
                 "cost_usd": 1.8, "estimated_usd": 0.0,
