@@ -7,6 +7,7 @@ DBOS queues by calling the same `run`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from collections.abc import Iterable
@@ -18,6 +19,7 @@ from pydantic import ValidationError
 from nexus import events as ev
 from nexus.config import Settings, load_settings
 from nexus.errors import ConfigError, JournalError, NexusError, SessionNotFound
+from nexus.observe.otel import trace_export
 from nexus.runtime.agents import Agent, AgentRegistry, Limits
 from nexus.runtime.audit import KEY_FILE, AuditKeys
 from nexus.runtime.control import Applied, Control, resume_pending
@@ -103,13 +105,18 @@ class Runtime:
         self.agents = agents or AgentRegistry.load(self.settings.agents_dir, self.toolkits)
         self.control = Control(self.store, self.journal, poll_s=self.settings.control_poll_s)
         self.guards: list[Guard] = [self.control, *default_guards(), *(guards or [])]
+        # Spans over OTLP when an endpoint is configured (nexus.observe.otel).
+        self.traces = trace_export(self.settings, self.redactor, self.journal)
+        observers = [] if self.traces is None else [self.traces]
         self.hooks: list[SessionHook] = [
             *(g for g in self.guards if isinstance(g, SessionHook)),
             *(hooks or []),
+            *observers,
         ]
         self.projections: list[Projection[Any]] = [
             *(g for g in self.guards if isinstance(g, Projection)),
             *(projections or []),
+            *observers,
         ]
         self._provider = provider
         self._owned: list[Any] = []
@@ -378,6 +385,8 @@ class Runtime:
     async def aclose(self) -> None:
         """Close owned providers, opened toolkits and the store."""
         await self.control.aclose()
+        if self.traces is not None:  # flushes what is queued: a thread's blocking wait
+            await asyncio.to_thread(self.traces.shutdown)
         await self.aclose_providers()
         await self.toolkits.aclose()
         self.store.close()
