@@ -57,6 +57,7 @@ class OtlpReceiver:
 
     def __init__(self) -> None:
         self.requests = 0
+        self.bodies: list[bytes] = []  # every request body, as decoded from the wire
         self.refused: list[tuple[int, str]] = []
         self._received: list[Received] = []
         self._lock = threading.Lock()
@@ -71,6 +72,8 @@ class OtlpReceiver:
                     return self._answer(415, b"protobuf only", "text/plain")
                 if self.headers.get("Content-Encoding") == "gzip":
                     body = gzip.decompress(body)
+                with receiver._lock:
+                    receiver.bodies.append(body)
                 request = ExportTraceServiceRequest()
                 try:
                     request.ParseFromString(body)

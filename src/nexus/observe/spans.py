@@ -318,7 +318,9 @@ class TraceBuilder:
         elif k == ev.TOOL_RESULT:
             self._tool_result(event, p)
         elif k == ev.SESSION_PAUSED:
-            self._close_attempts(event, "suspended: the session was paused before it ran")
+            self._close_attempts(
+                event, "suspended: the session was paused before it ran", "suspended"
+            )
         elif k in ev.TERMINAL_KINDS:
             self._end(root, event, p)
         if k in ROOT_EVENT_KINDS:
@@ -436,17 +438,16 @@ class TraceBuilder:
             span.close(event, ERROR, failed.error, failed.error_type)
         else:
             span.close(event, OK)
-        span.attributes["nexus.attempts"] = len(step.attempts)
 
-    def _close_attempts(self, event: Event, why: str) -> None:
+    def _close_attempts(self, event: Event, why: str, error_type: str = "interrupted") -> None:
         """End every attempt still open (a pause, the session's end)."""
         for step in self._steps.values():
             if step.open_llm is not None:
-                step.open_llm.close(event, ERROR, why, "interrupted")
+                step.open_llm.close(event, ERROR, why, error_type)
                 step.open_llm = None
             for span in step.tools.values():
                 if span.open:
-                    span.close(event, ERROR, why, "interrupted")
+                    span.close(event, ERROR, why, error_type)
 
     # -- LLM attempts -----------------------------------------------------------------
 
@@ -478,6 +479,7 @@ class TraceBuilder:
         step.attempts[attempt] = span
         step.open_llm = span
         step.span.children.append(span)
+        step.span.attributes["nexus.attempts"] = len(step.attempts)
 
     def _llm_response(self, event: Event, p: JSON) -> None:
         number = int(p["step"])
@@ -570,6 +572,7 @@ class TraceBuilder:
         )
         step.attempts[attempt] = span
         step.span.children.append(span)
+        step.span.attributes["nexus.attempts"] = len(step.attempts)
         return span
 
     # -- tool attempts ----------------------------------------------------------------
