@@ -23,6 +23,7 @@ class Source(Protocol):
     def config(self) -> dict[str, Any]: ...
     def costs(self, **query: Any) -> dict[str, Any]: ...
     def tool_stats(self, **query: Any) -> dict[str, Any]: ...
+    def trace(self, session_id: str) -> dict[str, Any]: ...
 
 
 class LocalSource:
@@ -136,6 +137,14 @@ class LocalSource:
         finally:
             rollup.close()
 
+    def trace(self, session_id: str) -> dict[str, Any]:
+        """The session's span tree (`nexus.observe.spans`), from this home's journal."""
+        from nexus.observe.spans import build_trace
+
+        self.rt.session(session_id)
+        trace: dict[str, Any] = build_trace(self.rt.journal.events(session_id)).to_dict()
+        return trace
+
 
 def _event(d: dict[str, Any]) -> Event:
     return Event(
@@ -198,4 +207,8 @@ class RemoteSource:
 
     def tool_stats(self, **query: Any) -> dict[str, Any]:
         data: dict[str, Any] = self.remote.get("/api/v1/tools/stats", **query)
+        return data
+
+    def trace(self, session_id: str) -> dict[str, Any]:
+        data: dict[str, Any] = self.remote.get(f"/api/v1/sessions/{session_id}/trace")
         return data
