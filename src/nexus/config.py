@@ -33,6 +33,21 @@ from nexus.errors import ConfigError
 DEFAULT_HOME = Path("~/.nexus")
 
 
+class BudgetRule(BaseModel):
+    """A spending cap shared by sessions over a rolling window: every session
+    (`scope = "global"`) or one agent's (`scope = "agent:NAME"`)."""
+
+    model_config = {"extra": "forbid"}
+
+    scope: str = Field(pattern=r"^(global|agent:[a-zA-Z0-9_.-]{1,64})$")
+    usd: float = Field(gt=0, le=1_000_000_000)
+    window_s: float = Field(default=3600.0, gt=0, le=31 * 86400, description="rolling window")
+    action: Literal["pause", "kill"] = Field(
+        default="pause", description="what happens to the session whose call would pass it"
+    )
+    alert_at: float = Field(default=0.8, gt=0, lt=1, description="alert at this fraction")
+
+
 class ProviderSettings(BaseModel):
     """One OpenAI-compatible endpoint."""
 
@@ -176,6 +191,29 @@ class Settings(BaseSettings):
         description="A tool result larger than this (as JSON) goes back to the model as an error.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = "warning"
+    # -- observability: budgets and alerts -----------------------------------------------
+    budgets: list[BudgetRule] = Field(
+        default_factory=list,
+        description=(
+            "Shared spending caps: `[[budgets]]` in nexus.toml with scope (global or "
+            "agent:NAME), usd, window_s (rolling, default 3600), action (pause|kill), "
+            "alert_at (default 0.8). A session's own cap is its agent's max_cost_usd."
+        ),
+    )
+    budget_action: Literal["pause", "kill"] = Field(
+        default="pause",
+        description="What a session whose next call would pass its own max_cost_usd becomes.",
+    )
+    budget_alert_at: float = Field(
+        default=0.8, gt=0, lt=1, description="A session's own budget alerts at this fraction."
+    )
+    alert_webhook_url: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Alerts (budgets, loops) are POSTed here as JSON, once each, by the server "
+            "(http:// or https://; kept secret: a chat webhook's URL is its key)."
+        ),
+    )
     # -- observability: metrics -------------------------------------------------------
     metrics_public: bool = Field(
         default=False,
@@ -213,6 +251,13 @@ class Settings(BaseSettings):
             ("postgresql://", "postgres://")
         ):
             raise ValueError("must start with postgresql:// (unset: SQLite in NEXUS_HOME)")
+        return value
+
+    @field_validator("alert_webhook_url")
+    @classmethod
+    def _webhook(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
         return value
 
     @field_validator("api_token")
@@ -320,7 +365,7 @@ def load_settings(**overrides: Any) -> Settings:
 
 
 # Settings whose value may hold a password: a refusal names them, never echoes them.
-_SECRET_SETTINGS = frozenset({"database_url", "api_token"})
+_SECRET_SETTINGS = frozenset({"database_url", "api_token", "alert_webhook_url"})
 
 
 def _describe(exc: ValidationError) -> str:

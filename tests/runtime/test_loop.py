@@ -329,6 +329,7 @@ async def test_a_guard_added_from_outside_plugs_in_at_its_stage() -> None:
         "Control",
         "Deny",
         "LimitsGuard",
+        "BudgetGuard",
     ]
     sid = rt.create_session("guarded", agent="t")
     assert await rt.run(sid) is SessionStatus.COMPLETED

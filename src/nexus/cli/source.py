@@ -23,6 +23,7 @@ class Source(Protocol):
     def config(self) -> dict[str, Any]: ...
     def costs(self, **query: Any) -> dict[str, Any]: ...
     def tool_stats(self, **query: Any) -> dict[str, Any]: ...
+    def alerts(self, **query: Any) -> list[dict[str, Any]]: ...
 
 
 class LocalSource:
@@ -136,6 +137,15 @@ class LocalSource:
         finally:
             rollup.close()
 
+    def alerts(self, **query: Any) -> list[dict[str, Any]]:
+        """The `GET /api/v1/alerts` items, from this home's journal."""
+        rollup = self._rollup()
+        try:
+            items: list[dict[str, Any]] = rollup.alerts(**query)
+            return items
+        finally:
+            rollup.close()
+
 
 def _event(d: dict[str, Any]) -> Event:
     return Event(
@@ -199,3 +209,7 @@ class RemoteSource:
     def tool_stats(self, **query: Any) -> dict[str, Any]:
         data: dict[str, Any] = self.remote.get("/api/v1/tools/stats", **query)
         return data
+
+    def alerts(self, **query: Any) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self.remote.get("/api/v1/alerts", **query)["items"]
+        return items

@@ -102,7 +102,22 @@ class Runtime:
         self.toolkits = toolkits or ToolkitRegistry(self.settings.toolkits)
         self.agents = agents or AgentRegistry.load(self.settings.agents_dir, self.toolkits)
         self.control = Control(self.store, self.journal, poll_s=self.settings.control_poll_s)
-        self.guards: list[Guard] = [self.control, *default_guards(), *(guards or [])]
+        from nexus.observe.budgets import BudgetGuard, worst_case
+
+        self.budgets = BudgetGuard(
+            self.store,
+            self.settings.budgets,
+            estimate=worst_case,
+            post=self.control.post,
+            session_action=self.settings.budget_action,
+            session_alert_at=self.settings.budget_alert_at,
+        )
+        self.guards: list[Guard] = [
+            self.control,
+            *default_guards(),
+            self.budgets,
+            *(guards or []),
+        ]
         self.hooks: list[SessionHook] = [
             *(g for g in self.guards if isinstance(g, SessionHook)),
             *(hooks or []),
@@ -378,6 +393,7 @@ class Runtime:
     async def aclose(self) -> None:
         """Close owned providers, opened toolkits and the store."""
         await self.control.aclose()
+        self.budgets.close()
         await self.aclose_providers()
         await self.toolkits.aclose()
         self.store.close()
