@@ -50,6 +50,11 @@ def defaults(home: Path) -> dict[str, object]:
         "toolkits": {},
         "max_tool_result_bytes": 262144,
         "log_level": "warning",
+        "budgets": [],
+        "budget_action": "pause",
+        "budget_alert_at": 0.8,
+        "alert_webhook_url": None,
+        "metrics_public": False,
     }
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import pytest
 
@@ -86,11 +87,12 @@ async def test_a_refused_post_is_tried_again_and_two_servers_post_each_alert_onc
             assert first.deliver_pending() == 1  # one of two refused
             assert (hook.refused, len(hook.bodies)) == (1, 1)
             other = Rollup(store_rt.store)
-            hooks = [Webhook(hook.url, r.db, retry_s=0.0) for r in (rollup, other)]
+            hooks = [Webhook(hook.url, r.db, retry_s=30.0) for r in (rollup, other)]
             counts = [0, 0]
+            later = time.time() + 60  # the refused post's claim has expired by then
 
             def deliver(i: int) -> None:
-                counts[i] = hooks[i].deliver_pending()
+                counts[i] = hooks[i].deliver_pending(now=later)
 
             threads = [threading.Thread(target=deliver, args=(i,)) for i in range(2)]
             for t in threads:
@@ -99,7 +101,7 @@ async def test_a_refused_post_is_tried_again_and_two_servers_post_each_alert_onc
                 t.join()
             assert sum(counts) == 1
             assert sorted(b["kind"] for b in hook.bodies) == [ev.BUDGET_ALERT, ev.BUDGET_EXCEEDED]
-            assert hooks[0].deliver_pending() == 0  # nothing left
+            assert hooks[0].deliver_pending(now=later + 120) == 0  # nothing left
             other.close()
         rollup.close()
     finally:

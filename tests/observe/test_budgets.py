@@ -202,8 +202,8 @@ def test_a_repeated_reservation_replaces_its_hold() -> None:
         assert again.uses[0]["used_usd"] == 0.0
         other = ledger.reserve(**{**args, "step": 2}, usd=0.5, now=1002.0)
         assert other.refused is not None and other.refused[1] == pytest.approx(0.7)
-        # Outside the window the hold no longer counts.
-        later = ledger.reserve(**{**args, "step": 2}, usd=0.5, now=1001.0 + 3600.5)
+        # Outside the window (and its oldest minute) the hold no longer counts.
+        later = ledger.reserve(**{**args, "step": 2}, usd=0.5, now=1001.0 + 3600 + 60)
         assert later.refused is None
     finally:
         ledger.close()

@@ -56,18 +56,19 @@ class Webhook:
         """Post every deliverable alert; returns how many were delivered."""
         now = time.time() if now is None else now
         due = self.db.rows(
-            "SELECT event_id, ts, session_id, agent, kind, payload FROM obs_alerts "
+            "SELECT event_id, ts, session_id, agent, kind, payload, attempts FROM obs_alerts "
             "WHERE delivered_at IS NULL AND attempts < ? AND ts >= ? "
             "AND (claimed_at IS NULL OR claimed_at <= ?) ORDER BY event_id LIMIT 100",
             (self.max_attempts, now - self.max_age_s, now - self.retry_s),
         )
         delivered = 0
-        for event_id, ts, session_id, agent, kind, payload in due:
+        for event_id, ts, session_id, agent, kind, payload, attempts in due:
+            # Compare-and-set on the attempt count read above: of two servers that
+            # read the same row, one claims it.
             claimed = self.db.execute(
                 "UPDATE obs_alerts SET claimed_at = ?, attempts = attempts + 1 "
-                "WHERE event_id = ? AND delivered_at IS NULL "
-                "AND (claimed_at IS NULL OR claimed_at <= ?)",
-                (now, event_id, now - self.retry_s),
+                "WHERE event_id = ? AND delivered_at IS NULL AND attempts = ?",
+                (now, event_id, attempts),
             )
             if claimed != 1:
                 continue  # another server took it

@@ -68,11 +68,16 @@ log = logging.getLogger("nexus.budgets")
 STAGE = BUDGET + 10  # inside the limits guard, before approvals and the call
 LEDGER_LOCK = 7_241_311  # the advisory lock of reservations on PostgreSQL
 
+MINUTE = 60  # the ledger's usage buckets, in seconds
+
 SCHEMA = Schema(
     "budgets",
     (
         (
             1,
+            # Holds: one per LLM call attempt. Usage: the holds' sums per scope and
+            # minute (reserved until settled, then the cost), which a check reads:
+            # at most window/60 rows, whatever the traffic.
             """
             CREATE TABLE budget_holds (
                 session_id TEXT NOT NULL, step BIGINT NOT NULL, attempt BIGINT NOT NULL,
@@ -80,11 +85,17 @@ SCHEMA = Schema(
                 reserved_nusd BIGINT NOT NULL, cost_nusd BIGINT,
                 PRIMARY KEY (session_id, step, attempt)
             );
-            CREATE INDEX budget_holds_ts ON budget_holds (ts);
-            CREATE INDEX budget_holds_agent ON budget_holds (agent, ts)
+            CREATE TABLE budget_usage (
+                scope TEXT NOT NULL, minute BIGINT NOT NULL, nusd BIGINT NOT NULL DEFAULT 0,
+                PRIMARY KEY (scope, minute)
+            )
             """,
         ),
     ),
+)
+_ADD_USAGE = (
+    "INSERT INTO budget_usage (scope, minute, nusd) VALUES (?, ?, ?) "
+    "ON CONFLICT (scope, minute) DO UPDATE SET nusd = budget_usage.nusd + excluded.nusd"
 )
 
 Estimate = Callable[[ChatRequest, Provider], tuple[int, float]]
@@ -105,8 +116,18 @@ class Reservation:
     refused: tuple[BudgetRule, float] | None = None  # the rule, its use in USD
 
 
+Settle = tuple[str, int, int, float]
+"""`(session id, step, attempt, cost in USD)` of a hold to settle."""
+
+
+def _scopes(agent: str) -> tuple[str, str]:
+    return ("global", f"agent:{agent}")
+
+
 class Ledger:
-    """The budget holds of every session, in the store's database."""
+    """The budget holds of every session and their usage per scope and minute, in
+    the store's database. A window's use is the sum of its minutes (the oldest one
+    whole: a check may count up to a minute more than the window, never less)."""
 
     def __init__(self, store: Store) -> None:
         self.db = Database(store, SCHEMA)
@@ -121,47 +142,79 @@ class Ledger:
         usd: float,
         rules: Sequence[BudgetRule],
         now: float,
+        settles: Sequence[Settle] = (),
     ) -> Reservation:
-        """Check `usd` more against each rule's window and hold it if all fit, in one
-        transaction under the ledger's lock. A repeated (session, step, attempt)
-        replaces its hold (and does not count against itself)."""
+        """Settle `settles`, then check `usd` more against each rule's window and hold
+        it if all fit: one transaction under the ledger's lock. A repeated (session,
+        step, attempt) replaces its hold (and does not count against itself)."""
         amount = nano(usd)
         uses: list[ev.BudgetUse] = []
         with self.db.transaction(lock=LEDGER_LOCK):
+            for settle in settles:
+                self._settle(*settle)
+            old = self._hold(session_id, step, attempt)
+            mine = old[2] if old is not None and old[3] is None else 0
             for rule in rules:
-                sql = (
-                    "SELECT COALESCE(SUM(COALESCE(cost_nusd, reserved_nusd)), 0) FROM budget_holds "
-                    "WHERE ts >= ? AND NOT (session_id = ? AND step = ? AND attempt = ?)"
+                scope = "global" if rule.scope == "global" else f"agent:{agent}"
+                since = int((now - rule.window_s) // MINUTE) * MINUTE
+                ((summed,),) = self.db.rows(
+                    "SELECT COALESCE(SUM(nusd), 0) FROM budget_usage "
+                    "WHERE scope = ? AND minute >= ?",
+                    (scope, since),
                 )
-                params: list[Any] = [now - rule.window_s, session_id, step, attempt]
-                if rule.scope != "global":
-                    sql += " AND agent = ?"
-                    params.append(agent)
-                ((used,),) = self.db.rows(sql, params)
+                used = int(summed) - mine
                 use: ev.BudgetUse = {
                     "scope": rule.scope,
                     "limit_usd": rule.usd,
-                    "used_usd": int(used) / NANO,
+                    "used_usd": used / NANO,
                     "window_s": rule.window_s,
                 }
                 uses.append(use)
-                if int(used) + amount > nano(rule.usd):
-                    return Reservation(uses, (rule, int(used) / NANO))  # rolled back
+                if used + amount > nano(rule.usd):
+                    # The settles stand (they are facts); the hold is not taken.
+                    return Reservation(uses, (rule, used / NANO))
+            if old is not None:
+                self._add(agent, old[1], -(old[3] if old[3] is not None else old[2]))
             self.db.execute(
                 "INSERT INTO budget_holds (session_id, step, attempt, agent, ts, reserved_nusd) "
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (session_id, step, attempt) DO UPDATE "
                 "SET ts = excluded.ts, reserved_nusd = excluded.reserved_nusd, cost_nusd = NULL",
                 (session_id, step, attempt, agent, now, amount),
             )
+            self._add(agent, now, amount)
         return Reservation(uses)
 
-    def settle(self, session_id: str, step: int, attempt: int, usd: float) -> None:
-        """Replace a hold's worst case by what the call cost."""
+    def settle(self, settles: Sequence[Settle]) -> None:
+        """Replace holds' worst cases by what the calls cost."""
+        if settles:
+            with self.db.transaction(lock=LEDGER_LOCK):
+                for settle in settles:
+                    self._settle(*settle)
+
+    def _hold(self, session_id: str, step: int, attempt: int) -> tuple[Any, ...] | None:
+        found = self.db.rows(
+            "SELECT agent, ts, reserved_nusd, cost_nusd FROM budget_holds "
+            "WHERE session_id = ? AND step = ? AND attempt = ?",
+            (session_id, step, attempt),
+        )
+        return found[0] if found else None
+
+    def _settle(self, session_id: str, step: int, attempt: int, usd: float) -> None:
+        hold = self._hold(session_id, step, attempt)
+        if hold is None or hold[3] is not None:
+            return  # never held, or settled already: a settle is applied once
+        agent, ts, reserved, _ = hold
+        cost = nano(usd)
         self.db.execute(
             "UPDATE budget_holds SET cost_nusd = ? WHERE session_id = ? AND step = ? "
             "AND attempt = ?",
-            (nano(usd), session_id, step, attempt),
+            (cost, session_id, step, attempt),
         )
+        self._add(agent, ts, cost - int(reserved))
+
+    def _add(self, agent: str, ts: float, nusd: int) -> None:
+        minute = int(ts // MINUTE) * MINUTE
+        self.db.executemany(_ADD_USAGE, [(scope, minute, nusd) for scope in _scopes(agent)])
 
     def open_holds(self, session_id: str) -> list[tuple[int, int, int]]:
         """`(step, attempt, reserved nano-USD)` of a session's unsettled holds."""
@@ -226,6 +279,9 @@ class BudgetGuard(Guard, Projection[BudgetState], SessionHook):
         self.clock = clock or time.time
         self._store = store
         self._ledger: Ledger | None = None
+        # Settles of calls answered, by session: written with the session's next
+        # reservation (one ledger transaction per call), or at its end.
+        self._due: dict[str, list[Settle]] = {}
 
     @property
     def ledger(self) -> Ledger:
@@ -270,6 +326,7 @@ class BudgetGuard(Guard, Projection[BudgetState], SessionHook):
                 await self._refuse(run, step, "session", own, spent, worst, self.session_action)
         held = False
         if rules:
+            due = self._due.pop(run.session_id, [])
             found = await asyncio.to_thread(
                 self.ledger.reserve,
                 session_id=run.session_id,
@@ -279,6 +336,7 @@ class BudgetGuard(Guard, Projection[BudgetState], SessionHook):
                 usd=worst,
                 rules=rules,
                 now=self.clock(),
+                settles=due,
             )
             uses.extend(found.uses)
             if found.refused is not None:
@@ -306,16 +364,15 @@ class BudgetGuard(Guard, Projection[BudgetState], SessionHook):
             raise  # the worker stops: the hold stays until the session resumes
         except Exception:
             if held:  # the call failed or was refused further in: nothing was billed
-                await asyncio.to_thread(
-                    self.ledger.settle, run.session_id, step.number, step.attempt, 0.0
-                )
+                self._owe(run.session_id, step, 0.0)
             raise
         if held:
             cost = outcome.response.cost_usd if outcome.response is not None else 0.0
-            await asyncio.to_thread(
-                self.ledger.settle, run.session_id, step.number, step.attempt, cost
-            )
+            self._owe(run.session_id, step, cost)
         return outcome
+
+    def _owe(self, session_id: str, step: Step, usd: float) -> None:
+        self._due.setdefault(session_id, []).append((session_id, step.number, step.attempt, usd))
 
     async def _alerts(
         self,
@@ -393,18 +450,23 @@ class BudgetGuard(Guard, Projection[BudgetState], SessionHook):
         await self._reconcile(run, final=True)
 
     async def _reconcile(self, run: RunContext, *, final: bool) -> None:
-        """Settle the session's open holds from its journal: an outcome's cost where
-        one was journaled; at the end, the worst case of any still open (it went out)."""
+        """Settle the session's open holds: the answered calls' costs this run owes,
+        then, from its journal, an outcome's cost where one was journaled; at the end,
+        the worst case of any still open (it went out, and may have been billed)."""
+        due = self._due.pop(run.session_id, [])
         if not any(applies(r, run.agent_name) for r in self.rules):
             return
+        await asyncio.to_thread(self.ledger.settle, due)
         state = run.view(self)
         holds = await asyncio.to_thread(self.ledger.open_holds, run.session_id)
+        settles: list[Settle] = []
         for step, attempt, reserved in holds:
             cost = state.costs.get((step, attempt))
             if cost is None and not final:
                 continue
             usd = cost if cost is not None else reserved / NANO
-            await asyncio.to_thread(self.ledger.settle, run.session_id, step, attempt, usd)
+            settles.append((run.session_id, step, attempt, usd))
+        await asyncio.to_thread(self.ledger.settle, settles)
 
     def close(self) -> None:
         """Close the ledger's connection."""
