@@ -107,6 +107,11 @@ def applies(rule: BudgetRule, agent: str) -> bool:
     return rule.scope in ("global", f"agent:{agent}")
 
 
+class _Refused(Exception):
+    def __init__(self, reservation: Reservation) -> None:
+        self.reservation = reservation
+
+
 @dataclass(frozen=True, slots=True)
 class Reservation:
     """What the ledger answered: the budgets as found (before this call), and the
@@ -130,7 +135,7 @@ class Ledger:
     whole: a check may count up to a minute more than the window, never less)."""
 
     def __init__(self, store: Store) -> None:
-        self.db = Database(store, SCHEMA)
+        self.db = Database(store, SCHEMA, shared=True)
 
     def reserve(
         self,
@@ -147,13 +152,37 @@ class Ledger:
         """Settle `settles`, then check `usd` more against each rule's window and hold
         it if all fit: one transaction under the ledger's lock. A repeated (session,
         step, attempt) replaces its hold (and does not count against itself)."""
+        try:
+            return self._reserve(session_id, step, attempt, agent, usd, rules, now, settles)
+        except _Refused as refused:  # rolled back: the settles go in on their own
+            self.settle(settles)
+            return refused.reservation
+
+    def _reserve(
+        self,
+        session_id: str,
+        step: int,
+        attempt: int,
+        agent: str,
+        usd: float,
+        rules: Sequence[BudgetRule],
+        now: float,
+        settles: Sequence[Settle],
+    ) -> Reservation:
         amount = nano(usd)
         uses: list[ev.BudgetUse] = []
         with self.db.transaction(lock=LEDGER_LOCK):
             for settle in settles:
                 self._settle(*settle)
-            old = self._hold(session_id, step, attempt)
-            mine = old[2] if old is not None and old[3] is None else 0
+            # The common case inserts a new hold; a repeated attempt finds its old one.
+            taken = self.db.rows(
+                "INSERT INTO budget_holds (session_id, step, attempt, agent, ts, reserved_nusd) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (session_id, step, attempt) DO NOTHING "
+                "RETURNING 1",
+                (session_id, step, attempt, agent, now, amount),
+            )
+            old = None if taken else self._hold(session_id, step, attempt)
+            mine = 0 if old is None else (old[3] if old[3] is not None else old[2])
             for rule in rules:
                 scope = "global" if rule.scope == "global" else f"agent:{agent}"
                 since = int((now - rule.window_s) // MINUTE) * MINUTE
@@ -171,16 +200,14 @@ class Ledger:
                 }
                 uses.append(use)
                 if used + amount > nano(rule.usd):
-                    # The settles stand (they are facts); the hold is not taken.
-                    return Reservation(uses, (rule, used / NANO))
+                    raise _Refused(Reservation(uses, (rule, used / NANO)))
             if old is not None:
-                self._add(agent, old[1], -(old[3] if old[3] is not None else old[2]))
-            self.db.execute(
-                "INSERT INTO budget_holds (session_id, step, attempt, agent, ts, reserved_nusd) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (session_id, step, attempt) DO UPDATE "
-                "SET ts = excluded.ts, reserved_nusd = excluded.reserved_nusd, cost_nusd = NULL",
-                (session_id, step, attempt, agent, now, amount),
-            )
+                self._add(agent, old[1], -int(mine))
+                self.db.execute(
+                    "UPDATE budget_holds SET ts = ?, reserved_nusd = ?, cost_nusd = NULL "
+                    "WHERE session_id = ? AND step = ? AND attempt = ?",
+                    (now, amount, session_id, step, attempt),
+                )
             self._add(agent, now, amount)
         return Reservation(uses)
 
@@ -200,17 +227,15 @@ class Ledger:
         return found[0] if found else None
 
     def _settle(self, session_id: str, step: int, attempt: int, usd: float) -> None:
-        hold = self._hold(session_id, step, attempt)
-        if hold is None or hold[3] is not None:
-            return  # never held, or settled already: a settle is applied once
-        agent, ts, reserved, _ = hold
         cost = nano(usd)
-        self.db.execute(
+        found = self.db.rows(
             "UPDATE budget_holds SET cost_nusd = ? WHERE session_id = ? AND step = ? "
-            "AND attempt = ?",
+            "AND attempt = ? AND cost_nusd IS NULL RETURNING agent, ts, reserved_nusd",
             (cost, session_id, step, attempt),
         )
-        self._add(agent, ts, cost - int(reserved))
+        if found:  # else never held, or settled already: a settle is applied once
+            agent, ts, reserved = found[0]
+            self._add(agent, ts, cost - int(reserved))
 
     def _add(self, agent: str, ts: float, nusd: int) -> None:
         minute = int(ts // MINUTE) * MINUTE
@@ -238,6 +263,8 @@ class BudgetState:
 
     costs: dict[tuple[int, int], float] = field(default_factory=dict)  # outcome costs
     request: tuple[int, int] | None = None  # the LLM attempt asked last
+    requested: set[tuple[int, int]] = field(default_factory=set)  # every attempt asked
+    resumed: bool = False  # this run resumed the session (holds may predate it)
     alerted: set[str] = field(default_factory=set)  # scopes alerted (session scope: once)
 
 
@@ -298,6 +325,7 @@ class BudgetGuard(Guard, Projection[BudgetState], SessionHook):
         kind = event.kind
         if kind == ev.LLM_REQUEST:
             state.request = (int(event.payload["step"]), int(event.payload.get("attempt", 1)))
+            state.requested.add(state.request)
         elif kind in (ev.LLM_RESPONSE, ev.LLM_FAILED, "llm.lost"):
             step = int(event.payload["step"])
             attempt = int(event.payload.get("attempt", 0) or 0)
@@ -444,29 +472,40 @@ class BudgetGuard(Guard, Projection[BudgetState], SessionHook):
     # -- reconciling after a crash --------------------------------------------------
 
     async def session_resumed(self, run: RunContext) -> None:
-        await self._reconcile(run, final=False)
+        if any(applies(r, run.agent_name) for r in self.rules):
+            state = run.view(self)
+            await asyncio.to_thread(self._reconcile, run.session_id, state, final=False)
+            state.resumed = True
 
     async def session_ended(self, run: RunContext, status: SessionStatus) -> None:
-        await self._reconcile(run, final=True)
-
-    async def _reconcile(self, run: RunContext, *, final: bool) -> None:
-        """Settle the session's open holds: the answered calls' costs this run owes,
-        then, from its journal, an outcome's cost where one was journaled; at the end,
-        the worst case of any still open (it went out, and may have been billed)."""
         due = self._due.pop(run.session_id, [])
         if not any(applies(r, run.agent_name) for r in self.rules):
             return
-        await asyncio.to_thread(self.ledger.settle, due)
         state = run.view(self)
-        holds = await asyncio.to_thread(self.ledger.open_holds, run.session_id)
+        # The answered calls' costs, and the worst case of any call that went out and
+        # has no outcome (it may have been billed); a session that resumed has its
+        # older holds looked up too.
+        unanswered = bool(state.requested - state.costs.keys())
+        if state.resumed or unanswered:
+            await asyncio.to_thread(self._reconcile, run.session_id, state, final=True, due=due)
+        elif due:
+            await asyncio.to_thread(self.ledger.settle, due)
+
+    def _reconcile(
+        self, session_id: str, state: BudgetState, *, final: bool, due: Sequence[Settle] = ()
+    ) -> None:
+        """Settle the session's open holds: what this run owes, then, from its
+        journal, an outcome's cost where one was journaled; at the end, the worst
+        case of any still open (it went out, and may have been billed)."""
+        self.ledger.settle(due)
         settles: list[Settle] = []
-        for step, attempt, reserved in holds:
+        for step, attempt, reserved in self.ledger.open_holds(session_id):
             cost = state.costs.get((step, attempt))
             if cost is None and not final:
                 continue
             usd = cost if cost is not None else reserved / NANO
-            settles.append((run.session_id, step, attempt, usd))
-        await asyncio.to_thread(self.ledger.settle, settles)
+            settles.append((session_id, step, attempt, usd))
+        self.ledger.settle(settles)
 
     def close(self) -> None:
         """Close the ledger's connection."""

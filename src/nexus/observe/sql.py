@@ -26,23 +26,47 @@ class Database:
     Args:
         store: the runtime's store.
         schema: the subsystem's tables (migrated here).
+        shared: on SQLite, use the journal's own connection under its writer lock
+            (`SQLiteStore.writer`), for short writes on the hot path.
     """
 
-    def __init__(self, store: Store, schema: Schema) -> None:
+    def __init__(self, store: Store, schema: Schema, *, shared: bool = False) -> None:
         self.dialect: Dialect = "postgresql" if "://" in store.path else "sqlite"
         connect: Callable[[], Any] | None = getattr(store, "connect", None)
-        if connect is None:
+        writer = getattr(store, "writer", None) if shared else None
+        self._outer: Any = None  # the store's writer lock, held by the outermost call
+        self._depth = 0
+        if writer is not None:
+            store.migrate(schema)
+            conn, self._outer = writer()
+            self._connect: Callable[[], Any] = lambda: conn
+        elif connect is None:
             private = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
             for _, sql in sorted(schema.migrations):
                 text = dialect_sql(sql, "sqlite", subsystem=schema.subsystem)
                 for statement in filter(str.strip, text.split(";")):
                     private.execute(statement)
-            self._connect: Callable[[], Any] = lambda: private
+            self._connect = lambda: private
         else:
             store.migrate(schema)
             self._connect = connect
         self._conn: Any = None
-        self.lock = threading.RLock()
+        self._lock = threading.RLock()
+
+    @property
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """This door's lock (and the store's writer lock, when shared), reentrant."""
+        with self._lock:
+            if self._outer is not None and self._depth == 0:
+                self._outer.acquire()
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                if self._outer is not None and self._depth == 0:
+                    self._outer.release()
 
     @property
     def conn(self) -> Any:
@@ -119,8 +143,8 @@ class Database:
             self._conn = None
 
     def close(self) -> None:
-        """Close the connection."""
+        """Close the connection (a shared one stays the store's)."""
         with self.lock, contextlib.suppress(Exception):
-            if self._conn is not None:
+            if self._conn is not None and self._outer is None:
                 self._conn.close()
             self._conn = None
