@@ -56,7 +56,7 @@ class Terms:
 
     Attributes:
         name: the endpoint's name, as responses carry it.
-        table_provider: the price table's provider for it (by its URL or name).
+        base_url: its API root (which provider of the price table it is).
         model: the model it is asked for when a request names none.
         price_in_per_1m: its own prompt price (USD per 1M tokens), if set.
         price_out_per_1m: its own completion price, if set.
@@ -65,7 +65,7 @@ class Terms:
     """
 
     name: str
-    table_provider: str | None = None
+    base_url: str | None = None
     model: str | None = None
     price_in_per_1m: Decimal | None = None
     price_out_per_1m: Decimal | None = None
@@ -138,7 +138,7 @@ def _decimal(value: float | None) -> Decimal | None:
 @dataclass(frozen=True)
 class Pricing:
     """Prices calls: the endpoints' terms, the `[prices]` overrides, the shipped
-    table (read on first use).
+    table (read by the first call that needs it, not when this is built).
 
     Args:
         terms: each endpoint's terms.
@@ -154,14 +154,13 @@ class Pricing:
     def from_settings(cls, settings: Settings) -> Pricing:
         """The pricing of `settings`: its providers (and Ollama's default endpoint)
         and its `[prices]` table."""
-        table = PriceTable.shipped()
         found: dict[str, Terms] = {}
         for p in settings.providers:
             found.setdefault(
                 p.name,
                 Terms(
                     name=p.name,
-                    table_provider=table.provider_for(name=p.name, base_url=p.base_url),
+                    base_url=p.base_url,
                     model=p.model,
                     price_in_per_1m=_decimal(p.price_in_per_1m),
                     price_out_per_1m=_decimal(p.price_out_per_1m),
@@ -180,7 +179,7 @@ class Pricing:
             )
             for model, price in settings.prices.items()
         }
-        return cls(found, overrides, table)
+        return cls(found, overrides)
 
     def with_provider(self, provider: Provider) -> Pricing:
         """This pricing, knowing also a provider that was not built from settings
@@ -190,7 +189,7 @@ class Pricing:
         p = provider.profile
         terms = Terms(
             name=provider.name,
-            table_provider=self._table().provider_for(name=provider.name),
+            base_url=getattr(provider, "base_url", None),
             model=getattr(provider, "model", None),
             price_in_per_1m=_decimal(p.price_in_per_1m),
             price_out_per_1m=_decimal(p.price_out_per_1m),
@@ -219,9 +218,9 @@ class Pricing:
             return Rate(terms.price_in_per_1m or ZERO, terms.price_out_per_1m or ZERO, PROVIDER)
         if terms is not None and terms.local:
             return Rate(ZERO, ZERO, LOCAL)
-        table_provider = None if terms is None else terms.table_provider
-        if table_provider is None and provider:
-            table_provider = self._table().provider_for(name=provider)
+        table = self._table()  # read on the first call that needs it
+        base_url = None if terms is None else terms.base_url
+        table_provider = table.provider_for(name=provider, base_url=base_url)
         for model in (*models, None if terms is None else terms.model):
             if not model:
                 continue
@@ -229,7 +228,7 @@ class Pricing:
                 if name in self.overrides:
                     o = self.overrides[name]
                     return Rate(o.input_per_1m, o.output_per_1m, OVERRIDE, o.context_window)
-            found = self._table().lookup(table_provider, model)
+            found = table.lookup(table_provider, model)
             if found is not None:
                 return Rate(found.input_per_1m, found.output_per_1m, TABLE, found.context_window)
         return Rate(ZERO, ZERO, UNPRICED)

@@ -70,13 +70,13 @@ def names(model: str) -> list[str]:
     bases = [given]
     if "/" in given:
         bases.append(given.rsplit("/", 1)[1])
-    found: list[str] = []
+    found = list(bases)
     for base in bases:
-        name = base
+        name = _SNAPSHOT.sub("", base)
         while name and name not in found:
             found.append(name)
             name = _SNAPSHOT.sub("", name)
-    return found
+    return [n for n in found if n]
 
 
 def vendor(model: str) -> str | None:
