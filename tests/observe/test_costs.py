@@ -413,6 +413,45 @@ async def test_a_kill_that_cuts_a_call_short_accounts_it_as_lost(
     await rt.aclose()
 
 
+async def test_a_call_lost_by_a_stopped_worker_is_accounted_before_a_kill_at_resume(
+    peer: PeerServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker stops with a call in flight (its task is cancelled: the request stays
+    open); a kill is posted while no runner holds the session. The next run accounts the
+    lost call first, then applies the kill: the call the provider served is in the
+    totals even though the session never ran another step."""
+    peer.config.latency_ms = 30_000
+    monkeypatch.setenv(
+        "NEXUS_PROVIDERS", endpoint(peer.url, price_in_per_1m=2.5, price_out_per_1m=10)
+    )
+    rt = Runtime(load_settings(), agents=agents(Limits(max_tokens_per_call=128)))
+    sid = rt.create_session("think hard", agent="t")
+    running = asyncio.create_task(rt.run(sid))
+    await until(lambda: len(peer.requests) == 1, "the LLM call in flight")
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    await rt.aclose()
+
+    later = Runtime(load_settings(), agents=agents())  # another process, say
+    await later.control.post(sid, "kill", by="user:ops", reason="stop it")
+    assert await later.run(sid) is SessionStatus.KILLED
+    kinds = [e.kind for e in later.journal.events(sid)]
+    assert kinds[-4:] == ["llm.request", "session.resumed", "llm.lost", "session.killed"]
+    (lost,) = events_of(later, sid, "llm.lost")
+    sent = peer.requests[0]
+    t_in = count_prompt(sent["messages"], sent["tools"], "gpt-4o")
+    assert (lost.payload["why"], lost.tokens_in, lost.tokens_out, lost.cost_usd) == (
+        "crash",
+        t_in,
+        128,  # the request's max_tokens: no answer yet to average
+        float((Decimal(t_in) * Decimal("2.5") + 128 * 10) / 1_000_000),
+    )
+    assert later.session(sid).cost_usd == lost.cost_usd
+    assert len(peer.requests) == 1  # nothing asked again
+    await later.aclose()
+
+
 # -- a real crash: SIGKILL mid-call, resume, twice ------------------------------------
 
 

@@ -184,7 +184,7 @@ class Pricing:
     def with_provider(self, provider: Provider) -> Pricing:
         """This pricing, knowing also a provider that was not built from settings
         (passed to `Runtime`): its terms from its profile."""
-        if provider.name in self.terms:
+        if self.terms_of(provider.name) is not None:
             return self
         p = provider.profile
         terms = Terms(
@@ -247,10 +247,11 @@ class Pricing:
             tokens_in = count_prompt(request.messages, request.tools, model)
             tokens_out = count_completion(response, model)
             estimated = True
-        rate = self.rate(response.provider, response.model, request.model)
-        if rate.source != PROVIDER and response.cost_usd is not None and not estimated:
+        terms = self.terms_of(response.provider)
+        if response.cost_usd is not None and not estimated and not (terms and terms.priced):
             reported = Decimal(repr(response.cost_usd))
             return Charge(tokens_in, tokens_out, reported, REPORTED)
+        rate = self.rate(response.provider, response.model, request.model)
         return Charge(
             tokens_in, tokens_out, rate.cost(tokens_in, tokens_out), rate.source, estimated, problem
         )
