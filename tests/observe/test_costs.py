@@ -151,6 +151,8 @@ def test_which_price_applies() -> None:
     assert [
         charged("own", "gpt-4o", reported=9.0),
         charged("replay", "gpt-4o", reported=0.0),
+        charged("openai", "gpt-4o", reported=float("nan")),  # not believed: priced
+        charged("openai", "gpt-4o", reported=-1.0),
         charged("lan", "gpt-4o"),
         charged("box", "gpt-4o"),  # Ollama's port
         charged("ollama", "llama3.2"),
@@ -161,6 +163,8 @@ def test_which_price_applies() -> None:
     ] == [
         ("provider", Decimal("0.0012")),
         ("reported", Decimal("0.0")),
+        ("table", Decimal("0.0035")),
+        ("table", Decimal("0.0035")),
         ("local", Decimal("0")),
         ("local", Decimal("0")),
         ("local", Decimal("0")),

@@ -16,7 +16,8 @@ it, `ChatResponse.cost_usd` (a scripted provider's figure, a replay's zero). Whi
 price applies, first match wins:
 
 1. the answering endpoint's own `price_in_per_1m`/`price_out_per_1m` (its settings);
-2. the cost the provider reported, when its usage is trustworthy;
+2. the cost the provider reported, when it and the usage are believable (a finite,
+   non-negative figure);
 3. nothing, for a local endpoint (loopback or `localhost` base URL, or Ollama);
 4. the `[prices]` settings, then the shipped table (`nexus.observe.prices`), for the
    response's model, then the request's, then the endpoint's default model;
@@ -248,9 +249,10 @@ class Pricing:
             tokens_out = count_completion(response, model)
             estimated = True
         terms = self.terms_of(response.provider)
-        if response.cost_usd is not None and not estimated and not (terms and terms.priced):
-            reported = Decimal(repr(response.cost_usd))
-            return Charge(tokens_in, tokens_out, reported, REPORTED)
+        reported = response.cost_usd
+        believable = reported is not None and math.isfinite(reported) and reported >= 0
+        if believable and not estimated and not (terms and terms.priced):
+            return Charge(tokens_in, tokens_out, Decimal(repr(reported)), REPORTED)
         rate = self.rate(response.provider, response.model, request.model)
         return Charge(
             tokens_in, tokens_out, rate.cost(tokens_in, tokens_out), rate.source, estimated, problem
