@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,8 +58,16 @@ class ProviderSettings(BaseModel):
     base_url: str
     model: str
     api_key: SecretStr | None = None
-    price_in_per_1m: float = Field(default=0.0, ge=0)
-    price_out_per_1m: float = Field(default=0.0, ge=0)
+    price_in_per_1m: float | None = Field(
+        default=None,
+        ge=0,
+        le=1_000_000,
+        description=(
+            "USD per 1M prompt tokens at this endpoint, over the price table (set either "
+            "price: the other is then 0; set them on a local endpoint to charge for it)"
+        ),
+    )
+    price_out_per_1m: float | None = Field(default=None, ge=0, le=1_000_000)
     timeout_s: float = Field(
         default=60.0, gt=0, description="deadline of one LLM call, retries and waits included"
     )
@@ -86,6 +95,20 @@ class ProviderSettings(BaseModel):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+
+class PriceSetting(BaseModel):
+    """A model's price, over the shipped table: `[prices."MODEL"]` in nexus.toml, or
+    `NEXUS_PRICES='{"MODEL": {"input": 2.5, "output": 10}}'`."""
+
+    model_config = {"extra": "forbid"}
+
+    input: Decimal = Field(ge=0, le=1_000_000, description="USD per 1M prompt tokens")
+    output: Decimal = Field(ge=0, le=1_000_000, description="USD per 1M completion tokens")
+    context_window: int | None = Field(default=None, ge=1, le=1_000_000_000)
+
+
+MAX_PRICES = 10_000
 
 
 class Settings(BaseSettings):
@@ -222,6 +245,25 @@ class Settings(BaseSettings):
             "default: a scrape needs the token as a bearer token, like the API."
         ),
     )
+    # -- cost accounting (issue 11) --
+    prices: dict[str, PriceSetting] = Field(
+        default_factory=dict,
+        description=(
+            "Model prices over the shipped table (nexus/observe/prices.json), by model "
+            "name as sent or answered: input and output USD per 1M tokens, context_window. "
+            "An endpoint's own price_in_per_1m/price_out_per_1m win over both."
+        ),
+    )
+
+    @field_validator("prices")
+    @classmethod
+    def _price_names(cls, value: dict[str, PriceSetting]) -> dict[str, PriceSetting]:
+        if len(value) > MAX_PRICES:
+            raise ValueError(f"at most {MAX_PRICES} model prices")
+        for name in value:
+            if not 0 < len(name.strip()) <= 200:
+                raise ValueError(f"model names must be 1-200 characters (got {name[:40]!r})")
+        return value
 
     @field_validator("worker_id")
     @classmethod

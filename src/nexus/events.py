@@ -61,6 +61,10 @@ ALERT_KINDS: Final = frozenset({BUDGET_ALERT, BUDGET_EXCEEDED, LOOP_DETECTED})
 the alert webhook."""
 
 
+# -- cost accounting (issue 11) --
+LLM_LOST: Final = "llm.lost"  # sent, never answered (a crash, a kill): billed, estimated
+
+
 # -- payloads -----------------------------------------------------------------------
 
 
@@ -148,7 +152,10 @@ class LlmResponse(TypedDict):
     finish_reason: str
     attempts: NotRequired[int]
     failures: NotRequired[list[str]]
-    usage_problem: NotRequired[str]
+    usage_problem: NotRequired[str]  # what was wrong with the usage block (then counted)
+    usage_estimated: NotRequired[bool]  # tokens counted with tiktoken, not reported
+    cost_estimated: NotRequired[bool]  # the cost is of counted tokens
+    unpriced: NotRequired[bool]  # no price known for the model at that endpoint: cost 0
 
 
 class LlmFailed(TypedDict):
@@ -229,3 +236,21 @@ class BudgetExceeded(TypedDict):
     needed_usd: float
     action: str  # "pause" or "kill"
     window_s: NotRequired[float]
+
+
+# -- cost accounting (issue 11) --
+
+
+class LlmLost(TypedDict):
+    """An LLM request that was sent but whose response was lost: the worker died with
+    it in flight (journaled when the session resumes), or a kill cut it short. The
+    provider billed it, so its row carries estimated `tokens_in`/`tokens_out`/`cost_usd`
+    (`nexus.observe.lost`): written once per lost attempt."""
+
+    step: int
+    attempt: int
+    model: str | None
+    estimated: bool  # always True
+    why: str  # "crash" (no outcome at resume) or "interrupted" (a kill)
+    provider: NotRequired[str]  # the endpoint it is priced at
+    unpriced: NotRequired[bool]

