@@ -117,10 +117,13 @@ class Runtime:
             session_action=self.settings.budget_action,
             session_alert_at=self.settings.budget_alert_at,
         )
+        from nexus.observe.loops import LoopGuard
+
         self.guards: list[Guard] = [
             self.control,
             *default_guards(),
             self.budgets,
+            LoopGuard(self.control.post),
             *(guards or []),
         ]
         self.hooks: list[SessionHook] = [
