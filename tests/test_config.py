@@ -50,6 +50,12 @@ def defaults(home: Path) -> dict[str, object]:
         "toolkits": {},
         "max_tool_result_bytes": 262144,
         "log_level": "warning",
+        "budgets": [],
+        "budget_action": "pause",
+        "budget_alert_at": 0.8,
+        "alert_webhook_url": None,
+        "metrics_public": False,
+        "prices": {},  # cost accounting (issue 11)
     }
 
 
@@ -121,7 +127,7 @@ def test_providers_come_from_json_in_the_environment(monkeypatch: pytest.MonkeyP
             "model": "m1",
             "api_key": settings.providers[0].api_key,
             "price_in_per_1m": 0.05,
-            "price_out_per_1m": 0.0,
+            "price_out_per_1m": None,  # unset: then 0 (tests/observe/test_costs.py)
             "timeout_s": 60.0,
             "retries": 3,
             **NEW_PROVIDER_DEFAULTS,
@@ -131,8 +137,8 @@ def test_providers_come_from_json_in_the_environment(monkeypatch: pytest.MonkeyP
             "base_url": "http://127.0.0.1:8000/v1",
             "model": "m2",
             "api_key": None,
-            "price_in_per_1m": 0.0,
-            "price_out_per_1m": 0.0,
+            "price_in_per_1m": None,
+            "price_out_per_1m": None,
             "timeout_s": 60.0,
             "retries": 2,
             **NEW_PROVIDER_DEFAULTS,

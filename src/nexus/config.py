@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,6 +34,21 @@ from nexus.errors import ConfigError
 DEFAULT_HOME = Path("~/.nexus")
 
 
+class BudgetRule(BaseModel):
+    """A spending cap shared by sessions over a rolling window: every session
+    (`scope = "global"`) or one agent's (`scope = "agent:NAME"`)."""
+
+    model_config = {"extra": "forbid"}
+
+    scope: str = Field(pattern=r"^(global|agent:[a-zA-Z0-9_.-]{1,64})$")
+    usd: float = Field(gt=0, le=1_000_000_000)
+    window_s: float = Field(default=3600.0, gt=0, le=31 * 86400, description="rolling window")
+    action: Literal["pause", "kill"] = Field(
+        default="pause", description="what happens to the session whose call would pass it"
+    )
+    alert_at: float = Field(default=0.8, gt=0, lt=1, description="alert at this fraction")
+
+
 class ProviderSettings(BaseModel):
     """One OpenAI-compatible endpoint."""
 
@@ -42,8 +58,16 @@ class ProviderSettings(BaseModel):
     base_url: str
     model: str
     api_key: SecretStr | None = None
-    price_in_per_1m: float = Field(default=0.0, ge=0)
-    price_out_per_1m: float = Field(default=0.0, ge=0)
+    price_in_per_1m: float | None = Field(
+        default=None,
+        ge=0,
+        le=1_000_000,
+        description=(
+            "USD per 1M prompt tokens at this endpoint, over the price table (set either "
+            "price: the other is then 0; set them on a local endpoint to charge for it)"
+        ),
+    )
+    price_out_per_1m: float | None = Field(default=None, ge=0, le=1_000_000)
     timeout_s: float = Field(
         default=60.0, gt=0, description="deadline of one LLM call, retries and waits included"
     )
@@ -71,6 +95,20 @@ class ProviderSettings(BaseModel):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+
+class PriceSetting(BaseModel):
+    """A model's price, over the shipped table: `[prices."MODEL"]` in nexus.toml, or
+    `NEXUS_PRICES='{"MODEL": {"input": 2.5, "output": 10}}'`."""
+
+    model_config = {"extra": "forbid"}
+
+    input: Decimal = Field(ge=0, le=1_000_000, description="USD per 1M prompt tokens")
+    output: Decimal = Field(ge=0, le=1_000_000, description="USD per 1M completion tokens")
+    context_window: int | None = Field(default=None, ge=1, le=1_000_000_000)
+
+
+MAX_PRICES = 10_000
 
 
 class Settings(BaseSettings):
@@ -176,6 +214,29 @@ class Settings(BaseSettings):
         description="A tool result larger than this (as JSON) goes back to the model as an error.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = "warning"
+    # -- observability: budgets and alerts -----------------------------------------------
+    budgets: list[BudgetRule] = Field(
+        default_factory=list,
+        description=(
+            "Shared spending caps: `[[budgets]]` in nexus.toml with scope (global or "
+            "agent:NAME), usd, window_s (rolling, default 3600), action (pause|kill), "
+            "alert_at (default 0.8). A session's own cap is its agent's max_cost_usd."
+        ),
+    )
+    budget_action: Literal["pause", "kill"] = Field(
+        default="pause",
+        description="What a session whose next call would pass its own max_cost_usd becomes.",
+    )
+    budget_alert_at: float = Field(
+        default=0.8, gt=0, lt=1, description="A session's own budget alerts at this fraction."
+    )
+    alert_webhook_url: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Alerts (budgets, loops) are POSTed here as JSON, once each, by the server "
+            "(http:// or https://; kept secret: a chat webhook's URL is its key)."
+        ),
+    )
     # -- observability: metrics -------------------------------------------------------
     metrics_public: bool = Field(
         default=False,
@@ -221,6 +282,25 @@ class Settings(BaseSettings):
             "(always redacted); off: names, models, tokens, costs, timings and statuses only."
         ),
     )
+    # -- cost accounting (issue 11) --
+    prices: dict[str, PriceSetting] = Field(
+        default_factory=dict,
+        description=(
+            "Model prices over the shipped table (nexus/observe/prices.json), by model "
+            "name as sent or answered: input and output USD per 1M tokens, context_window. "
+            "An endpoint's own price_in_per_1m/price_out_per_1m win over both."
+        ),
+    )
+
+    @field_validator("prices")
+    @classmethod
+    def _price_names(cls, value: dict[str, PriceSetting]) -> dict[str, PriceSetting]:
+        if len(value) > MAX_PRICES:
+            raise ValueError(f"at most {MAX_PRICES} model prices")
+        for name in value:
+            if not 0 < len(name.strip()) <= 200:
+                raise ValueError(f"model names must be 1-200 characters (got {name[:40]!r})")
+        return value
 
     @field_validator("worker_id")
     @classmethod
@@ -264,6 +344,13 @@ class Settings(BaseSettings):
             ("postgresql://", "postgres://")
         ):
             raise ValueError("must start with postgresql:// (unset: SQLite in NEXUS_HOME)")
+        return value
+
+    @field_validator("alert_webhook_url")
+    @classmethod
+    def _webhook(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
         return value
 
     @field_validator("api_token")
@@ -387,7 +474,7 @@ def load_settings(**overrides: Any) -> Settings:
 
 
 # Settings whose value may hold a password: a refusal names them, never echoes them.
-_SECRET_SETTINGS = frozenset({"database_url", "api_token", "otlp_headers"})
+_SECRET_SETTINGS = frozenset({"database_url", "api_token", "alert_webhook_url", "otlp_headers"})
 
 
 def _describe(exc: ValidationError) -> str:

@@ -49,6 +49,21 @@ of the journal, never written on its own."""
 STEP_OUTCOME_KINDS: Final = frozenset({LLM_RESPONSE, TOOL_RESULT})
 """Kinds that finish a step and count against `max_steps`."""
 
+# -- budgets (nexus.observe.budgets) --------------------------------------------------
+
+BUDGET_RESERVED: Final = "budget.reserved"
+BUDGET_ALERT: Final = "budget.alert"
+BUDGET_EXCEEDED: Final = "budget.exceeded"
+LOOP_DETECTED: Final = "loop.detected"
+
+ALERT_KINDS: Final = frozenset({BUDGET_ALERT, BUDGET_EXCEEDED, LOOP_DETECTED})
+"""Kinds that are alerts: listed by `nexus alerts`, shown on the dashboard, POSTed to
+the alert webhook."""
+
+
+# -- cost accounting (issue 11) --
+LLM_LOST: Final = "llm.lost"  # sent, never answered (a crash, a kill): billed, estimated
+
 
 # -- payloads -----------------------------------------------------------------------
 
@@ -137,7 +152,10 @@ class LlmResponse(TypedDict):
     finish_reason: str
     attempts: NotRequired[int]
     failures: NotRequired[list[str]]
-    usage_problem: NotRequired[str]
+    usage_problem: NotRequired[str]  # what was wrong with the usage block (then counted)
+    usage_estimated: NotRequired[bool]  # tokens counted with tiktoken, not reported
+    cost_estimated: NotRequired[bool]  # the cost is of counted tokens
+    unpriced: NotRequired[bool]  # no price known for the model at that endpoint: cost 0
 
 
 class LlmFailed(TypedDict):
@@ -170,3 +188,69 @@ class ToolResult(TypedDict):
     error: NotRequired[str]
     error_type: NotRequired[str]
     by: NotRequired[str]  # set when a guard refused the call instead of the tool failing
+
+
+# -- budgets ------------------------------------------------------------------------
+
+
+class BudgetUse(TypedDict):
+    """One budget as a reservation found it."""
+
+    scope: str  # "session", "agent:NAME" or "global"
+    limit_usd: float
+    used_usd: float  # spent and reserved in the window before this call
+    window_s: NotRequired[float]  # absent for the session's budget (its whole life)
+
+
+class BudgetReserved(TypedDict):
+    """The worst-case cost of one LLM call, held against every budget that applies
+    before the call goes out; its `llm.response` (or `llm.lost`) settles it."""
+
+    step: int
+    attempt: int
+    usd: float
+    prompt_tokens: int  # counted
+    max_tokens: int | None
+    budgets: list[BudgetUse]
+
+
+class BudgetAlert(TypedDict):
+    """A budget crossed its alert threshold (80% by default), reservations counted."""
+
+    step: int
+    scope: str
+    limit_usd: float
+    used_usd: float
+    fraction: float
+    window_s: NotRequired[float]
+
+
+class BudgetExceeded(TypedDict):
+    """The call that would have passed a budget did not go out."""
+
+    step: int
+    attempt: int
+    scope: str
+    limit_usd: float
+    used_usd: float
+    needed_usd: float
+    action: str  # "pause" or "kill"
+    window_s: NotRequired[float]
+
+
+# -- cost accounting (issue 11) --
+
+
+class LlmLost(TypedDict):
+    """An LLM request that was sent but whose response was lost: the worker died with
+    it in flight (journaled when the session resumes), or a kill cut it short. The
+    provider billed it, so its row carries estimated `tokens_in`/`tokens_out`/`cost_usd`
+    (`nexus.observe.lost`): written once per lost attempt."""
+
+    step: int
+    attempt: int
+    model: str | None
+    estimated: bool  # always True
+    why: str  # "crash" (no outcome at resume) or "interrupted" (a kill)
+    provider: NotRequired[str]  # the endpoint it is priced at
+    unpriced: NotRequired[bool]

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 if TYPE_CHECKING:
+    from nexus.observe.costs import Pricing
     from nexus.runtime.agents import Limits
     from nexus.runtime.journal import Journal
     from nexus.runtime.tools import ToolBox, ToolContext
@@ -117,7 +118,7 @@ class ChatResponse:
     usage: Usage = field(default_factory=Usage)
     model: str = ""
     provider: str = ""
-    cost_usd: float = 0.0
+    cost_usd: float | None = None  # what the provider says it cost, if it knows
     finish_reason: str = "stop"
     attempts: int = 1  # calls made for this answer, over retries and fallbacks
     failures: tuple[str, ...] = ()  # what failed before it, one line each
@@ -182,8 +183,9 @@ class ProviderProfile:
     streaming: bool = True
     json_mode: bool = False
     context_window: int | None = None
-    price_in_per_1m: float = 0.0
-    price_out_per_1m: float = 0.0
+    price_in_per_1m: float | None = None  # the endpoint's own prices, if set
+    price_out_per_1m: float | None = None
+    local: bool = False  # runs on this machine (loopback, Ollama): free unless priced
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,13 +337,21 @@ class Counters:
     started_at: float | None = None
 
 
+def _default_pricing() -> Pricing:
+    # Imported here: this module stays dependency-free for everything else.
+    from nexus.observe.costs import Pricing
+
+    return Pricing()
+
+
 @dataclass(eq=False)
 class RunContext:
     """What the guards, projections and hooks of one running session share.
 
     `record` is the only way the session's events are written: it appends to the
     journal and folds the event through every projection, so live state and
-    resumed state come from the same code.
+    resumed state come from the same code. `pricing` prices the session's LLM calls
+    (`nexus.observe.costs`): the recorder's `llm.response`, a budget's estimate.
     """
 
     session_id: str
@@ -354,6 +364,7 @@ class RunContext:
     projections: list[Projection[Any]] = field(default_factory=list)
     state: dict[str, Any] = field(default_factory=dict)
     max_tool_result_bytes: int = 256 * 1024
+    pricing: Pricing = field(default_factory=_default_pricing)
 
     def fold(self, event: Event) -> None:
         """Apply one event to every projection's state."""

@@ -13,6 +13,7 @@ from nexus.runtime.agents import (
     Agent,
     AgentRegistry,
     Limits,
+    LoopPolicy,
     load_agent_file,
 )
 from nexus.runtime.tools import Toolkit, tool
@@ -75,6 +76,7 @@ def test_minimal_agent_file_gets_defaults(tmp_path: Path) -> None:
             "max_cost_usd": None,
             "max_tokens_per_call": 4096,
             "max_tool_calls_per_turn": 16,
+            "loops": LoopPolicy().model_dump(),
         },
         "source": str(tmp_path / "m.toml"),
     }
@@ -176,6 +178,7 @@ def test_registry_without_a_folder_has_the_builtins(tmp_path: Path) -> None:
             "max_cost_usd": None,
             "max_tokens_per_call": 4096,
             "max_tool_calls_per_turn": 16,
+            "loops": LoopPolicy().model_dump(),
         },
         "source": "builtin",
     }

@@ -436,22 +436,39 @@ async def test_two_hundred_calls_in_one_turn_run_up_to_the_cap_and_leave_no_open
     await rt2.aclose()
 
 
-async def test_impossible_usage_is_marked_and_not_added_to_totals() -> None:
-    """Negative token counts are treated as missing: the event says so and the
-    session's totals stay untouched."""
+async def test_impossible_usage_is_counted_instead_and_marked() -> None:
+    """Negative token counts are not written into the totals: the tokens are counted
+    with tiktoken instead, the event says what was wrong and that the figures are
+    estimated, and the session's totals hold the counted tokens. (Until issue 11 the
+    tokens were zeroed; the reported cost of such a response is not trusted either.)"""
+    from nexus.observe.tokens import count_completion, count_prompt
 
     def bad_usage(request: ChatRequest) -> ChatResponse:
         return ChatResponse(content="hi", usage=Usage(-24, 1_999_999_999_999_998), cost_usd=1.0)
 
-    rt = runtime(ScriptedProvider([bad_usage]))
+    provider = ScriptedProvider([bad_usage])
+    rt = runtime(provider)
     sid = rt.create_session("count", agent="t")
     assert await rt.run(sid) is SessionStatus.COMPLETED
     response = next(e for e in rt.journal.events(sid) if e.kind == "llm.response")
-    assert (response.tokens_in, response.tokens_out, response.cost_usd) == (0, 0, 0.0)
-    assert response.payload["usage_problem"].startswith("negative token counts")
+    sent = provider.calls[0]
+    counted = (
+        count_prompt(sent.messages, sent.tools),
+        count_completion(ChatResponse(content="hi")),
+    )
+    assert (response.tokens_in, response.tokens_out, response.cost_usd) == (*counted, 0.0)
+    assert {k: response.payload.get(k) for k in USAGE_MARKS} == {
+        "usage_problem": "negative token counts (-24 in, 1999999999999998 out)",
+        "usage_estimated": True,
+        "cost_estimated": True,
+        "unpriced": True,  # no model named: no price known
+    }
     row = rt.session(sid)
-    assert (row.tokens_in, row.tokens_out, row.cost_usd) == (0, 0, 0.0)
+    assert (row.tokens_in, row.tokens_out, row.cost_usd) == (*counted, 0.0)
     await rt.aclose()
+
+
+USAGE_MARKS = ("usage_problem", "usage_estimated", "cost_estimated", "unpriced")
 
 
 async def test_a_tool_result_over_the_cap_goes_back_to_the_model_as_an_error() -> None:

@@ -103,7 +103,8 @@ async def test_a_kill_aborts_the_llm_call_in_flight(
     world: tuple[Runtime, Dispatcher, ThreadedPeerServer],
 ) -> None:
     """Killed while its LLM call waits on the peer: the call is aborted, the
-    session ends `killed` with who and why, and no second call is made."""
+    session ends `killed` with who and why, and no second call is made. The aborted
+    call was sent, so it is accounted as `llm.lost` (tests/observe/test_costs.py)."""
     rt, d, peer = world
     peer.config.latency_ms = 30_000
     sid = rt.create_session("think hard", agent="c")
@@ -112,8 +113,14 @@ async def test_a_kill_aborts_the_llm_call_in_flight(
     command = await rt.control.post(sid, "kill", by="user:ops", reason="runaway")
     assert await d.wait(sid) is SessionStatus.KILLED
     events = rt.journal.events(sid)
-    assert [e.kind for e in events][-3:] == ["llm.request", "llm.failed", "session.killed"]
-    assert events[-2].payload["interrupted"] == "the LLM request in flight was aborted"
+    assert [e.kind for e in events][-4:] == [
+        "llm.request",
+        "llm.failed",
+        "llm.lost",
+        "session.killed",
+    ]
+    assert events[-3].payload["interrupted"] == "the LLM request in flight was aborted"
+    assert events[-2].payload["why"] == "interrupted"
     killed = dict(events[-1].payload)
     noticed = killed.pop("noticed_at")
     assert killed == {

@@ -130,7 +130,7 @@ def crash_env(
         NEXUS_QUEUE_POLL_S="0.05",
         CRASH_LOG=str(tmp_path / "tool.log"),
         CRASH_RELEASE=str(tmp_path / "release"),
-        PYTHONPATH=str(ROOT),
+        PYTHONPATH=f"{ROOT / 'src'}{os.pathsep}{ROOT}",
     )
     yield env
 

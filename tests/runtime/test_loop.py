@@ -329,6 +329,8 @@ async def test_a_guard_added_from_outside_plugs_in_at_its_stage() -> None:
         "Control",
         "Deny",
         "LimitsGuard",
+        "BudgetGuard",
+        "LoopGuard",
     ]
     sid = rt.create_session("guarded", agent="t")
     assert await rt.run(sid) is SessionStatus.COMPLETED

@@ -24,7 +24,6 @@ from nexus.runtime.providers import (
     RetryProvider,
     ScriptedProvider,
     parse_completion,
-    price,
 )
 from nexus.runtime.providers.openai import OpenAIProvider, probe
 from nexus.storage import open_store
@@ -82,9 +81,9 @@ async def provider(peer: PeerServer) -> AsyncIterator[RetryProvider]:
 async def test_completion_returns_the_whole_response_with_cost(
     provider: RetryProvider, peer: PeerServer
 ) -> None:
-    """A plain completion comes back as a ChatResponse with content, usage, model,
-    provider name and the cost from the configured prices; the request body is the
-    OpenAI chat format."""
+    """A plain completion comes back as a ChatResponse with content, usage, model and
+    provider name, unpriced (the recorder prices calls: tests/observe/test_costs.py);
+    the request body is the OpenAI chat format."""
     response = await provider.complete(ChatRequest(messages=[USER]))
     t_in, t_out = tokens(len("hello there")), tokens(len("final: hello there"))
     assert response == ChatResponse(
@@ -93,7 +92,7 @@ async def test_completion_returns_the_whole_response_with_cost(
         usage=Usage(t_in, t_out),
         model="peer-model",
         provider="peer",
-        cost_usd=(t_in * 2.0 + t_out * 10.0) / 1e6,
+        cost_usd=None,
         finish_reason="stop",
     )
     # max_tokens is always sent: no call goes out unbounded.
@@ -126,7 +125,7 @@ async def test_completion_with_tool_calls(provider: RetryProvider, peer: PeerSer
         usage=Usage(t_in, t_out),
         model="other-model",
         provider="peer",
-        cost_usd=(t_in * 2.0 + t_out * 10.0) / 1e6,
+        cost_usd=None,
         finish_reason="tool_calls",
     )
     assert peer.requests == [
@@ -352,14 +351,15 @@ def completion(message: Any, **extra: Any) -> dict[str, Any]:
 
 def test_parse_completion_accepts_object_arguments_and_fills_ids() -> None:
     """Tool arguments sent as objects are re-encoded as JSON text; a call without an id
-    gets call_<index>; missing usage counts as zero; finish_reason is inferred."""
+    gets call_<index>; missing usage is marked as such (the recorder counts the tokens);
+    finish_reason is inferred."""
     data = completion(
         {"content": None, "tool_calls": [{"function": {"name": "f", "arguments": {"a": 1}}}]}
     )
     assert parse_completion(data, provider="p") == ChatResponse(
         content=None,
         tool_calls=(ToolCall(id="call_0", name="f", arguments='{"a": 1}'),),
-        usage=Usage(0, 0),
+        usage=Usage(0, 0, problem="the response has no usage block"),
         model="m",
         provider="p",
         finish_reason="tool_calls",
@@ -370,6 +370,7 @@ def test_parse_completion_accepts_object_arguments_and_fills_ids() -> None:
     ("usage", "context_window", "problem"),
     [
         ("lots", None, "usage is not an object"),
+        (None, None, "the response has no usage block"),
         ({"prompt_tokens": "many"}, None, "usage token counts are not integers: ['many', 0]"),
         (
             {"prompt_tokens": -24, "completion_tokens": 1_999_999_999_999_998},
@@ -386,8 +387,8 @@ def test_parse_completion_accepts_object_arguments_and_fills_ids() -> None:
 def test_impossible_usage_is_treated_as_missing_and_marked(
     usage: Any, context_window: int | None, problem: str
 ) -> None:
-    """Usage that cannot be true becomes zero tokens with the reason, not an error and
-    not a number in the totals."""
+    """Usage that is missing or cannot be true becomes zero tokens with the reason, not
+    an error and not a number in the totals (the recorder counts the tokens instead)."""
     data = {**completion({"content": "x"}), "usage": usage}
     response = parse_completion(data, provider="p", context_window=context_window)
     assert (response.content, response.usage) == ("x", Usage(0, 0, problem=problem))
@@ -429,12 +430,6 @@ def test_parse_completion_names_what_is_malformed(data: Any, why: str) -> None:
     assert str(info.value) == f"malformed response from p: {why}"
 
 
-def test_price_is_per_million_tokens() -> None:
-    """price() charges input and output tokens at their per-million rates."""
-    assert price(Usage(1_000_000, 500_000), 0.5, 2.0) == 1.5
-    assert price(Usage(), 3.0, 3.0) == 0.0
-
-
 # -- replay ----------------------------------------------------------------------------------
 
 
@@ -468,7 +463,7 @@ def record_session(journal: Journal, session_id: str = "s1") -> None:
             },
             tokens_in=response.usage.tokens_in,
             tokens_out=response.usage.tokens_out,
-            cost_usd=response.cost_usd,
+            cost_usd=response.cost_usd or 0.0,
         )
         journal.append(session_id, "tool.result", {"step": step, "result": "x"})
     journal.append(session_id, "session.completed", {})

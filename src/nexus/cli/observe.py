@@ -180,3 +180,50 @@ def _ms(value: float | None) -> str:
     if value is None:
         return "-"
     return f"{value:.1f} ms" if value < 1000 else f"{value / 1000:.2f} s"
+
+
+@app.command()
+def alerts(
+    since: WhenOpt = None,
+    kind: Annotated[
+        str | None, typer.Option(help="budget.alert, budget.exceeded or loop.detected.")
+    ] = None,
+    session: Annotated[str | None, typer.Option(help="Only this session's.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many.")] = 50,
+    as_json: JsonOpt = False,
+    server: ServerOpt = None,
+) -> None:
+    """Alerts from the journal, newest first: budgets crossing their alert threshold,
+    calls a budget refused, loops detected."""
+    query: dict[str, Any] = {"since": parse_when(since), "limit": limit}
+    if kind is not None:
+        query["kind"] = kind
+    if session is not None:
+        query["session_id"] = session
+    src = _source(server)
+    items = _read(lambda: src.alerts(**query))
+    if as_json:
+        _print_json(items)
+        return
+    console = _console()
+    if not items:
+        console.print("no alerts")
+        return
+    for a in items:
+        when = datetime.fromtimestamp(a["ts"], UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+        line = f"{when}  {a['kind']:<16} {a['session_id']}  {a['agent']}  {_describe(a)}"
+        console.print(line, markup=False)
+
+
+def _describe(alert: dict[str, Any]) -> str:
+    """One line of what an alert says."""
+    p = alert["payload"]
+    if alert["kind"] == "budget.alert":
+        return f"{p['scope']} at {p['fraction']:.0%} of ${p['limit_usd']:g}"
+    if alert["kind"] == "budget.exceeded":
+        return (
+            f"{p['scope']}: a call of up to ${p['needed_usd']:.6f} refused "
+            f"(${p['used_usd']:.6f} of ${p['limit_usd']:g} used); {p['action']}"
+        )
+    detail = p.get("detector") or p.get("reason") or ""
+    return str(detail)

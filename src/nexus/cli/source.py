@@ -24,6 +24,7 @@ class Source(Protocol):
     def costs(self, **query: Any) -> dict[str, Any]: ...
     def tool_stats(self, **query: Any) -> dict[str, Any]: ...
     def trace(self, session_id: str) -> dict[str, Any]: ...
+    def alerts(self, **query: Any) -> list[dict[str, Any]]: ...
 
 
 class LocalSource:
@@ -145,6 +146,15 @@ class LocalSource:
         trace: dict[str, Any] = build_trace(self.rt.journal.events(session_id)).to_dict()
         return trace
 
+    def alerts(self, **query: Any) -> list[dict[str, Any]]:
+        """The `GET /api/v1/alerts` items, from this home's journal."""
+        rollup = self._rollup()
+        try:
+            items: list[dict[str, Any]] = rollup.alerts(**query)
+            return items
+        finally:
+            rollup.close()
+
 
 def _event(d: dict[str, Any]) -> Event:
     return Event(
@@ -212,3 +222,7 @@ class RemoteSource:
     def trace(self, session_id: str) -> dict[str, Any]:
         data: dict[str, Any] = self.remote.get(f"/api/v1/sessions/{session_id}/trace")
         return data
+
+    def alerts(self, **query: Any) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self.remote.get("/api/v1/alerts", **query)["items"]
+        return items

@@ -28,6 +28,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from nexus.observe.alerts import Webhook
 from nexus.observe.rollup import BATCH, BUCKETS_MS, Rollup
 from nexus.storage.base import Store
 from nexus.storage.wake import EVENTS
@@ -170,12 +171,20 @@ def exposition(reg: CollectorRegistry) -> bytes:
 class RollupFollower:
     """A thread that keeps a rollup caught up: it folds after each ring of the
     store's events doorbell (this process's commits; every process's on PostgreSQL),
-    at least every `poll_s`, and at most once per `settle_s`."""
+    at least every `poll_s`, and at most once per `settle_s`; then it delivers the
+    alerts due to the webhook, if one is set."""
 
     def __init__(
-        self, rollup: Rollup, store: Store, *, poll_s: float = 1.0, settle_s: float = 0.2
+        self,
+        rollup: Rollup,
+        store: Store,
+        *,
+        poll_s: float = 1.0,
+        settle_s: float = 0.2,
+        webhook: Webhook | None = None,
     ) -> None:
         self.rollup = rollup
+        self.webhook = webhook
         self.poll_s = poll_s
         self.settle_s = settle_s
         self._wakeup = store.wakeup()
@@ -195,6 +204,8 @@ class RollupFollower:
                 waiter.clear()
                 try:
                     self.rollup.catch_up()
+                    if self.webhook is not None:
+                        self.webhook.deliver_pending()
                 except Exception:  # the database went away: try again at the next ring
                     log.warning("the rollup could not catch up", exc_info=True)
                 # Commits in a burst are folded together: one transaction of the
@@ -212,3 +223,17 @@ class RollupFollower:
             self._wakeup.ring(EVENTS)
             self._thread.join(timeout=10)
             self._thread = None
+
+
+def serving(runtime: Any) -> tuple[Rollup, CollectorRegistry, RollupFollower]:
+    """What a server needs of this module for `runtime`: the rollup, the metrics
+    registry of `/metrics`, and the follower (not started) that keeps the rollup
+    caught up and delivers alerts to the webhook when one is set."""
+    rollup = Rollup(runtime.store)
+    webhook = None
+    url = runtime.settings.alert_webhook_url
+    if url is not None:
+        runtime.redactor.register(url.get_secret_value())
+        webhook = Webhook(url.get_secret_value(), rollup.db)
+    follower = RollupFollower(rollup, runtime.store, webhook=webhook)
+    return rollup, registry(runtime.store, rollup), follower

@@ -30,18 +30,16 @@ metrics grow without bound on a hostile peer.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from nexus import events as ev
+from nexus.observe.sql import Database
 from nexus.storage.base import EventRow, Schema, Store
-from nexus.storage.migrations import Dialect
 from nexus.types import JSON
 
 BUCKETS_MS: tuple[float, ...] = (
@@ -114,6 +112,14 @@ SCHEMA = Schema(
                 agent TEXT NOT NULL, kind TEXT NOT NULL, {_KIND_COLS},
                 PRIMARY KEY (agent, kind)
             );
+            CREATE TABLE obs_alerts (
+                event_id BIGINT PRIMARY KEY, ts DOUBLE PRECISION NOT NULL,
+                session_id TEXT NOT NULL, agent TEXT NOT NULL, kind TEXT NOT NULL,
+                payload TEXT NOT NULL, delivered_at DOUBLE PRECISION,
+                claimed_at DOUBLE PRECISION, attempts BIGINT NOT NULL DEFAULT 0
+            );
+            CREATE INDEX obs_alerts_ts ON obs_alerts (ts);
+            CREATE INDEX obs_alerts_pending ON obs_alerts (delivered_at, event_id);
             INSERT INTO obs_cursor (name, last_id, updated_at) VALUES ('journal', 0, NULL)
             """,
         ),
@@ -167,6 +173,7 @@ class _Batch:
     tables: dict[str, dict[tuple[Any, ...], _Sums]] = field(
         default_factory=lambda: {t: {} for t in _TABLES}
     )
+    alerts: list[tuple[Any, ...]] = field(default_factory=list)  # obs_alerts rows
 
     def add(self, table: str, key: tuple[Any, ...], values: Sequence[float]) -> None:
         rows = self.tables[table]
@@ -195,68 +202,6 @@ class _Labels:
             return OTHER
         self.known.add(value)
         return value
-
-
-# -- the database door ----------------------------------------------------------------
-
-
-class _Db:
-    """One connection for the rollup's statements, written with `?` placeholders."""
-
-    def __init__(self, store: Store) -> None:
-        connect = getattr(store, "connect", None)
-        self.dialect: Dialect = "postgresql" if "://" in store.path else "sqlite"
-        if connect is None:  # the in-memory store: the same SQL on a private database
-            self.conn: Any = sqlite3.connect(
-                ":memory:", isolation_level=None, check_same_thread=False
-            )
-            for statement in filter(str.strip, _schema_sql("sqlite").split(";")):
-                self.conn.execute(statement)
-        else:
-            store.migrate(SCHEMA)
-            self.conn = connect()
-        self.lock = threading.RLock()
-
-    def sql(self, text: str) -> str:
-        return text if self.dialect == "sqlite" else text.replace("?", "%s")
-
-    def rows(self, text: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self.lock:
-            cursor = self.conn.execute(self.sql(text), params)
-            return list(cursor.fetchall()) if cursor.description else []
-
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[None]:
-        with self.lock:
-            self.conn.execute("BEGIN IMMEDIATE" if self.dialect == "sqlite" else "BEGIN")
-            try:
-                yield
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
-            self.conn.execute("COMMIT")
-
-    def execute(self, text: str, params: Sequence[Any] = ()) -> int:
-        with self.lock:
-            return int(self.conn.execute(self.sql(text), params).rowcount)
-
-    def executemany(self, text: str, params: Sequence[Sequence[Any]]) -> None:
-        with self.lock:
-            if self.dialect == "sqlite":
-                self.conn.executemany(text, params)
-            else:
-                with self.conn.cursor() as cursor:
-                    cursor.executemany(self.sql(text), params)
-
-    def close(self) -> None:
-        with self.lock, contextlib.suppress(Exception):
-            self.conn.close()
-
-
-def _schema_sql(dialect: Dialect) -> str:
-    ((_, sql),) = SCHEMA.migrations
-    assert isinstance(sql, str)
-    return sql
 
 
 _KEYS: dict[str, tuple[str, ...]] = {
@@ -307,7 +252,7 @@ class Rollup:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.db = _Db(store)
+        self.db = Database(store, SCHEMA)
         self._agents: dict[str, str] = {}
         self._labels: dict[str, _Labels] | None = None
         self._lock = threading.Lock()
@@ -343,7 +288,7 @@ class Rollup:
     def rebuild(self) -> int:
         """Empty every aggregate and fold the whole journal again; returns the events."""
         with self._lock, self.db.transaction():
-            for table in _TABLES:
+            for table in (*_TABLES, "obs_alerts"):
                 self.db.execute(f"DELETE FROM {table}")
             self.db.execute("UPDATE obs_cursor SET last_id = 0 WHERE name = ?", (_CURSOR,))
             self._labels = None
@@ -373,6 +318,12 @@ class Rollup:
                         _upsert(table),
                         [(*key, *_ints(s.values)) for key, s in sums.items()],
                     )
+            if batch.alerts:
+                self.db.executemany(
+                    "INSERT INTO obs_alerts (event_id, ts, session_id, agent, kind, payload) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
+                    batch.alerts,
+                )
 
     def _label(self, dimension: str, value: str) -> str:
         if self._labels is None:
@@ -415,6 +366,8 @@ class Rollup:
                 self._fold_llm(batch, row, hour, agent)
             elif kind == ev.TOOL_RESULT:
                 self._fold_tool(batch, row, hour, agent)
+            elif kind in ev.ALERT_KINDS:
+                batch.alerts.append((row.id, row.ts, row.session_id, agent, kind, row.payload))
         return batch
 
     def _fold_llm(self, batch: _Batch, row: EventRow, hour: int, agent: str) -> None:
@@ -590,6 +543,32 @@ class Rollup:
             kinds=self.db.rows("SELECT agent, kind, count, steps FROM obs_kinds_total"),
         )
 
+    def alerts(
+        self,
+        *,
+        since: float | None = None,
+        kind: str | None = None,
+        session_id: str | None = None,
+        limit: int = 50,
+    ) -> list[JSON]:
+        """Alerts (`nexus.events.ALERT_KINDS`), newest first."""
+        where, params = "1 = 1", list[Any]()
+        if since is not None:
+            where += " AND ts >= ?"
+            params.append(since)
+        if kind is not None:
+            where += " AND kind = ?"
+            params.append(kind)
+        if session_id is not None:
+            where += " AND session_id = ?"
+            params.append(session_id)
+        rows = self.db.rows(
+            "SELECT event_id, ts, session_id, agent, kind, payload, delivered_at FROM obs_alerts "
+            f"WHERE {where} ORDER BY event_id DESC LIMIT ?",
+            [*params, limit],
+        )
+        return [_alert(r) for r in rows]
+
     def close(self) -> None:
         """Close the rollup's connection."""
         self.db.close()
@@ -685,6 +664,19 @@ def percentile(counts: Sequence[int], q: float) -> float | None:
             return round(low + (high - low) * (rank - seen) / n, 3)
         seen += n
     return float(BUCKETS_MS[-1])
+
+
+def _alert(row: Sequence[Any]) -> JSON:
+    event_id, ts, session_id, agent, kind, payload, delivered_at = row
+    return {
+        "id": int(event_id),
+        "ts": float(ts),
+        "session_id": session_id,
+        "agent": agent,
+        "kind": kind,
+        "payload": json.loads(payload),
+        "delivered_at": delivered_at,
+    }
 
 
 class _Lost(Exception):

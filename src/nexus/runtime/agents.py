@@ -20,6 +20,7 @@ import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -27,6 +28,19 @@ from nexus.errors import ConfigError
 from nexus.runtime.toolkits import ToolkitRegistry
 from nexus.runtime.tools import ToolBox, Toolkit
 from nexus.types import JSON
+
+
+class LoopPolicy(BaseModel):
+    """How the loop guard watches an agent's sessions (`nexus.observe.loops`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    repeats: int = Field(default=3, ge=2, le=100, description="repetitions that make a loop")
+    window: int = Field(default=20, ge=2, le=200, description="tool calls looked back at")
+    max_period: int = Field(default=4, ge=2, le=20, description="longest cycle looked for")
+    similarity: float = Field(default=0.95, gt=0, le=1, description="near-duplicate answers")
+    action: Literal["pause", "kill"] = "pause"
 
 
 class Limits(BaseModel):
@@ -47,6 +61,7 @@ class Limits(BaseModel):
     max_tool_calls_per_turn: int = Field(
         default=16, ge=1, le=1000, description="calls of one response past this are refused"
     )
+    loops: LoopPolicy = Field(default_factory=LoopPolicy)
 
 
 class _AgentFile(BaseModel):

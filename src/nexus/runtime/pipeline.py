@@ -16,13 +16,17 @@ resume, as its next attempt.
 Each kind of step is a `StepType` in a table (`llm`, `tool`; later `undo`,
 `approval`): what it records before and after, and how it executes. A new kind of
 step is a new entry, not an edit of the pipeline.
+
+An LLM step's outcome is priced here, the one place (`RunContext.pricing`,
+`nexus.observe.costs`): tokens and cost go in the `llm.response` row's columns, and
+a call a kill cut short in flight is followed by its `llm.lost` (`nexus.observe.lost`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +43,7 @@ from nexus.errors import (
     ToolTimeoutError,
     UnknownToolError,
 )
+from nexus.observe.lost import INTERRUPTED, lost_record
 from nexus.runtime.journal import canonical
 from nexus.types import JSON, Guard, Next, Outcome, RunContext, Step
 
@@ -57,8 +62,9 @@ class StepType:
         execute: the innermost link: does the work.
         intent: the event committed before any guard sees the step.
         outcome: the event committed after, from the step's `Outcome`.
-        failure: the event committed when a guard refuses the step or execution
-            raises; `by` names the guard (or `"execute"`).
+        failure: the events committed when a guard refuses the step or execution
+            raises (its outcome, and what else it leaves to account for); `by` names
+            the guard (or `"execute"`).
         recover: what a `RecoverableError` from a guard becomes: an `Outcome` to
             record and return (tool steps), or None to treat it as terminal.
     """
@@ -66,8 +72,8 @@ class StepType:
     kind: str
     execute: Callable[[Step, RunContext], Awaitable[Outcome]]
     intent: Callable[[Step, RunContext], Record]
-    outcome: Callable[[Step, Outcome], Record]
-    failure: Callable[[Step, BaseException, str], Record]
+    outcome: Callable[[Step, Outcome, RunContext], Record]
+    failure: Callable[[Step, BaseException, str, RunContext], Sequence[Record]]
     recover: Callable[[Step, RecoverableError], Outcome | None]
 
 
@@ -95,7 +101,7 @@ def _llm_intent(step: Step, run: RunContext) -> Record:
     return ev.LLM_REQUEST, payload, {}
 
 
-def _llm_outcome(step: Step, outcome: Outcome) -> Record:
+def _llm_outcome(step: Step, outcome: Outcome, run: RunContext) -> Record:
     resp = outcome.chat_response(step.number)
     payload: JSON = {
         "step": step.number,
@@ -107,24 +113,20 @@ def _llm_outcome(step: Step, outcome: Outcome) -> Record:
     if resp.attempts != 1:
         payload["attempts"] = resp.attempts
         payload["failures"] = list(resp.failures)
-    tokens_in, tokens_out = resp.usage.tokens_in, resp.usage.tokens_out
-    problem = resp.usage.problem
-    if problem is None and (tokens_in < 0 or tokens_out < 0):
-        problem = f"negative token counts ({tokens_in} in, {tokens_out} out)"
-    if problem is not None:
-        # Impossible usage is treated as missing, and said so: never added to totals.
-        payload["usage_problem"] = problem
-        tokens_in = tokens_out = 0
+    # Missing or impossible usage is never written into the totals: the tokens are
+    # counted instead, and the payload says so (and what was wrong).
+    charge = run.pricing.charge(step.chat_request(), resp)
+    charge.annotate(payload)
     metrics = {
-        "tokens_in": tokens_in,
-        "tokens_out": tokens_out,
-        "cost_usd": 0.0 if problem is not None else resp.cost_usd,
+        "tokens_in": charge.tokens_in,
+        "tokens_out": charge.tokens_out,
+        "cost_usd": charge.cost_usd,
         "latency_ms": outcome.latency_ms,
     }
     return ev.LLM_RESPONSE, payload, metrics
 
 
-def _llm_failure(step: Step, exc: BaseException, by: str) -> Record:
+def _llm_failure(step: Step, exc: BaseException, by: str, run: RunContext) -> Sequence[Record]:
     payload: JSON = {
         "step": step.number,
         "attempt": step.attempt,
@@ -133,9 +135,24 @@ def _llm_failure(step: Step, exc: BaseException, by: str) -> Record:
         "by": by,
     }
     interrupted = getattr(exc, "interrupted", None)
-    if interrupted is not None:  # cut short in flight (a kill)
-        payload["interrupted"] = interrupted
-    return ev.LLM_FAILED, payload, {}
+    if interrupted is None:
+        return [(ev.LLM_FAILED, payload, {})]
+    # Cut short in flight (a kill): the provider has the request and bills it.
+    payload["interrupted"] = interrupted
+    if step.meta.get("unsent"):  # a guard stopped it before it went out (a budget)
+        return [(ev.LLM_FAILED, payload, {})]
+    request = step.chat_request()
+    lost = lost_record(
+        run,
+        step.number,
+        step.attempt,
+        request.model,
+        request.max_tokens,
+        INTERRUPTED,
+        messages=request.messages,
+        tools=request.tools,
+    )
+    return [(ev.LLM_FAILED, payload, {}), lost]
 
 
 # -- the tool step ------------------------------------------------------------------
@@ -206,7 +223,7 @@ def _tool_head(step: Step) -> JSON:
     return {"step": step.number, "attempt": step.attempt, "call_id": call.id, "name": call.name}
 
 
-def _tool_outcome(step: Step, outcome: Outcome) -> Record:
+def _tool_outcome(step: Step, outcome: Outcome, run: RunContext) -> Record:
     payload = _tool_head(step)
     if outcome.error is not None:
         payload["error"] = outcome.error
@@ -218,14 +235,14 @@ def _tool_outcome(step: Step, outcome: Outcome) -> Record:
     return ev.TOOL_RESULT, payload, {"latency_ms": outcome.latency_ms}
 
 
-def _tool_failure(step: Step, exc: BaseException, by: str) -> Record:
+def _tool_failure(step: Step, exc: BaseException, by: str, run: RunContext) -> Sequence[Record]:
     payload = _tool_head(step)
     interrupted = getattr(exc, "interrupted", None)
     if interrupted is not None:  # cut short while it ran (a kill)
         payload.update(error=f"interrupted: {interrupted}", error_type=type(exc).__name__, by=by)
     else:
         payload.update(error=f"refused: {exc}", error_type=type(exc).__name__, by=by)
-    return ev.TOOL_RESULT, payload, {}
+    return [(ev.TOOL_RESULT, payload, {})]
 
 
 def _tool_recover(step: Step, exc: RecoverableError) -> Outcome:
@@ -334,7 +351,7 @@ class Pipeline:
         except RecoverableError as exc:
             recovered = st.recover(step, exc)
             if recovered is None:
-                await _commit(run, st.failure(step, exc, _by(exc)), outcome=True)
+                await _commit(run, *st.failure(step, exc, _by(exc), run), outcome=True)
                 raise TerminalError(f"{type(exc).__name__}: {exc}") from exc
             outcome = recovered
         except SessionSuspended:
@@ -342,22 +359,22 @@ class Pipeline:
             # resumes; `session.paused` (journaled by the loop) says who and why.
             raise
         except Exception as exc:  # kills, terminal refusals, provider failures, kernel bugs
-            await _commit(run, st.failure(step, exc, _by(exc)), outcome=True)
+            await _commit(run, *st.failure(step, exc, _by(exc), run), outcome=True)
             raise
         try:
-            record = st.outcome(step, outcome)
+            record = st.outcome(step, outcome, run)
         except TerminalError as exc:  # a guard answered an LLM step without a response
-            await _commit(run, st.failure(step, exc, "kernel"), outcome=True)
+            await _commit(run, *st.failure(step, exc, "kernel", run), outcome=True)
             raise
         await _commit(run, record, outcome=True)
         return outcome
 
 
-async def _commit(run: RunContext, record: Record, *, outcome: bool = False) -> None:
-    kind, payload, metrics = record
-    # An outcome rides with whatever the session journals next (the next step's
-    # intent, or the session's end): committed before the next step starts.
-    await run.record(kind, payload, defer=outcome, **metrics)
+async def _commit(run: RunContext, *records: Record, outcome: bool = False) -> None:
+    for kind, payload, metrics in records:
+        # An outcome rides with whatever the session journals next (the next step's
+        # intent, or the session's end): committed before the next step starts.
+        await run.record(kind, payload, defer=outcome, **metrics)
 
 
 def _tag(exc: BaseException, by: str) -> None:

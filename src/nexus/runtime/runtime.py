@@ -20,6 +20,8 @@ from nexus import events as ev
 from nexus.config import Settings, load_settings
 from nexus.errors import ConfigError, JournalError, NexusError, SessionNotFound
 from nexus.observe.otel import trace_export
+from nexus.observe.costs import Pricing
+from nexus.observe.lost import LostCalls
 from nexus.runtime.agents import Agent, AgentRegistry, Limits
 from nexus.runtime.audit import KEY_FILE, AuditKeys
 from nexus.runtime.control import Applied, Control, resume_pending
@@ -104,16 +106,39 @@ class Runtime:
         self.toolkits = toolkits or ToolkitRegistry(self.settings.toolkits)
         self.agents = agents or AgentRegistry.load(self.settings.agents_dir, self.toolkits)
         self.control = Control(self.store, self.journal, poll_s=self.settings.control_poll_s)
-        self.guards: list[Guard] = [self.control, *default_guards(), *(guards or [])]
+        # Prices every LLM call (the recorder's `llm.response`, budgets' estimates).
+        self.pricing = Pricing.from_settings(self.settings)
+        # First: a call lost in flight is accounted before any hook may end the session.
+        self.lost_calls = LostCalls()
+        from nexus.observe.budgets import BudgetGuard
+
+        self.budgets = BudgetGuard(
+            self.store,
+            self.settings.budgets,
+            post=self.control.post,
+            session_action=self.settings.budget_action,
+            session_alert_at=self.settings.budget_alert_at,
+        )
+        from nexus.observe.loops import LoopGuard
+
+        self.guards: list[Guard] = [
+            self.control,
+            *default_guards(),
+            self.budgets,
+            LoopGuard(self.control.post),
+            *(guards or []),
+        ]
         # Spans over OTLP when an endpoint is configured (nexus.observe.otel).
         self.traces = trace_export(self.settings, self.redactor, self.journal)
         observers = [] if self.traces is None else [self.traces]
         self.hooks: list[SessionHook] = [
+            self.lost_calls,
             *(g for g in self.guards if isinstance(g, SessionHook)),
             *(hooks or []),
             *observers,
         ]
         self.projections: list[Projection[Any]] = [
+            self.lost_calls,
             *(g for g in self.guards if isinstance(g, Projection)),
             *(projections or []),
             *observers,
@@ -306,6 +331,7 @@ class Runtime:
                 *self.projections,
             ],
             max_tool_result_bytes=self.settings.max_tool_result_bytes,
+            pricing=self.pricing.with_provider(provider),
         )
         return run, spec
 
@@ -387,6 +413,7 @@ class Runtime:
         await self.control.aclose()
         if self.traces is not None:  # flushes what is queued: a thread's blocking wait
             await asyncio.to_thread(self.traces.shutdown)
+        self.budgets.close()
         await self.aclose_providers()
         await self.toolkits.aclose()
         self.store.close()

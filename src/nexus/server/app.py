@@ -74,12 +74,9 @@ def create_app(
     )
     state.auth.token()  # masked in the journal and the logs from the start
     tokens.close()  # until the lifespan runs (and after: it closes what requests open)
-    from nexus.observe.metrics import RollupFollower, registry
-    from nexus.observe.rollup import Rollup
+    from nexus.observe.metrics import serving
 
-    state.rollup = Rollup(runtime.store)
-    state.metrics = registry(runtime.store, state.rollup)
-    follower = RollupFollower(state.rollup, runtime.store)
+    state.rollup, state.metrics, follower = serving(runtime)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

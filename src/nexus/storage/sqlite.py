@@ -119,6 +119,7 @@ class SQLiteStore:
 
     def __init__(self, path: Path, *, durability: Durability = "normal") -> None:
         self.path = str(path)
+        self._synchronous = "FULL" if durability == "full" else "NORMAL"
         self._damage: str | None = None
         self._wakeup = Wakeup()
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -138,9 +139,7 @@ class SQLiteStore:
                     # Before WAL mode writes a header into it.
                     self._refuse_if_used_home()
                 _enable_wal(self._db)
-                self._db.execute(
-                    f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}"
-                )
+                self._db.execute(f"PRAGMA synchronous={self._synchronous}")
                 self._db.execute("PRAGMA foreign_keys=ON")
                 self._check_at_open(path)
             except sqlite3.DatabaseError as exc:
@@ -306,11 +305,22 @@ class SQLiteStore:
                 )
         return int(max(current, known))
 
+    def writer(self) -> tuple[sqlite3.Connection, threading.Lock]:
+        """The journal's own connection and the lock its writes hold, for a
+        subsystem's short transactions on the hot path (a budget hold per LLM call):
+        taking the lock queues them behind the journal's commits in this process,
+        where a second connection would meet SQLite's busy lock and sleep a
+        millisecond or more each time. Hold the lock for the whole transaction."""
+        return self._db, self._lock
+
     def connect(self) -> sqlite3.Connection:
         """A new connection to this database, for a subsystem's own queries (WAL
         lets it read and write beside the journal's connection)."""
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
         db.execute("PRAGMA foreign_keys=ON")
+        # The journal's durability, not SQLite's default FULL: an fsync per commit
+        # made a subsystem's write (a budget hold) cost a millisecond.
+        db.execute(f"PRAGMA synchronous={self._synchronous}")
         return db
 
     @_diagnosed

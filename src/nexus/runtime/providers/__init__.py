@@ -1,7 +1,7 @@
 """LLM providers: OpenAI-compatible HTTP, retry and fallback wrappers, replay of
 recorded sessions, scripted; `open_provider` builds the stack from settings."""
 
-from nexus.runtime.providers.base import parse_completion, price
+from nexus.runtime.providers.base import parse_completion
 from nexus.runtime.providers.fallback import FallbackProvider
 from nexus.runtime.providers.replay import ReplayProvider
 from nexus.runtime.providers.retry import RetryProvider
@@ -13,5 +13,4 @@ __all__ = [
     "RetryProvider",
     "ScriptedProvider",
     "parse_completion",
-    "price",
 ]

@@ -1,17 +1,41 @@
-"""What every provider shares: parsing a chat completion and pricing it."""
+"""What every provider shares: parsing a chat completion and checking its usage.
+
+Providers do not price their answers: the recorder does, in one place
+(`nexus.observe.costs`), from the usage checked here.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
+from urllib.parse import urlsplit
 
 from nexus.errors import ProviderResponseError
 from nexus.types import ChatDelta, ChatResponse, ToolCall, Usage
 
+DEFAULT_MAX_TOKENS = 4096
+"""The max_tokens sent when neither the endpoint nor the request sets one."""
 
-def price(usage: Usage, price_in_per_1m: float, price_out_per_1m: float) -> float:
-    """Cost in USD of `usage` at the given per-million-token prices."""
-    return (usage.tokens_in * price_in_per_1m + usage.tokens_out * price_out_per_1m) / 1e6
+OLLAMA_PORT = 11434
+
+
+def local_endpoint(name: str, base_url: str) -> bool:
+    """True for an endpoint that runs on this machine (a loopback or `localhost`
+    base URL) or is Ollama (named so, or on Ollama's port): its calls cost nothing."""
+    try:
+        parts = urlsplit(base_url)
+        host, port = (parts.hostname or "").lower(), parts.port
+    except ValueError:
+        return False
+    if name.lower() == "ollama" or port == OLLAMA_PORT:
+        return True
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 async def as_stream(answer: Awaitable[ChatResponse]) -> AsyncIterator[ChatDelta]:
@@ -25,8 +49,11 @@ async def as_stream(answer: Awaitable[ChatResponse]) -> AsyncIterator[ChatDelta]
 
 def check_usage(raw: Any, context_window: int | None) -> Usage:
     """The token counts of a `usage` block, or `Usage(0, 0, problem=...)` when they
-    are impossible (not integers, negative, or more than the context window allows):
-    a hostile or broken server must not write its numbers into the totals."""
+    are missing or impossible (not integers, negative, or more than the context window
+    allows): a hostile or broken server must not write its numbers into the totals;
+    the recorder counts the tokens instead."""
+    if raw is None or raw == {}:
+        return Usage(problem="the response has no usage block")
     if not isinstance(raw, dict):
         return Usage(problem="usage is not an object")
     values = [raw.get("prompt_tokens") or 0, raw.get("completion_tokens") or 0]
@@ -85,7 +112,7 @@ def parse_completion(
         calls.append(ToolCall(id=str(call_id), name=fn["name"], arguments=args))
     if content is None and not calls:
         raise bad("message has neither content nor tool calls")
-    usage = check_usage(data.get("usage") or {}, context_window)
+    usage = check_usage(data.get("usage"), context_window)
     return ChatResponse(
         content=content,
         tool_calls=tuple(calls),

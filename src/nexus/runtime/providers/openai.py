@@ -12,17 +12,20 @@ import email.utils
 import json
 import time
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from typing import Any
 
 import aiohttp
 
 from nexus.errors import ProviderResponseError, ProviderUnavailable
-from nexus.runtime.providers.base import check_usage, parse_completion, price
+from nexus.runtime.providers.base import (
+    DEFAULT_MAX_TOKENS,
+    check_usage,
+    local_endpoint,
+    parse_completion,
+)
 from nexus.types import ChatDelta, ChatRequest, ChatResponse, ProviderProfile, ToolCall
 
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
-DEFAULT_MAX_TOKENS = 4096
 DEFAULT_MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 
 
@@ -45,7 +48,10 @@ class OpenAIProvider:
         max_tokens: sent with every call, overriding the request's (a per-model
             setting); without either, `DEFAULT_MAX_TOKENS`. No call goes out unbounded.
         max_response_bytes: a larger answer fails the call.
-        profile: capabilities, context window and prices.
+        price_in_per_1m: the endpoint's own prompt price (USD per 1M tokens), for its
+            profile: the recorder prices calls (`nexus.observe.costs`), not this client.
+        price_out_per_1m: its completion price.
+        context_window: usage beyond it is impossible (the recorder counts instead).
     """
 
     def __init__(
@@ -61,8 +67,8 @@ class OpenAIProvider:
         max_connections: int = 100,
         max_tokens: int | None = None,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
-        price_in_per_1m: float = 0.0,
-        price_out_per_1m: float = 0.0,
+        price_in_per_1m: float | None = None,
+        price_out_per_1m: float | None = None,
         context_window: int | None = None,
     ) -> None:
         self.name = name
@@ -75,6 +81,7 @@ class OpenAIProvider:
             context_window=context_window,
             price_in_per_1m=price_in_per_1m,
             price_out_per_1m=price_out_per_1m,
+            local=local_endpoint(name, base_url),
         )
         self._timeout = aiohttp.ClientTimeout(
             total=timeout_s, sock_connect=connect_timeout_s, sock_read=read_timeout_s
@@ -123,10 +130,9 @@ class OpenAIProvider:
             raise ProviderResponseError(
                 f"malformed response from {self.name}: body is not JSON: {text[:120]!r}"
             ) from None
-        response = parse_completion(
+        return parse_completion(
             data, provider=self.name, context_window=self.profile.context_window
         )
-        return self._priced(response)
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatDelta]:
         """POST with `stream: true`; yields text as it arrives, then the response."""
@@ -176,13 +182,7 @@ class OpenAIProvider:
             provider=self.name,
             finish_reason=str(finish),
         )
-        yield ChatDelta(response=self._priced(response))
-
-    def _priced(self, response: ChatResponse) -> ChatResponse:
-        p = self.profile
-        return replace(
-            response, cost_usd=price(response.usage, p.price_in_per_1m, p.price_out_per_1m)
-        )
+        yield ChatDelta(response=response)
 
     def _check_status(self, status: int, headers: Any, text: str) -> None:
         if status in RETRYABLE_STATUS:

@@ -130,6 +130,24 @@ class Series(BaseModel):
     items: list[Point]
 
 
+class Alert(BaseModel):
+    """One alert: a budget's threshold crossed, a call refused by a budget, a loop."""
+
+    id: int = Field(description="the journal event's row id")
+    ts: float
+    session_id: str
+    agent: str
+    kind: str
+    payload: dict[str, Any]
+    delivered_at: float | None = Field(description="when the webhook took it, if it did")
+
+
+class Alerts(BaseModel):
+    """Alerts, newest first."""
+
+    items: list[Alert]
+
+
 async def _caught_up(state: ServerState) -> Any:
     """The server's rollup, with what was committed up to now folded in."""
     rollup = state.rollup
@@ -191,6 +209,22 @@ async def tool_stats(
     rollup = await _caught_up(state)
     items = await asyncio.to_thread(rollup.tool_stats, since=since, until=until, tool=tool)
     return {"since": since, "until": until, "items": items}
+
+
+@router.get("/alerts", response_model=Alerts, responses=problems(*AUTH, 422))
+async def alerts(
+    state: State,
+    since: Since = None,
+    kind: Name = None,
+    session_id: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+) -> dict[str, Any]:
+    """Budget alerts and refusals and loop detections, newest first."""
+    rollup = await _caught_up(state)
+    items = await asyncio.to_thread(
+        rollup.alerts, since=since, kind=kind, session_id=session_id, limit=limit
+    )
+    return {"items": items}
 
 
 @open_router.get(
