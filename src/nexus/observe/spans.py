@@ -544,7 +544,7 @@ class TraceBuilder:
         span.attributes["nexus.lost"] = True
         why = LOST_WHY.get(str(p.get("why")), str(p.get("why") or "the response was lost"))
         if span.open:
-            span.close(event, ERROR, f"lost: {why}", "lost")
+            span.close(event, ERROR, why, "lost")
             if step.open_llm is span:
                 step.open_llm = None
 

@@ -19,9 +19,9 @@ from pydantic import ValidationError
 from nexus import events as ev
 from nexus.config import Settings, load_settings
 from nexus.errors import ConfigError, JournalError, NexusError, SessionNotFound
-from nexus.observe.otel import trace_export
 from nexus.observe.costs import Pricing
 from nexus.observe.lost import LostCalls
+from nexus.observe.otel import trace_export
 from nexus.runtime.agents import Agent, AgentRegistry, Limits
 from nexus.runtime.audit import KEY_FILE, AuditKeys
 from nexus.runtime.control import Applied, Control, resume_pending
