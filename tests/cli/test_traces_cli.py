@@ -31,9 +31,12 @@ def crashed_and_resumed() -> str:
         {"content": "done"},
     ]
 
+    opened: list[Runtime] = []
+
     def runtime() -> Runtime:
         prov = ScriptedProvider(script, cost_per_call=0.0012, tokens=(300, 40))
-        return Runtime(load_settings(), agents=agents(), provider=prov)
+        opened.append(Runtime(load_settings(), agents=agents(), provider=prov))
+        return opened[-1]
 
     async def go() -> str:
         sid = runtime().create_session("crash twice", agent="t")
@@ -42,6 +45,8 @@ def crashed_and_resumed() -> str:
                 await runtime().run(sid)
         script[1] = {"content": "done"}
         assert await runtime().run(sid) is SessionStatus.COMPLETED
+        for rt in opened:
+            await rt.aclose()
         return sid
 
     return asyncio.run(go())
@@ -66,6 +71,7 @@ def test_json_is_the_journal_s_tree_locally_and_through_a_server() -> None:
     assert local.exit_code == 0, local.output
     rt = Runtime(load_settings())
     assert json.loads(local.stdout) == build_trace(rt.journal.events(sid)).to_dict()
+    asyncio.run(rt.aclose())
     text = nexus("traces", "show", sid).stdout
     with LiveServer(workers=False) as live:
         remote = nexus("traces", "show", sid, "--json", "--server", live.url)

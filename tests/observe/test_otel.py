@@ -6,6 +6,7 @@ secrets never leave, in content or elsewhere; the settings follow OTEL_* variabl
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -290,10 +291,13 @@ def test_the_settings_follow_the_otel_variables(receiver: OtlpReceiver) -> None:
         content=True,
     )  # fmt: skip
     assert otlp_config(load_settings(), {}) is None
-    assert Runtime(load_settings()).traces is None
+    quiet = Runtime(load_settings())
+    assert quiet.traces is None
+    asyncio.run(quiet.aclose())
     with pytest.raises(ConfigError, match="NEXUS_OTLP_HEADERS: Value error, entry 2 is not"):
         load_settings(otlp_headers="a=b,secret-without-equals")
     with pytest.raises(ConfigError, match="NEXUS_OTLP_ENDPOINT: Value error, must start"):
         load_settings(otlp_endpoint="collector:4318")
     rt = Runtime(load_settings(**exporting(receiver, otlp_headers="authorization=Bearer tok-77")))
     assert rt.redactor.text("sent Bearer tok-77") == "sent [REDACTED]"
+    asyncio.run(rt.aclose())

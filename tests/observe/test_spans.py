@@ -6,7 +6,7 @@ spans while it ran), deterministic ids, and content kept out unless asked for.""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -33,14 +33,22 @@ from tests.waiting import until
 CONTENT = (".messages", ".arguments", ".result")
 
 
+OPENED: list[Runtime] = []
+
+
 @pytest.fixture(autouse=True)
-def _reset() -> Iterator[None]:
+async def _reset() -> AsyncIterator[None]:
     CRASH_ONCE.clear()
     yield
+    while OPENED:
+        await OPENED.pop().aclose()
 
 
-def runtime(provider: ScriptedProvider) -> Runtime:
-    return Runtime(load_settings(), agents=agents(), provider=provider)
+def runtime(provider: ScriptedProvider | None = None) -> Runtime:
+    """A runtime on the test's home (a process of its own), closed after the test."""
+    rt = Runtime(load_settings(), agents=agents(), provider=provider or ScriptedProvider([]))
+    OPENED.append(rt)
+    return rt
 
 
 def tree_of(rt: Runtime, sid: str) -> dict[str, object]:
@@ -69,7 +77,6 @@ async def test_a_session_with_a_tool_failure_is_one_tree_of_steps_llm_calls_and_
     sid = rt.create_session("echo, then explode", agent="t")
     assert await rt.run(sid) is SessionStatus.COMPLETED
     assert_snapshot("trace_tool_failure", tree_of(rt, sid))
-    await rt.aclose()
 
 
 async def test_ids_are_deterministic_so_a_rebuild_is_the_same_trace() -> None:
@@ -80,7 +87,7 @@ async def test_ids_are_deterministic_so_a_rebuild_is_the_same_trace() -> None:
     sid = rt.create_session("echo", agent="t")
     await rt.run(sid)
     first = build_trace(rt.journal.events(sid))
-    again = build_trace(Runtime(load_settings()).journal.events(sid))
+    again = build_trace(runtime().journal.events(sid))
     assert first.to_dict() == again.to_dict()
     ids = [(s.operation, s.step, s.attempt, s.span_id) for s in first.spans()]
     assert ids == [
@@ -93,7 +100,6 @@ async def test_ids_are_deterministic_so_a_rebuild_is_the_same_trace() -> None:
     ]
     assert len({i[3] for i in ids}) == len(ids)
     assert len(first.trace_id) == 32 and all(len(i[3]) == 16 for i in ids)
-    await rt.aclose()
 
 
 async def test_a_crash_is_retried_as_attempt_2_and_the_lost_call_is_accounted() -> None:
@@ -115,7 +121,6 @@ async def test_a_crash_is_retried_as_attempt_2_and_the_lost_call_is_accounted() 
     final = runtime(ScriptedProvider(script, cost_per_call=0.002))
     assert await final.run(sid) is SessionStatus.COMPLETED
     assert_snapshot("trace_crash_retry", tree_of(final, sid))
-    await final.aclose()
 
 
 async def test_a_kill_during_an_llm_call_ends_its_span_with_the_billed_estimate(
@@ -127,13 +132,13 @@ async def test_a_kill_during_an_llm_call_ends_its_span_with_the_billed_estimate(
     peer.config.latency_ms = 30_000
     provider = {"name": "peer", "base_url": peer.url, "model": "scripted-1"}
     rt = Runtime(load_settings(providers=[provider]), agents=agents())
+    OPENED.append(rt)
     sid = rt.create_session("think for ever", agent="t")
     task = asyncio.create_task(rt.run(sid))
     await until(lambda: len(peer.requests) == 1, "the LLM call in flight")
     await rt.control.post(sid, "kill", by="user:ops", reason="too slow")
     assert await task is SessionStatus.KILLED
     assert_snapshot("trace_killed_in_llm_call", tree_of(rt, sid))
-    await rt.aclose()
 
 
 async def test_a_killed_session_open_spans_while_it_runs_then_ends_killed() -> None:
@@ -155,7 +160,6 @@ async def test_a_killed_session_open_spans_while_it_runs_then_ends_killed() -> N
     await rt.control.post(sid, "kill", by="user:ops", reason="runaway")
     assert await task is SessionStatus.KILLED
     assert_snapshot("trace_killed", tree_of(rt, sid))
-    await rt.aclose()
 
 
 async def test_content_is_out_by_default_and_redacted_when_asked_for() -> None:
@@ -192,7 +196,6 @@ async def test_content_is_out_by_default_and_redacted_when_asked_for() -> None:
         ("execute_tool echo", "gen_ai.tool.call.result"),
     ]
     assert all("[REDACTED]" in text for _, _, text in content)
-    await rt.aclose()
 
 
 def test_a_builder_that_forgets_hands_each_finished_step_out_once() -> None:

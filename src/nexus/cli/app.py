@@ -56,10 +56,14 @@ config_app = _group("Show the settings.")
 agents_app = _group("The agents NEXUS knows.")
 audit_app = _group("Check the journal's keyed chains and checkpoints; manage the audit key.")
 token_app = _group("The API token.")
+# `show` in nexus.cli.traces, `tools` in nexus.cli.observe: defined here, so either
+# module may be imported first.
+traces_app = _group("Traces and statistics from the journal.")
 app.add_typer(config_app, name="config")
 app.add_typer(agents_app, name="agents")
 app.add_typer(audit_app, name="audit")
 app.add_typer(token_app, name="token")
+app.add_typer(traces_app, name="traces")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 

@@ -17,15 +17,12 @@ from nexus.cli.app import (
     ServerOpt,
     _console,
     _die,
-    _group,
     _print_json,
     _read,
     _source,
     app,
+    traces_app,
 )
-
-traces_app = _group("Traces and statistics from the journal.")
-app.add_typer(traces_app, name="traces")
 
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}

@@ -1,7 +1,7 @@
 """`nexus traces show SESSION`: a session's span tree, rebuilt from its journal
 (`nexus.observe.spans`), locally or from a server (`--server`, the trace API).
 
-The `traces` group itself is `nexus.cli.observe`'s (with `nexus traces tools`)."""
+`nexus traces tools` is in `nexus.cli.observe`; the group is `nexus.cli.app`'s."""
 
 from __future__ import annotations
 
@@ -11,8 +11,16 @@ from typing import Any
 from rich.markup import escape
 from rich.tree import Tree
 
-from nexus.cli.app import JsonOpt, ServerOpt, _console, _print_json, _read, _resolve, _source
-from nexus.cli.observe import traces_app
+from nexus.cli.app import (
+    JsonOpt,
+    ServerOpt,
+    _console,
+    _print_json,
+    _read,
+    _resolve,
+    _source,
+    traces_app,
+)
 from nexus.format import money
 
 STATUS_STYLE = {"ok": "green", "error": "red", "unset": "yellow"}
