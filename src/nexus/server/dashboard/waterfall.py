@@ -61,8 +61,13 @@ def waterfall(view: View) -> dict[str, Any]:
     # An open session's spans run to now: the bars of what is still running grow.
     end = root.end if root.end is not None else max(time.time(), events[-1].ts)
     total = max(end - start, 1e-6)
-    spans = [(span, depth) for span, depth in _walk(root, 0)]
-    rows = [_row(span, depth, start, end, total) for span, depth in spans[:MAX_ROWS]]
+    spans = _walk(root, 0)
+    rows: list[Row] = []
+    bars: dict[str, tuple[float, float]] = {}  # span id -> (x, width) as drawn
+    for span, depth in spans[:MAX_ROWS]:
+        row = _row(span, depth, start, end, total, bars.get(span.parent_id or ""))
+        bars[span.span_id] = (row.x, row.width)
+        rows.append(row)
     marks = [
         Mark(e.name, round(100 * (e.ts - start) / total, 3), e.seq)
         for e in root.events
@@ -83,10 +88,22 @@ def _walk(span: Span, depth: int) -> list[tuple[Span, int]]:
     return out
 
 
-def _row(span: Span, depth: int, start: float, end: float, total: float) -> Row:
+def _row(
+    span: Span,
+    depth: int,
+    start: float,
+    end: float,
+    total: float,
+    parent: tuple[float, float] | None,
+) -> Row:
     span_end = span.end if span.end is not None else end
     x = min(100.0, max(0.0, 100 * (span.start - start) / total))
-    width = min(100.0 - x, max(MIN_WIDTH, 100 * (span_end - span.start) / total))
+    width = min(100.0 - x, 100 * (span_end - span.start) / total)
+    if width < MIN_WIDTH:
+        # Widened to be seen, and kept inside its parent's bar (widened the same way).
+        low, high = parent if parent is not None else (0.0, 100.0)
+        width = min(MIN_WIDTH, high)
+        x = min(max(x, low), low + high - width)
     details = []
     if span.tokens_in or span.tokens_out:
         details.append(f"{fmt.count(span.tokens_in)} in / {fmt.count(span.tokens_out)} out")
