@@ -265,6 +265,44 @@ class Settings(BaseSettings):
                 raise ValueError(f"model names must be 1-200 characters (got {name[:40]!r})")
         return value
 
+    # -- observability: traces (OTLP export; nexus.observe.otel) ------------------------
+    otlp_endpoint: str | None = Field(
+        default=None,
+        description=(
+            "Export each session's spans over OTLP/HTTP (protobuf) to this collector: a base "
+            "URL (http://collector:4318, `/v1/traces` is added) or the full traces URL. "
+            "Unset: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else OTEL_EXPORTER_OTLP_ENDPOINT; "
+            "none of them: no export. Needs the `otel` extra."
+        ),
+    )
+    otlp_headers: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Headers of every export, `key=value,key2=value2` (the format of "
+            "OTEL_EXPORTER_OTLP_HEADERS, read when this is unset); never shown."
+        ),
+    )
+    otlp_service_name: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="The spans' service.name (unset: OTEL_SERVICE_NAME, else `nexus`).",
+    )
+    otlp_timeout_s: float = Field(default=10.0, gt=0, le=300, description="Deadline of one export.")
+    otlp_batch_delay_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="Finished spans wait at most this long to leave in one batch.",
+    )
+    trace_content: bool = Field(
+        default=False,
+        description=(
+            "Put prompts, completions, tool arguments and results in exported spans "
+            "(always redacted); off: names, models, tokens, costs, timings and statuses only."
+        ),
+    )
+
     @field_validator("worker_id")
     @classmethod
     def _not_a_run(cls, value: str | None) -> str | None:
@@ -285,6 +323,20 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _otlp_endpoint(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https:// (OTLP over HTTP)")
+        return value
+
+    @field_validator("otlp_headers")
+    @classmethod
+    def _otlp_headers(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parse_headers(value.get_secret_value())  # ValueError names the bad entry
+        return value
 
     @field_validator("database_url")
     @classmethod
@@ -391,6 +443,22 @@ def _toml_path(home: Path | None = None) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
+def parse_headers(text: str) -> dict[str, str]:
+    """`key=value,key2=value2` (OTEL_EXPORTER_OTLP_HEADERS's format, values
+    percent-decoded) as a dict; `ValueError` naming an entry without `=` or a key."""
+    from urllib.parse import unquote
+
+    headers: dict[str, str] = {}
+    for number, item in enumerate(text.split(","), 1):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"entry {number} is not key=value")
+        headers[unquote(key.strip()).lower()] = unquote(value.strip())
+    return headers
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Read the settings, or raise `ConfigError` naming each bad setting.
 
@@ -407,7 +475,7 @@ def load_settings(**overrides: Any) -> Settings:
 
 
 # Settings whose value may hold a password: a refusal names them, never echoes them.
-_SECRET_SETTINGS = frozenset({"database_url", "api_token", "alert_webhook_url"})
+_SECRET_SETTINGS = frozenset({"database_url", "api_token", "alert_webhook_url", "otlp_headers"})
 
 
 def _describe(exc: ValidationError) -> str:

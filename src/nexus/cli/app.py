@@ -608,9 +608,9 @@ def token_rotate() -> None:
 
 
 # Commands defined in modules of their own register themselves on `app`.
-from nexus.cli import control, observe, running  # noqa: E402
+from nexus.cli import control, observe, running, traces  # noqa: E402
 
-__all__ = ["app", "control", "main", "observe", "running"]
+__all__ = ["app", "control", "main", "observe", "running", "traces"]
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ class Source(Protocol):
     def costs(self, **query: Any) -> dict[str, Any]: ...
     def tool_stats(self, **query: Any) -> dict[str, Any]: ...
     def alerts(self, **query: Any) -> list[dict[str, Any]]: ...
+    def trace(self, session_id: str) -> dict[str, Any]: ...
 
 
 class LocalSource:
@@ -146,6 +147,14 @@ class LocalSource:
         finally:
             rollup.close()
 
+    def trace(self, session_id: str) -> dict[str, Any]:
+        """The session's span tree (`nexus.observe.spans`), from this home's journal."""
+        from nexus.observe.spans import build_trace
+
+        self.rt.session(session_id)
+        trace: dict[str, Any] = build_trace(self.rt.journal.events(session_id)).to_dict()
+        return trace
+
 
 def _event(d: dict[str, Any]) -> Event:
     return Event(
@@ -213,3 +222,7 @@ class RemoteSource:
     def alerts(self, **query: Any) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = self.remote.get("/api/v1/alerts", **query)["items"]
         return items
+
+    def trace(self, session_id: str) -> dict[str, Any]:
+        data: dict[str, Any] = self.remote.get(f"/api/v1/sessions/{session_id}/trace")
+        return data

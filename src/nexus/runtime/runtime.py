@@ -7,6 +7,7 @@ DBOS queues by calling the same `run`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from collections.abc import Iterable
@@ -20,6 +21,7 @@ from nexus.config import Settings, load_settings
 from nexus.errors import ConfigError, JournalError, NexusError, SessionNotFound
 from nexus.observe.costs import Pricing
 from nexus.observe.lost import LostCalls
+from nexus.observe.otel import trace_export
 from nexus.runtime.agents import Agent, AgentRegistry, Limits
 from nexus.runtime.audit import KEY_FILE, AuditKeys
 from nexus.runtime.control import Applied, Control, resume_pending
@@ -126,15 +128,20 @@ class Runtime:
             LoopGuard(self.control.post),
             *(guards or []),
         ]
+        # Spans over OTLP when an endpoint is configured (nexus.observe.otel).
+        self.traces = trace_export(self.settings, self.redactor, self.journal)
+        observers = [] if self.traces is None else [self.traces]
         self.hooks: list[SessionHook] = [
             self.lost_calls,
             *(g for g in self.guards if isinstance(g, SessionHook)),
             *(hooks or []),
+            *observers,
         ]
         self.projections: list[Projection[Any]] = [
             self.lost_calls,
             *(g for g in self.guards if isinstance(g, Projection)),
             *(projections or []),
+            *observers,
         ]
         self._provider = provider
         self._owned: list[Any] = []
@@ -405,6 +412,8 @@ class Runtime:
         """Close owned providers, opened toolkits and the store."""
         await self.control.aclose()
         self.budgets.close()
+        if self.traces is not None:  # flushes what is queued: a thread's blocking wait
+            await asyncio.to_thread(self.traces.shutdown)
         await self.aclose_providers()
         await self.toolkits.aclose()
         self.store.close()

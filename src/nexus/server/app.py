@@ -16,7 +16,16 @@ from fastapi import Depends, FastAPI
 from nexus import __version__
 from nexus.runtime.runtime import Runtime
 from nexus.server import problems
-from nexus.server.api import admin, agents, control, health, observe, sessions, workers
+from nexus.server.api import (
+    admin,
+    agents,
+    control,
+    health,
+    observe,
+    sessions,
+    traces,
+    workers,
+)
 from nexus.server.api.models import Problem
 from nexus.server.auth import Auth
 from nexus.server.bodylimit import BodyLimit
@@ -33,6 +42,7 @@ ROUTERS = [
     workers.router,
     admin.router,
     observe.router,
+    traces.router,
     observe.open_router,
 ]
 MAX_BODY = 1024 * 1024
