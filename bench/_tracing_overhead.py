@@ -22,7 +22,7 @@ TARGET = 1.05
 
 def _runtime(url: str, home: Path, *, on: bool, otlp: str | None) -> Any:
     from nexus.config import load_settings
-    from nexus.runtime.agents import Agent, AgentRegistry, Limits
+    from nexus.runtime.agents import Agent, AgentRegistry, Limits, LoopPolicy
     from nexus.runtime.runtime import Runtime
     from nexus.runtime.tools import Toolkit, tool
 
@@ -37,11 +37,11 @@ def _runtime(url: str, home: Path, *, on: bool, otlp: str | None) -> Any:
 
     provider: dict[str, Any] = {"name": "peer", "base_url": url, "model": "m"}
     extra: dict[str, Any] = {}
-    limits = Limits()
+    limits = Limits(loops=LoopPolicy(enabled=False))
     if on:
         provider.update(price_in_per_1m=0.15, price_out_per_1m=0.6)
         extra["budgets"] = [{"scope": "global", "usd": 1_000_000.0, "window_s": 3600}]
-        limits = Limits(max_cost_usd=1000.0)
+        limits = Limits(max_cost_usd=1000.0, loops=LoopPolicy())
         if otlp is not None:
             extra.update(_otlp_settings(otlp))
     settings = load_settings(home=home, providers=[provider], concurrency=64, **extra)
