@@ -26,6 +26,7 @@ from nexus.runtime.redact import Redactor
 from nexus.runtime.runtime import Runtime
 from nexus.types import SessionStatus
 from tests.observe.tracing import CRASH_ONCE, Crash, agents, call, check_times, shape
+from tests.peers.openai_server import PeerServer
 from tests.snapshots import assert_snapshot
 from tests.waiting import until
 
@@ -95,57 +96,43 @@ async def test_ids_are_deterministic_so_a_rebuild_is_the_same_trace() -> None:
     await rt.aclose()
 
 
-async def crash_then_resume(lost: bool) -> tuple[Runtime, str]:
-    """A tool crashes the worker in step 2 and the LLM call of step 4 crashes it again;
-    each resume retries the open step as attempt 2. With `lost`, the billed but
-    unanswered LLM attempt is journaled as `llm.lost` (what cost accounting does)."""
+async def test_a_crash_is_retried_as_attempt_2_and_the_lost_call_is_accounted() -> None:
+    """A tool crashes the worker in step 2, then step 3's LLM call is in flight at a
+    second crash. Each interrupted attempt is a span of its own in its step, ended as
+    an error when the next attempt starts (which carries the retry reason); the LLM
+    attempt the provider billed ends at the `llm.lost` the resume journals, with its
+    estimated tokens, marked estimated up to the root. Three runs, one tree."""
     script: list[object] = [
         {"tool_calls": [call("fragile", text="t")]},
         Crash(),
         {"content": "finished"},
     ]
-    rt = runtime(ScriptedProvider(script, cost_per_call=0.002))
-    sid = rt.create_session("survive two crashes", agent="t")
-    with pytest.raises(Crash):
-        await rt.run(sid)  # dies inside the tool of step 2
-    with pytest.raises(Crash):
-        await runtime(ScriptedProvider(script, cost_per_call=0.002)).run(sid)  # in step 3's call
-    if lost:  # by a process of its own, as a resuming worker would
-        Runtime(load_settings()).journal.append(
-            sid,
-            "llm.lost",
-            {
-                "step": 3,
-                "attempt": 1,
-                "model": None,
-                "estimated": True,
-                "why": "the worker stopped before the response was journaled",
-            },
-            tokens_in=40,
-            tokens_out=8,
-            cost_usd=0.0004,
-        )
+    sid = runtime(ScriptedProvider(script)).create_session("survive two crashes", agent="t")
+    for _ in range(2):  # dies inside the tool of step 2, then in step 3's call
+        with pytest.raises(Crash):
+            await runtime(ScriptedProvider(script, cost_per_call=0.002)).run(sid)
     script[1] = {"content": "finished"}
     final = runtime(ScriptedProvider(script, cost_per_call=0.002))
     assert await final.run(sid) is SessionStatus.COMPLETED
-    return final, sid
+    assert_snapshot("trace_crash_retry", tree_of(final, sid))
+    await final.aclose()
 
 
-async def test_a_crash_is_retried_as_attempt_2_in_the_same_step_span() -> None:
-    """Each interrupted attempt is a span of its own in the step it belongs to, ended
-    as an error when the next attempt starts (a tool's `interrupted`; an LLM call's
-    `lost`, with the estimate the resume journaled), the next carrying the
-    retry reason; both runs' events make one tree with one root."""
-    rt, sid = await crash_then_resume(lost=False)
-    assert_snapshot("trace_crash_retry", tree_of(rt, sid))
-    await rt.aclose()
-
-
-async def test_a_lost_llm_attempt_carries_its_estimated_cost() -> None:
-    """With `llm.lost` journaled for the unanswered attempt, its span ends there as
-    `lost`, with the estimated tokens and cost, marked estimated up to the root."""
-    rt, sid = await crash_then_resume(lost=True)
-    assert_snapshot("trace_crash_lost", tree_of(rt, sid))
+async def test_a_kill_during_an_llm_call_ends_its_span_with_the_billed_estimate(
+    peer: PeerServer,
+) -> None:
+    """Killed while its LLM call waits on the peer: the attempt ends as the kill cut
+    it (`llm.failed`), and the `llm.lost` that follows adds the billed estimate to
+    that span; the step and the root end as killed."""
+    peer.config.latency_ms = 30_000
+    provider = {"name": "peer", "base_url": peer.url, "model": "scripted-1"}
+    rt = Runtime(load_settings(providers=[provider]), agents=agents())
+    sid = rt.create_session("think for ever", agent="t")
+    task = asyncio.create_task(rt.run(sid))
+    await until(lambda: len(peer.requests) == 1, "the LLM call in flight")
+    await rt.control.post(sid, "kill", by="user:ops", reason="too slow")
+    assert await task is SessionStatus.KILLED
+    assert_snapshot("trace_killed_in_llm_call", tree_of(rt, sid))
     await rt.aclose()
 
 

@@ -38,11 +38,6 @@ from nexus import events as ev
 from nexus.runtime.redact import Redactor
 from nexus.types import JSON, Event
 
-# Kinds other features journal (cost accounting, the loop guard): named here rather
-# than imported so this module reads journals written before they existed.
-LLM_LOST: Final = "llm.lost"
-LOOP_DETECTED: Final = "loop.detected"
-
 INVOKE_AGENT: Final = "invoke_agent"
 STEP: Final = "step"
 CHAT: Final = "chat"
@@ -61,10 +56,15 @@ ROOT_EVENT_KINDS: Final = frozenset(
         ev.SESSION_KILLED,
         ev.SESSION_FAILED,
         ev.SESSION_COMPLETED,
-        LOOP_DETECTED,
+        *ev.ALERT_KINDS,  # budget alerts, loops detected
     }
 )
 """Kinds shown as span events of the root span."""
+
+LOST_WHY: Final = {
+    "crash": "the worker stopped with the call in flight",
+    "interrupted": "a kill cut the call short",
+}
 
 _BOUNDARY: Final = frozenset({ev.LLM_REQUEST, ev.SESSION_PAUSED, *ev.TERMINAL_KINDS})
 # Finished steps are handed out at the next of these: a later step starts, or the
@@ -311,7 +311,7 @@ class TraceBuilder:
             self._llm_response(event, p)
         elif k == ev.LLM_FAILED:
             self._llm_failed(event, p)
-        elif k == LLM_LOST:
+        elif k == ev.LLM_LOST:
             self._llm_lost(event, p)
         elif k == ev.TOOL_CALL:
             self._tool_call(event, p)
@@ -542,9 +542,9 @@ class TraceBuilder:
         step.span.charge(event)
         self._estimated(step, span)
         span.attributes["nexus.lost"] = True
-        why = str(p.get("why") or "the response was lost")
+        why = LOST_WHY.get(str(p.get("why")), str(p.get("why") or "the response was lost"))
         if span.open:
-            span.close(event, ERROR, f"the response was lost ({why}); billed, estimated", "lost")
+            span.close(event, ERROR, why, "lost")
             if step.open_llm is span:
                 step.open_llm = None
 

@@ -20,7 +20,8 @@ Extending it — add an entry, never rewrite a page (`registry.py`):
 * `PANELS` — boxes beside the timeline (`page="session"`) or above the list
   (`page="sessions"`): `Panel(name, title, template, context=fn, when=fn)`. A
   costs breakdown, a trace tree or pending approvals is one `Panel` and one
-  template under `templates/panels/`.
+  template under `templates/panels/`; `place="main"` puts a session panel full
+  width above the timeline (the span waterfall, `waterfall.py`).
 * `ACTIONS` — controls in the actions bar: `Action(name, template, when=fn)`,
   e.g. kill, pause and resume: a form with the page's `csrf_token` posting to a
   page route (`control.py`), or a `<button data-post="/api/v1/...">` that

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from nexus.server.dashboard import panels
+from nexus.server.dashboard import panels, waterfall
 
 if TYPE_CHECKING:
     from fastapi import APIRouter
@@ -48,6 +48,8 @@ class Panel:
         when: show the panel only when this returns True.
         page: which page shows it.
         order: lower comes first.
+        place: on the session page, `side` (the column beside the timeline) or
+            `main` (full width, above the timeline: a waterfall, a chart).
     """
 
     name: str
@@ -57,6 +59,7 @@ class Panel:
     when: Callable[[View], bool] | None = None
     page: PageName = "session"
     order: int = 100
+    place: Literal["side", "main"] = "side"
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +90,14 @@ class NavLink:
 PANELS: list[Panel] = [
     Panel("budget", "Budget", "panels/budget.html", context=panels.budget, order=10),
     Panel("details", "Details", "panels/details.html", context=panels.details, order=20),
+    Panel(
+        "waterfall",
+        "Trace",
+        "panels/waterfall.html",
+        context=waterfall.waterfall,
+        order=10,
+        place="main",
+    ),
 ]
 """Boxes beside the session timeline or above the sessions list."""
 
