@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from nexus.server.dashboard import panels
+from nexus.server.dashboard import panels, views
 
 if TYPE_CHECKING:
     from fastapi import APIRouter
@@ -87,6 +87,15 @@ class NavLink:
 PANELS: list[Panel] = [
     Panel("budget", "Budget", "panels/budget.html", context=panels.budget, order=10),
     Panel("details", "Details", "panels/details.html", context=panels.details, order=20),
+    # Views for other readers than the timeline's (issue 11): product, domain experts.
+    Panel("outcome", "Outcome", "panels/outcome.html", context=views.outcome, order=30),
+    Panel(
+        "conversation",
+        "Conversation",
+        "panels/conversation.html",
+        context=views.conversation,
+        order=40,
+    ),
 ]
 """Boxes beside the session timeline or above the sessions list."""
 
@@ -101,6 +110,7 @@ ACTIONS: list[Action] = [
 
 NAV: list[NavLink] = [
     NavLink("Sessions", "/", match="/sessions"),
+    NavLink("Overview", "/overview", match="/overview"),
     NavLink("New session", "/new", match="/new"),
     NavLink("Workers", "/workers", match="/workers"),
 ]
