@@ -44,7 +44,7 @@ class Size:
 
 
 WIDE = Size(width=560, height=200, left=54, right=8, top=10, bottom=22, x_labels=7)
-SMALL = Size(width=288, height=92, left=44, right=4, top=8, bottom=18, x_labels=7)
+SMALL = Size(width=288, height=92, left=44, right=4, top=8, bottom=18, x_labels=4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,11 +168,11 @@ def when(ts: int, window: Window) -> str:
     return t.strftime("%a %Y-%m-%d")
 
 
-def _x_label(ts: int, window: Window, first: bool) -> str:
+def _x_label(ts: int, window: Window) -> str:
     t = datetime.fromtimestamp(ts, UTC)
-    if window == "hour":
-        return t.strftime("%b %d") if first or t.hour == 0 else t.strftime("%H:00")
-    return t.strftime("%b %d")
+    if window == "hour" and t.hour:
+        return t.strftime("%H:00")
+    return t.strftime("%b %d")  # a day, or the hour a day starts
 
 
 # -- scales --------------------------------------------------------------------------
@@ -354,7 +354,7 @@ def _x_ticks(starts: Sequence[int], window: Window, size: Size) -> list[Tick]:
     slot = (right - left) / len(starts)
     every = max(1, math.ceil(len(starts) / size.x_labels))
     return [
-        Tick(_r(left + i * slot + slot / 2), _x_label(ts, window, i == 0), ts)
+        Tick(_r(left + i * slot + slot / 2), _x_label(ts, window), ts)
         for i, ts in enumerate(starts)
         if i % every == 0
     ]
