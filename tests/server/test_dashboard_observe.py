@@ -515,6 +515,7 @@ def test_the_overview_and_session_views_in_chromium(browser: Any) -> None:  # no
         page.locator("#panel-conversation .tx-assistant").first.wait_for()
         assert page.locator("#agent-cost rect.bar").first.is_visible()
         assert page.locator("#panel-conversation .tx").count() == 5
+        page.set_viewport_size({"width": 1280, "height": 2000})  # the whole side column
         shoot(tab, "session-views-desktop")
         assert tab.errors == []
         context.close()
