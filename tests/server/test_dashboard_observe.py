@@ -27,7 +27,7 @@ from nexus.runtime.tools import Toolkit, tool
 from nexus.server.dashboard import charts
 from nexus.types import Event, SessionStatus
 from tests.server.test_dashboard import Browser, open_browser, text_of
-from tests.server.test_e2e import DESKTOP, Server, Tab, browser, shoot, sign_in  # noqa: F401
+from tests.server.test_e2e import DESKTOP, PHONE, Server, Tab, browser, shoot, sign_in  # noqa: F401
 from tests.server.test_observe_api import SCRIPT
 
 DAY = 86400
@@ -486,8 +486,9 @@ def test_the_overview_and_session_views_in_chromium(browser: Any) -> None:  # no
     """In Chromium: the overview draws its SVG charts (visible, sized), the grouping
     picker switches them to the model, a session run meanwhile updates the figures
     without a reload; the session page shows the conversation and the agent's week.
-    No console error, no CSP violation. Screenshots: overview-desktop.png,
-    session-views-desktop.png in test-artifacts/screenshots/."""
+    On a phone the overview is no wider than the screen. No console error, no CSP
+    violation. Screenshots: overview-desktop.png, session-views-desktop.png,
+    overview-phone.png in test-artifacts/screenshots/."""
     with Server(workers=False) as server:
         ids = server.call(run_fleet)  # playwright holds this thread's loop
         context = browser.new_context(viewport=DESKTOP)
@@ -519,3 +520,13 @@ def test_the_overview_and_session_views_in_chromium(browser: Any) -> None:  # no
         shoot(tab, "session-views-desktop")
         assert tab.errors == []
         context.close()
+        phone = browser.new_context(viewport=PHONE)
+        ptab = Tab(phone, server.url)
+        sign_in(ptab, server.token)
+        ptab.goto("/overview?range=30d")
+        ptab.page.locator("#chart-cost rect.bar").first.wait_for()
+        # The tables scroll inside their box; the page itself is no wider than the phone.
+        assert ptab.page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+        shoot(ptab, "overview-phone")
+        assert ptab.errors == []
+        phone.close()
