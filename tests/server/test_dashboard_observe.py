@@ -530,3 +530,24 @@ def test_the_overview_and_session_views_in_chromium(browser: Any) -> None:  # no
         shoot(ptab, "overview-phone")
         assert ptab.errors == []
         phone.close()
+
+
+async def test_the_overview_lists_the_alerts_of_the_range(web: Browser, peer: Any) -> None:
+    """A session paused by its budget: its two alerts (80% crossed, the call refused)
+    are listed on the overview, newest first, linked to the session, and the live
+    fragment holds the same table."""
+    from tests.observe.test_alerts import paused_by_budget
+
+    sid = await paused_by_budget(peer)
+    page = await get(web, "/overview?range=24h")
+    found = re.search(r'data-fragment="overview-alerts">(.*?)</table>', page, re.S)
+    assert found
+    rows = re.findall(r'<tr data-kind="([^"]+)" data-session="([^"]+)">', found[1])
+    assert rows == [("budget.exceeded", sid), ("budget.alert", sid)]
+    assert f'href="/sessions/{sid}"' in found[1]
+    assert "session: a call of up to $" in found[1] and "; pause" in found[1]
+    frag = json.loads((await web.client.get("/fragments/overview?range=24h")).text)
+    assert re.findall(r'data-kind="([^"]+)"', frag["replace"]["overview-alerts"]) == [
+        "budget.exceeded",
+        "budget.alert",
+    ]

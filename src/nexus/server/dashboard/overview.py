@@ -47,7 +47,7 @@ MAX_CUSTOM_DAYS = 366
 HOURLY_DAYS = 2
 """A custom range of at most this many days is drawn per hour, a longer one per day."""
 ALL = "all"
-FRAGMENTS = ("figures", "charts", "costs", "tools")
+FRAGMENTS = ("figures", "charts", "costs", "tools", "alerts")
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +170,8 @@ def read(rollup: Any, span: Span) -> dict[str, Any]:
     )
     costs = rollup.costs(span.by, since=span.since, until=span.until)
     tools = rollup.tool_stats(since=span.since, until=span.until)
-    return {"grouped": grouped, "whole": whole, "costs": costs, "tools": tools}
+    alerts = [a for a in rollup.alerts(since=span.since, limit=50) if a["ts"] < span.until]
+    return {"grouped": grouped, "whole": whole, "costs": costs, "tools": tools, "alerts": alerts}
 
 
 def _series_key(line: dict[str, Any], by: str) -> str:
@@ -256,6 +257,7 @@ def context(span: Span, data: dict[str, Any]) -> dict[str, Any]:
         "cost_lines": lines,
         "cost_total": total,
         "tools": data["tools"],
+        "alerts": data["alerts"],
         "percent": charts.percent,
     }
 
