@@ -93,6 +93,15 @@ def nexus_home(
         monkeypatch.setenv("NEXUS_DATABASE_URL", request.getfixturevalue("postgres_url"))
     monkeypatch.delenv("NEXUS_CONFIG", raising=False)
     monkeypatch.delenv("NEXUS_PROVIDERS", raising=False)
+    # No span export unless a test configures its receiver (nexus.observe.otel reads these).
+    for name in (
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+        "OTEL_SERVICE_NAME",
+    ):
+        monkeypatch.delenv(name, raising=False)
     # Nothing listens on port 9 (discard): "no Ollama" is deterministic.
     monkeypatch.setenv("NEXUS_OLLAMA_URL", "http://127.0.0.1:9/v1")
     return home

@@ -55,6 +55,12 @@ def defaults(home: Path) -> dict[str, object]:
         "budget_alert_at": 0.8,
         "alert_webhook_url": None,
         "metrics_public": False,
+        "otlp_endpoint": None,  # traces
+        "otlp_headers": None,
+        "otlp_service_name": None,
+        "otlp_timeout_s": 10.0,
+        "otlp_batch_delay_s": 1.0,
+        "trace_content": False,
         "prices": {},  # cost accounting (issue 11)
         "otlp_endpoint": None,
         "otlp_headers": None,
