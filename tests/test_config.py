@@ -62,12 +62,6 @@ def defaults(home: Path) -> dict[str, object]:
         "otlp_batch_delay_s": 1.0,
         "trace_content": False,
         "prices": {},  # cost accounting (issue 11)
-        "otlp_endpoint": None,
-        "otlp_headers": None,
-        "otlp_service_name": None,
-        "otlp_timeout_s": 10.0,
-        "otlp_batch_delay_s": 1.0,
-        "trace_content": False,
     }
 
 
