@@ -10,11 +10,10 @@ guard on, a global budget and a session budget (a reservation per call)."""
 from __future__ import annotations
 
 import statistics
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from bench._agent_scenarios import GOAL, SYSTEM, _check_nexus, _lookup
+from bench._agent_scenarios import SYSTEM, _lookup, durable_runs
 from bench._common import PeerProcess, RunCounter, measure, pooled
 
 TARGET = 1.05
@@ -62,28 +61,8 @@ def _otlp_settings(endpoint: str) -> dict[str, Any]:
     return {}
 
 
-@asynccontextmanager
-async def _durable(url: str, home: Path, *, on: bool, otlp: str | None) -> Any:
-    from nexus.runtime.dispatch import Dispatcher
-    from nexus.types import SessionStatus
-
-    rt = _runtime(url, home, on=on, otlp=otlp)
-    try:
-        async with Dispatcher(rt) as dispatcher:
-            checked = False
-
-            async def run_one(i: int) -> None:
-                nonlocal checked
-                session_id = rt.create_session(GOAL, agent="bench")
-                await dispatcher.submit(session_id)
-                status = await dispatcher.wait(session_id)
-                if status is not SessionStatus.COMPLETED or not checked:
-                    _check_nexus(rt, session_id, "on" if on else "off")
-                    checked = True
-
-            yield run_one
-    finally:
-        await rt.aclose()
+def _durable(url: str, home: Path, *, on: bool, otlp: str | None) -> Any:
+    return durable_runs(_runtime(url, home, on=on, otlp=otlp), "on" if on else "off")
 
 
 async def overhead(runs: int, tmp: Path) -> dict[str, Any]:

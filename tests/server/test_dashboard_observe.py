@@ -280,6 +280,7 @@ async def test_the_grouping_picker_splits_by_model_and_provider(web: Browser) ->
         frag = (await web.client.get(f"/fragments/overview?range=24h&by={by}")).json()
         assert set(frag["replace"]) == {
             "overview-figures", "overview-charts", "overview-costs", "overview-tools",
+            "overview-alerts",
         }  # fmt: skip
         assert (frag["state"]["range"], frag["state"]["by"]) == ("24h", by)
         assert chart(frag["replace"]["overview-charts"], "chart-cost") == chart(page, "chart-cost")
