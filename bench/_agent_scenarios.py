@@ -148,14 +148,12 @@ def _check_nexus(rt: Any, session_id: str, scenario: str) -> None:
 
 
 @asynccontextmanager
-async def nexus_durable(url: str, tmp: Path, inflight: int) -> AsyncIterator[RunOne]:
-    """(b) NEXUS as deployed: journal per step, one DBOS workflow per session."""
+async def durable_runs(rt: Any, scenario: str) -> AsyncIterator[RunOne]:
+    """`run_one` on a runtime's DBOS dispatcher: create, submit, wait, check once;
+    the runtime is closed at the end."""
     from nexus.runtime.dispatch import Dispatcher
     from nexus.types import SessionStatus
 
-    # Sessions beyond the dispatcher's capacity wait for DBOS's queue poll; keep
-    # every in-flight session in the direct-start path the brief measures.
-    rt = _nexus_runtime(url, tmp / "nexus-durable", max(64, inflight))
     try:
         async with Dispatcher(rt) as dispatcher:
             checked = False
@@ -166,12 +164,22 @@ async def nexus_durable(url: str, tmp: Path, inflight: int) -> AsyncIterator[Run
                 await dispatcher.submit(session_id)
                 status = await dispatcher.wait(session_id)
                 if status is not SessionStatus.COMPLETED or not checked:
-                    _check_nexus(rt, session_id, "b")
+                    _check_nexus(rt, session_id, scenario)
                     checked = True
 
             yield run_one
     finally:
         await rt.aclose()
+
+
+@asynccontextmanager
+async def nexus_durable(url: str, tmp: Path, inflight: int) -> AsyncIterator[RunOne]:
+    """(b) NEXUS as deployed: journal per step, one DBOS workflow per session."""
+    # Sessions beyond the dispatcher's capacity wait for DBOS's queue poll; keep
+    # every in-flight session in the direct-start path the brief measures.
+    rt = _nexus_runtime(url, tmp / "nexus-durable", max(64, inflight))
+    async with durable_runs(rt, "b") as run_one:
+        yield run_one
 
 
 @asynccontextmanager

@@ -10,11 +10,10 @@ guard on, a global budget and a session budget (a reservation per call)."""
 from __future__ import annotations
 
 import statistics
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from bench._agent_scenarios import GOAL, SYSTEM, _check_nexus, _lookup
+from bench._agent_scenarios import SYSTEM, _lookup, durable_runs
 from bench._common import PeerProcess, RunCounter, measure, pooled
 
 TARGET = 1.05
@@ -22,7 +21,7 @@ TARGET = 1.05
 
 def _runtime(url: str, home: Path, *, on: bool, otlp: str | None) -> Any:
     from nexus.config import load_settings
-    from nexus.runtime.agents import Agent, AgentRegistry, Limits
+    from nexus.runtime.agents import Agent, AgentRegistry, Limits, LoopPolicy
     from nexus.runtime.runtime import Runtime
     from nexus.runtime.tools import Toolkit, tool
 
@@ -37,11 +36,11 @@ def _runtime(url: str, home: Path, *, on: bool, otlp: str | None) -> Any:
 
     provider: dict[str, Any] = {"name": "peer", "base_url": url, "model": "m"}
     extra: dict[str, Any] = {}
-    limits = Limits()
+    limits = Limits(loops=LoopPolicy(enabled=False))
     if on:
         provider.update(price_in_per_1m=0.15, price_out_per_1m=0.6)
         extra["budgets"] = [{"scope": "global", "usd": 1_000_000.0, "window_s": 3600}]
-        limits = Limits(max_cost_usd=1000.0)
+        limits = Limits(max_cost_usd=1000.0, loops=LoopPolicy())
         if otlp is not None:
             extra.update(_otlp_settings(otlp))
     settings = load_settings(home=home, providers=[provider], concurrency=64, **extra)
@@ -62,28 +61,8 @@ def _otlp_settings(endpoint: str) -> dict[str, Any]:
     return {}
 
 
-@asynccontextmanager
-async def _durable(url: str, home: Path, *, on: bool, otlp: str | None) -> Any:
-    from nexus.runtime.dispatch import Dispatcher
-    from nexus.types import SessionStatus
-
-    rt = _runtime(url, home, on=on, otlp=otlp)
-    try:
-        async with Dispatcher(rt) as dispatcher:
-            checked = False
-
-            async def run_one(i: int) -> None:
-                nonlocal checked
-                session_id = rt.create_session(GOAL, agent="bench")
-                await dispatcher.submit(session_id)
-                status = await dispatcher.wait(session_id)
-                if status is not SessionStatus.COMPLETED or not checked:
-                    _check_nexus(rt, session_id, "on" if on else "off")
-                    checked = True
-
-            yield run_one
-    finally:
-        await rt.aclose()
+def _durable(url: str, home: Path, *, on: bool, otlp: str | None) -> Any:
+    return durable_runs(_runtime(url, home, on=on, otlp=otlp), "on" if on else "off")
 
 
 async def overhead(runs: int, tmp: Path) -> dict[str, Any]:

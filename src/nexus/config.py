@@ -245,6 +245,26 @@ class Settings(BaseSettings):
             "default: a scrape needs the token as a bearer token, like the API."
         ),
     )
+    # -- cost accounting (issue 11) --
+    prices: dict[str, PriceSetting] = Field(
+        default_factory=dict,
+        description=(
+            "Model prices over the shipped table (nexus/observe/prices.json), by model "
+            "name as sent or answered: input and output USD per 1M tokens, context_window. "
+            "An endpoint's own price_in_per_1m/price_out_per_1m win over both."
+        ),
+    )
+
+    @field_validator("prices")
+    @classmethod
+    def _price_names(cls, value: dict[str, PriceSetting]) -> dict[str, PriceSetting]:
+        if len(value) > MAX_PRICES:
+            raise ValueError(f"at most {MAX_PRICES} model prices")
+        for name in value:
+            if not 0 < len(name.strip()) <= 200:
+                raise ValueError(f"model names must be 1-200 characters (got {name[:40]!r})")
+        return value
+
     # -- observability: traces (OTLP export; nexus.observe.otel) ------------------------
     otlp_endpoint: str | None = Field(
         default=None,
@@ -282,25 +302,6 @@ class Settings(BaseSettings):
             "(always redacted); off: names, models, tokens, costs, timings and statuses only."
         ),
     )
-    # -- cost accounting (issue 11) --
-    prices: dict[str, PriceSetting] = Field(
-        default_factory=dict,
-        description=(
-            "Model prices over the shipped table (nexus/observe/prices.json), by model "
-            "name as sent or answered: input and output USD per 1M tokens, context_window. "
-            "An endpoint's own price_in_per_1m/price_out_per_1m win over both."
-        ),
-    )
-
-    @field_validator("prices")
-    @classmethod
-    def _price_names(cls, value: dict[str, PriceSetting]) -> dict[str, PriceSetting]:
-        if len(value) > MAX_PRICES:
-            raise ValueError(f"at most {MAX_PRICES} model prices")
-        for name in value:
-            if not 0 < len(name.strip()) <= 200:
-                raise ValueError(f"model names must be 1-200 characters (got {name[:40]!r})")
-        return value
 
     @field_validator("worker_id")
     @classmethod

@@ -130,9 +130,12 @@ async def test_alternating_two_calls_is_stopped_as_a_cycle(peer: PeerServer) -> 
 async def test_legitimate_repetition_with_other_arguments_runs_to_its_end(
     peer: PeerServer,
 ) -> None:
-    """Ten reads of ten files, then an alternation whose arguments change each round,
-    then an answer: no loop, the session completes, every call ran."""
+    """Ten reads of ten files, the same words asking for three other searches, then
+    an alternation whose arguments change each round, then an answer: no loop, the
+    session completes, every call ran."""
     script = [calls(("read_file", {"path": f"f{i}.txt"})) for i in range(10)]
+    said = "Let me search for the next city."
+    script += [calls(("search", {"query": c}), content=said) for c in ("Rome", "Oslo", "Lima")]
     script += [
         calls(("search", {"query": f"q{i}"}))
         if i % 2 == 0
@@ -145,21 +148,19 @@ async def test_legitimate_repetition_with_other_arguments_runs_to_its_end(
     try:
         sid = rt.create_session("read them all", agent="reader")
         assert await rt.run(sid) is SessionStatus.COMPLETED
-        assert len(RAN) == 18
+        assert len(RAN) == 21
         assert ev.LOOP_DETECTED not in kinds(rt, sid)
     finally:
         await close(rt)
 
 
 async def test_near_duplicate_answers_are_stopped(peer: PeerServer) -> None:
-    """Three answers saying the same thing (one character apart, calls with other
-    arguments each time): the step after the third does not run."""
+    """Three answers saying the same thing (one character apart) and asking for the
+    same search up to case and spacing: the step after the third does not run."""
+    said = "Let me check the weather again, try {}."
+    queries = ["Weather in Paris", "weather  in paris", "WEATHER IN PARIS", "weather in Paris"]
     script = [
-        calls(
-            ("search", {"query": f"weather {i}"}),
-            content=f"Let me check the weather again, try {i}.",
-        )
-        for i in range(10)
+        calls(("search", {"query": queries[i % 4]}), content=said.format(i)) for i in range(10)
     ]
     peer.config.update({"script": script})
     rt = runtime(peer)

@@ -474,14 +474,14 @@ async def test_live_fragments_render_rows_and_new_events(signed_in: Browser) -> 
     assert re.findall(r'data-seq="(\d+)"', events) == ["2", "3"]
     assert "thinking &lt;b&gt;hard&lt;/b&gt;" in events
     assert "12 → 3 tok" in events and "$0.0021" in events and "250 ms" in events
-    assert set(frag["replace"]) == {
-        "header",
-        "actions",
-        "tail",
+    panels = {
         "panel:budget",
         "panel:details",
+        "panel:outcome",
+        "panel:conversation",
         "panel:waterfall",
     }
+    assert set(frag["replace"]) == {"header", "actions", "tail", *panels}
     assert "Running" in text_of(frag["replace"]["header"]).title()
     nothing_new = (await c.get(f"/fragments/sessions/{sid}?after_seq=3")).json()
     assert nothing_new["append"] == {} and nothing_new["state"]["last_seq"] == 3

@@ -52,7 +52,8 @@ def spans_of(node: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def test_the_waterfall_grows_live_then_shows_every_span(live: Server, chromium: Any) -> None:
-    sid = live.post_session(goal="Summarise the notes", replay=DEMO, replay_pace_s=1.5)
+    # Paced to run for about 10 s: long enough to be seen open on a loaded machine.
+    sid = live.post_session(goal="Summarise the notes", replay=DEMO, replay_pace_s=1.0)
     context = chromium.new_context(viewport=DESKTOP)
     tab = Tab(context, live.url)
     sign_in(tab, live.token)

@@ -23,8 +23,8 @@ class Source(Protocol):
     def config(self) -> dict[str, Any]: ...
     def costs(self, **query: Any) -> dict[str, Any]: ...
     def tool_stats(self, **query: Any) -> dict[str, Any]: ...
-    def trace(self, session_id: str) -> dict[str, Any]: ...
     def alerts(self, **query: Any) -> list[dict[str, Any]]: ...
+    def trace(self, session_id: str) -> dict[str, Any]: ...
 
 
 class LocalSource:
@@ -138,14 +138,6 @@ class LocalSource:
         finally:
             rollup.close()
 
-    def trace(self, session_id: str) -> dict[str, Any]:
-        """The session's span tree (`nexus.observe.spans`), from this home's journal."""
-        from nexus.observe.spans import build_trace
-
-        self.rt.session(session_id)
-        trace: dict[str, Any] = build_trace(self.rt.journal.events(session_id)).to_dict()
-        return trace
-
     def alerts(self, **query: Any) -> list[dict[str, Any]]:
         """The `GET /api/v1/alerts` items, from this home's journal."""
         rollup = self._rollup()
@@ -154,6 +146,14 @@ class LocalSource:
             return items
         finally:
             rollup.close()
+
+    def trace(self, session_id: str) -> dict[str, Any]:
+        """The session's span tree (`nexus.observe.spans`), from this home's journal."""
+        from nexus.observe.spans import build_trace
+
+        self.rt.session(session_id)
+        trace: dict[str, Any] = build_trace(self.rt.journal.events(session_id)).to_dict()
+        return trace
 
 
 def _event(d: dict[str, Any]) -> Event:
@@ -219,10 +219,10 @@ class RemoteSource:
         data: dict[str, Any] = self.remote.get("/api/v1/tools/stats", **query)
         return data
 
-    def trace(self, session_id: str) -> dict[str, Any]:
-        data: dict[str, Any] = self.remote.get(f"/api/v1/sessions/{session_id}/trace")
-        return data
-
     def alerts(self, **query: Any) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = self.remote.get("/api/v1/alerts", **query)["items"]
         return items
+
+    def trace(self, session_id: str) -> dict[str, Any]:
+        data: dict[str, Any] = self.remote.get(f"/api/v1/sessions/{session_id}/trace")
+        return data

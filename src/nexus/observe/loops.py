@@ -17,8 +17,9 @@ after a crash knows exactly what the crashed run knew):
   pair of consecutive answers (their text, whitespace collapsed, at least 16
   characters; a turn without text breaks the run) at least `similarity` alike
   (default 0.95) by `difflib.SequenceMatcher.ratio` (2·matches / total length; 1.0
-  is identical). Tool calls are the other detectors' business: the same call
-  with other arguments is work, however alike the turns look.
+  is identical), asking for the same tool calls up to case and whitespace in their
+  arguments. The same words asking for other things ("let me search the next
+  city", each time another city) are work, not a loop.
 
 The step that would make the loop (the `repeats`-th repetition, or the next step
 after the `repeats`-th near-duplicate answer) does not run. A `loop.detected` event
@@ -66,13 +67,23 @@ def _answer(message: dict[str, Any]) -> str:
     return " ".join(str(message.get("content") or "").split())
 
 
+def _calls_of(message: dict[str, Any]) -> str:
+    """The answer's tool calls, loosely: names and arguments normalised, then lower
+    case and whitespace collapsed (`"Paris"` and `" paris"` alike; `"Rome"` not)."""
+    calls = [
+        f"{c['function']['name']}({normalise(c['function']['arguments'])})"
+        for c in message.get("tool_calls") or ()
+    ]
+    return " ".join(";".join(calls).lower().split())
+
+
 @dataclass
 class LoopState:
     """The session's recent tool calls and answers, since its last loop detection
     was resumed."""
 
     calls: list[tuple[int, Signature]] = field(default_factory=list)  # (step, signature)
-    answers: list[tuple[int, str]] = field(default_factory=list)  # (step, answer text)
+    answers: list[tuple[int, str, str]] = field(default_factory=list)  # (step, text, calls)
     detected: bool = False  # the last detection has not been resumed yet
 
 
@@ -100,9 +111,10 @@ class LoopGuard(Guard, Projection[LoopState]):
             state.calls.append((int(p["step"]), (str(p["name"]), normalise(str(p["arguments"])))))
             del state.calls[: -self.KEEP]
         elif kind == ev.LLM_RESPONSE:
-            text = _answer(p.get("message") or {})
+            message = p.get("message") or {}
+            text = _answer(message)
             if len(text) >= MIN_TEXT:
-                state.answers.append((int(p["step"]), text))
+                state.answers.append((int(p["step"]), text, _calls_of(message)))
             else:  # a silent turn (tool calls alone) breaks a run of look-alike answers
                 state.answers.clear()
             del state.answers[: -self.KEEP]
@@ -201,7 +213,9 @@ def _near_duplicates(state: LoopState, repeats: int, similarity: float) -> dict[
         return None
     last = state.answers[-repeats:]
     ratios = []
-    for (_, a), (_, b) in itertools.pairwise(last):
+    for (_, a, calls_a), (_, b, calls_b) in itertools.pairwise(last):
+        if calls_a != calls_b:
+            return None  # the same words asking for other things: work, not a loop
         matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
         if matcher.real_quick_ratio() < similarity or matcher.quick_ratio() < similarity:
             return None
@@ -215,5 +229,5 @@ def _near_duplicates(state: LoopState, repeats: int, similarity: float) -> dict[
         f"(similarity {min(ratios):.2f} or more)",
         "count": repeats,
         "similarity": min(ratios),
-        "answers": [{"step": s, "text": t[:500]} for s, t in last],
+        "answers": [{"step": s, "text": t[:500], "calls": c[:500]} for s, t, c in last],
     }

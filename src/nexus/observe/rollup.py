@@ -422,7 +422,9 @@ class Rollup:
         if agent is not None:
             where += " AND agent = ?"
             params.append(agent)
-        order = "1" if by in ("day", "hour") else "5 DESC, 1"
+        width = 2 if by == "model" else 1
+        # The cost column follows the group's columns and three counts.
+        order = "1" if by in ("day", "hour") else f"{width + 4} DESC, 1, {width}"
         rows = self.db.rows(
             f"SELECT {group}, SUM(calls), SUM(CASE WHEN status = 'error' THEN calls ELSE 0 END), "
             "SUM(CASE WHEN status = 'lost' THEN calls ELSE 0 END), SUM(cost_nusd), "
@@ -430,7 +432,6 @@ class Rollup:
             f"FROM obs_llm WHERE {where} GROUP BY {group} ORDER BY {order}",
             params,
         )
-        width = 2 if by == "model" else 1
         items = [_cost_line(r[:width], r[width:]) for r in rows]
         total = _cost_line((), [sum(int(i[k]) for i in items) for k in _COST_INTS])
         return CostReport(by=by, since=since, until=until, items=items, total=total)

@@ -411,9 +411,9 @@ class Runtime:
     async def aclose(self) -> None:
         """Close owned providers, opened toolkits and the store."""
         await self.control.aclose()
+        self.budgets.close()
         if self.traces is not None:  # flushes what is queued: a thread's blocking wait
             await asyncio.to_thread(self.traces.shutdown)
-        self.budgets.close()
         await self.aclose_providers()
         await self.toolkits.aclose()
         self.store.close()

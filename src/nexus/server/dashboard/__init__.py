@@ -5,8 +5,12 @@ Pages:
 * `/login`, `/logout` — sign in with the API token; an HttpOnly, SameSite=Strict
   cookie carries the login (`login.py`).
 * `/` — sessions, live; `/sessions/{id}` — one session's header, actions bar,
-  panels and live journal timeline (`sessions.py`).
+  panels (budget, details, outcome, conversation: `panels.py`, `views.py`) and
+  live journal timeline (`sessions.py`).
 * `/new` — start a session (`new.py`).
+* `/overview` — cost, tokens, sessions and failure rate over time by agent,
+  model or provider, totals, the cost breakdown and per-tool statistics, from
+  the journal's rollup (`overview.py`, charts as inline SVG: `charts.py`).
 * `/workers` — the worker processes on this database, their heartbeats and the
   sessions they run, live (`workers.py`).
 * `POST /sessions/{id}/kill|pause|resume` — the control forms of a session's

@@ -7,7 +7,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from nexus.server.dashboard import control, login, new, sessions, workers
+from nexus.server.dashboard import control, login, new, overview, sessions, workers
 from nexus.server.dashboard.registry import PAGES
 from nexus.server.dashboard.web import http_error_page, static_files, wants_page
 from nexus.server.problems import http_problem
@@ -23,6 +23,7 @@ def install(app: FastAPI) -> None:
         new.router,
         control.router,
         workers.router,
+        overview.router,
         *PAGES,
     ):
         app.include_router(router)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from nexus.server.dashboard import panels, waterfall
+from nexus.server.dashboard import panels, views, waterfall
 
 if TYPE_CHECKING:
     from fastapi import APIRouter
@@ -98,6 +98,15 @@ PANELS: list[Panel] = [
         order=10,
         place="main",
     ),
+    # Views for other readers than the timeline's (issue 11): product, domain experts.
+    Panel("outcome", "Outcome", "panels/outcome.html", context=views.outcome, order=30),
+    Panel(
+        "conversation",
+        "Conversation",
+        "panels/conversation.html",
+        context=views.conversation,
+        order=40,
+    ),
 ]
 """Boxes beside the session timeline or above the sessions list."""
 
@@ -112,6 +121,7 @@ ACTIONS: list[Action] = [
 
 NAV: list[NavLink] = [
     NavLink("Sessions", "/", match="/sessions"),
+    NavLink("Overview", "/overview", match="/overview"),
     NavLink("New session", "/new", match="/new"),
     NavLink("Workers", "/workers", match="/workers"),
 ]

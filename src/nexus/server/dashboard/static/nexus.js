@@ -79,7 +79,13 @@
     Object.entries(data.replace || {}).forEach(function (entry) {
       const el = slot(entry[0]);
       if (!el) return;
+      // A fold the reader opened (a long tool result) stays open across refreshes.
+      const open = Array.from(el.querySelectorAll("details[id][open]"), function (d) { return d.id; });
       el.innerHTML = entry[1];
+      open.forEach(function (id) {
+        const d = el.querySelector("details#" + CSS.escape(id));
+        if (d) d.open = true;
+      });
       refreshTimes(el);
     });
     const added = [];
@@ -179,6 +185,15 @@
   function workersPage() {
     const everyMs = Math.max(1000, (Number(body.dataset.heartbeatS) || 3) * 1000);
     liveTable("worker-rows", function () { return "/fragments/workers"; }, 250, false, everyMs);
+  }
+
+  // The overview's figures come from the journal's rollup: refreshed on journal news,
+  // at most once a second (each refresh folds what was committed meanwhile).
+  function overviewPage() {
+    refreshPage = coalesce(async function () {
+      apply(await fetchFragments("/fragments/overview" + location.search));
+    }, 1000);
+    live("/api/v1/events/stream", { journal: function () { refreshPage(); } }, function () { refreshPage(); });
   }
 
   /* -- one session ------------------------------------------------------------------ */
@@ -283,10 +298,19 @@
     });
   });
 
+  // Choosing a day on the overview makes its range a custom one.
+  document.querySelectorAll("input[data-range-day]").forEach(function (input) {
+    input.addEventListener("change", function () {
+      const range = input.form.querySelector("select[data-range]");
+      if (range) range.value = "custom";
+    });
+  });
+
   refreshTimes(document);
   setInterval(function () { refreshTimes(document); }, 15000);
 
   if (body.dataset.page === "sessions") sessionsPage();
   if (body.dataset.page === "session") sessionPage();
   if (body.dataset.page === "workers") workersPage();
+  if (body.dataset.page === "overview") overviewPage();
 })();
