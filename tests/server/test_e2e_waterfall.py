@@ -5,21 +5,19 @@ violation; screenshots at desktop and phone sizes in test-artifacts/screenshots/
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.server.test_e2e import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     DEMO,
     DESKTOP,
     PHONE,
     Server,
     Tab,
+    browser,
+    server,
     shoot,
     sign_in,
 )
@@ -27,24 +25,9 @@ from tests.server.test_e2e import (
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def live() -> Iterator[Server]:
-    with Server() as s:
-        yield s
-
-
-@pytest.fixture
-def chromium() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM} (scripts/test installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
+# The Chromium and server fixtures of the dashboard's end-to-end tests.
+chromium = browser
+live = server
 
 
 def spans_of(node: dict[str, Any]) -> list[dict[str, Any]]:

@@ -159,63 +159,52 @@ class Ledger:
         """Settle `settles`, then check `usd` more against each rule's window and hold
         it if all fit: one transaction under the ledger's lock. A repeated (session,
         step, attempt) replaces its hold (and does not count against itself)."""
+        amount = nano(usd)
+        uses: list[ev.BudgetUse] = []
         try:
-            return self._reserve(session_id, step, attempt, agent, usd, rules, now, settles)
+            with self.db.transaction(lock=LEDGER_LOCK):
+                for settle in settles:
+                    self._settle(*settle)
+                # The common case inserts a new hold; a repeated attempt finds its old one.
+                taken = self.db.rows(
+                    "INSERT INTO budget_holds "
+                    "(session_id, step, attempt, agent, ts, reserved_nusd) "
+                    "VALUES (?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (session_id, step, attempt) DO NOTHING "
+                    "RETURNING 1",
+                    (session_id, step, attempt, agent, now, amount),
+                )
+                old = None if taken else self._hold(session_id, step, attempt)
+                mine = 0 if old is None else (old[3] if old[3] is not None else old[2])
+                for rule in rules:
+                    scope = "global" if rule.scope == "global" else f"agent:{agent}"
+                    since = int((now - rule.window_s) // MINUTE) * MINUTE
+                    ((summed,),) = self.db.rows(
+                        "SELECT COALESCE(SUM(nusd), 0) FROM budget_usage "
+                        "WHERE scope = ? AND minute >= ?",
+                        (scope, since),
+                    )
+                    used = int(summed) - mine
+                    use: ev.BudgetUse = {
+                        "scope": rule.scope,
+                        "limit_usd": rule.usd,
+                        "used_usd": used / NANO,
+                        "window_s": rule.window_s,
+                    }
+                    uses.append(use)
+                    if used + amount > nano(rule.usd):
+                        raise _Refused(Reservation(uses, (rule, used / NANO)))
+                if old is not None:
+                    self._add(agent, old[1], -int(mine))
+                    self.db.execute(
+                        "UPDATE budget_holds SET ts = ?, reserved_nusd = ?, cost_nusd = NULL "
+                        "WHERE session_id = ? AND step = ? AND attempt = ?",
+                        (now, amount, session_id, step, attempt),
+                    )
+                self._add(agent, now, amount)
         except _Refused as refused:  # rolled back: the settles go in on their own
             self.settle(settles)
             return refused.reservation
-
-    def _reserve(
-        self,
-        session_id: str,
-        step: int,
-        attempt: int,
-        agent: str,
-        usd: float,
-        rules: Sequence[BudgetRule],
-        now: float,
-        settles: Sequence[Settle],
-    ) -> Reservation:
-        amount = nano(usd)
-        uses: list[ev.BudgetUse] = []
-        with self.db.transaction(lock=LEDGER_LOCK):
-            for settle in settles:
-                self._settle(*settle)
-            # The common case inserts a new hold; a repeated attempt finds its old one.
-            taken = self.db.rows(
-                "INSERT INTO budget_holds (session_id, step, attempt, agent, ts, reserved_nusd) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (session_id, step, attempt) DO NOTHING "
-                "RETURNING 1",
-                (session_id, step, attempt, agent, now, amount),
-            )
-            old = None if taken else self._hold(session_id, step, attempt)
-            mine = 0 if old is None else (old[3] if old[3] is not None else old[2])
-            for rule in rules:
-                scope = "global" if rule.scope == "global" else f"agent:{agent}"
-                since = int((now - rule.window_s) // MINUTE) * MINUTE
-                ((summed,),) = self.db.rows(
-                    "SELECT COALESCE(SUM(nusd), 0) FROM budget_usage "
-                    "WHERE scope = ? AND minute >= ?",
-                    (scope, since),
-                )
-                used = int(summed) - mine
-                use: ev.BudgetUse = {
-                    "scope": rule.scope,
-                    "limit_usd": rule.usd,
-                    "used_usd": used / NANO,
-                    "window_s": rule.window_s,
-                }
-                uses.append(use)
-                if used + amount > nano(rule.usd):
-                    raise _Refused(Reservation(uses, (rule, used / NANO)))
-            if old is not None:
-                self._add(agent, old[1], -int(mine))
-                self.db.execute(
-                    "UPDATE budget_holds SET ts = ?, reserved_nusd = ?, cost_nusd = NULL "
-                    "WHERE session_id = ? AND step = ? AND attempt = ?",
-                    (now, amount, session_id, step, attempt),
-                )
-            self._add(agent, now, amount)
         return Reservation(uses)
 
     def settle(self, settles: Sequence[Settle]) -> None:
@@ -475,7 +464,6 @@ class BudgetGuard(Guard, Projection[BudgetState], SessionHook):
         if window_s is not None:
             payload["window_s"] = window_s
         await run.record(ev.BUDGET_EXCEEDED, dict(payload))
-        step.meta["unsent"] = True  # a kill cuts short a call that never went out
         command = await self.post(run.session_id, action, by="budget", reason=reason)
         if action == "kill":
             # A kill posted in this process cancels the session's step at once; the

@@ -155,7 +155,6 @@ class LoopGuard(Guard, Projection[LoopState]):
         reason = f"loop detected ({found['detector']}): {found['summary']}"
         payload = {"step": step.number, **found, "action": action}
         await run.record(ev.LOOP_DETECTED, payload)
-        step.meta["unsent"] = True  # a kill cuts short a step that never ran
         command = await self.post(run.session_id, action, by=BY, reason=reason)
         if action == "kill":
             await asyncio.sleep(0)  # the posted kill cancels this step; Control applies it

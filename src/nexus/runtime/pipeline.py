@@ -82,6 +82,7 @@ class StepType:
 
 async def _execute_llm(step: Step, run: RunContext) -> Outcome:
     t0 = time.perf_counter()
+    step.meta["sent"] = True  # from here a kill cuts short a call the provider has
     response = await run.provider.complete(step.chat_request())
     return Outcome(response=response, latency_ms=(time.perf_counter() - t0) * 1000)
 
@@ -139,7 +140,7 @@ def _llm_failure(step: Step, exc: BaseException, by: str, run: RunContext) -> Se
         return [(ev.LLM_FAILED, payload, {})]
     # Cut short in flight (a kill): the provider has the request and bills it.
     payload["interrupted"] = interrupted
-    if step.meta.get("unsent"):  # a guard stopped it before it went out (a budget)
+    if not step.meta.get("sent"):  # stopped before it went out (a guard's refusal)
         return [(ev.LLM_FAILED, payload, {})]
     request = step.chat_request()
     lost = lost_record(
