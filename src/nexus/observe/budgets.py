@@ -40,7 +40,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from nexus import events as ev
 from nexus.config import BudgetRule
@@ -63,6 +63,7 @@ from nexus.types import (
 )
 
 log = logging.getLogger("nexus.budgets")
+_T = TypeVar("_T")
 
 STAGE = BUDGET + 10  # inside the limits guard, before approvals and the call
 LEDGER_LOCK = 7_241_311  # the advisory lock of reservations on PostgreSQL
@@ -352,7 +353,7 @@ class BudgetGuard(Guard, Projection[BudgetState], SessionHook):
         held = False
         if rules:
             due = self._due.pop(run.session_id, [])
-            found = await asyncio.to_thread(
+            found = await self._in_ledger(
                 self.ledger.reserve,
                 session_id=run.session_id,
                 step=step.number,
@@ -401,6 +402,13 @@ class BudgetGuard(Guard, Projection[BudgetState], SessionHook):
             )
             self._owe(run.session_id, step, cost)
         return outcome
+
+    async def _in_ledger(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """`fn` on the ledger: in place on SQLite, in a thread on PostgreSQL
+        (`Database.inline`)."""
+        if self.ledger.db.inline:
+            return fn(*args, **kwargs)
+        return await asyncio.to_thread(fn, *args, **kwargs)
 
     def _owe(self, session_id: str, step: Step, usd: float) -> None:
         self._due.setdefault(session_id, []).append((session_id, step.number, step.attempt, usd))
@@ -477,7 +485,7 @@ class BudgetGuard(Guard, Projection[BudgetState], SessionHook):
     async def session_resumed(self, run: RunContext) -> None:
         if any(applies(r, run.agent_name) for r in self.rules):
             state = run.view(self)
-            await asyncio.to_thread(self._reconcile, run.session_id, state, final=False)
+            await self._in_ledger(self._reconcile, run.session_id, state, final=False)
             state.resumed = True
 
     async def session_ended(self, run: RunContext, status: SessionStatus) -> None:
@@ -490,9 +498,9 @@ class BudgetGuard(Guard, Projection[BudgetState], SessionHook):
         # older holds looked up too.
         unanswered = bool(state.requested - state.costs.keys())
         if state.resumed or unanswered:
-            await asyncio.to_thread(self._reconcile, run.session_id, state, final=True, due=due)
+            await self._in_ledger(self._reconcile, run.session_id, state, final=True, due=due)
         elif due:
-            await asyncio.to_thread(self.ledger.settle, due)
+            await self._in_ledger(self.ledger.settle, due)
 
     def _reconcile(
         self, session_id: str, state: BudgetState, *, final: bool, due: Sequence[Settle] = ()

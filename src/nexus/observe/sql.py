@@ -36,6 +36,11 @@ class Database:
         writer = getattr(store, "writer", None) if shared else None
         self._outer: Any = None  # the store's writer lock, held by the outermost call
         self._depth = 0
+        # SQLite's statements on the journal's connection are microseconds of work
+        # that holds the GIL: callers run them in place, as the journal commits (a
+        # thread hop cost more than the transaction). A network database's round
+        # trips are waits: callers run them in a thread.
+        self.inline = writer is not None or connect is None
         if writer is not None:
             store.migrate(schema)
             conn, self._outer = writer()
