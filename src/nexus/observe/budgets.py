@@ -93,10 +93,6 @@ SCHEMA = Schema(
         ),
     ),
 )
-_ADD_USAGE = (
-    "INSERT INTO budget_usage (scope, minute, nusd) VALUES (?, ?, ?) "
-    "ON CONFLICT (scope, minute) DO UPDATE SET nusd = budget_usage.nusd + excluded.nusd"
-)
 
 Estimate = Callable[[ChatRequest, RunContext], tuple[int, float]]
 """`(prompt tokens counted, worst-case USD)` of one request in one session."""
@@ -133,8 +129,18 @@ Settle = tuple[str, int, int, float]
 """`(session id, step, attempt, cost in USD)` of a hold to settle."""
 
 
+Delta = dict[tuple[str, int], int]
+"""What a transaction adds to the usage of each (agent, minute), in nano-USD."""
+
+
 def _scopes(agent: str) -> tuple[str, str]:
     return ("global", f"agent:{agent}")
+
+
+def _add(delta: Delta, agent: str, ts: float, nusd: int) -> None:
+    """Count `nusd` more in `delta` at the minute of `ts`."""
+    key = (agent, int(ts // MINUTE) * MINUTE)
+    delta[key] = delta.get(key, 0) + nusd
 
 
 class Ledger:
@@ -164,15 +170,17 @@ class Ledger:
         uses: list[ev.BudgetUse] = []
         try:
             with self.db.transaction(lock=LEDGER_LOCK):
+                # What the transaction adds to each (agent, minute), written in one
+                # statement at its end (each statement is a turn of SQLite's GIL release).
+                delta: Delta = {}
                 for settle in settles:
-                    self._settle(*settle)
+                    self._settle(delta, *settle)
                 # The common case inserts a new hold; a repeated attempt finds its old one.
-                taken = self.db.rows(
+                taken = self.db.execute(
                     "INSERT INTO budget_holds "
                     "(session_id, step, attempt, agent, ts, reserved_nusd) "
                     "VALUES (?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (session_id, step, attempt) DO NOTHING "
-                    "RETURNING 1",
+                    "ON CONFLICT (session_id, step, attempt) DO NOTHING",
                     (session_id, step, attempt, agent, now, amount),
                 )
                 old = None if taken else self._hold(session_id, step, attempt)
@@ -185,7 +193,12 @@ class Ledger:
                         "WHERE scope = ? AND minute >= ?",
                         (scope, since),
                     )
-                    used = int(summed) - mine
+                    pending = sum(
+                        n
+                        for (a, minute), n in delta.items()
+                        if minute >= since and (rule.scope == "global" or a == agent)
+                    )
+                    used = int(summed) + pending - mine
                     use: ev.BudgetUse = {
                         "scope": rule.scope,
                         "limit_usd": rule.usd,
@@ -196,13 +209,14 @@ class Ledger:
                     if used + amount > nano(rule.usd):
                         raise _Refused(Reservation(uses, (rule, used / NANO)))
                 if old is not None:
-                    self._add(agent, old[1], -int(mine))
+                    _add(delta, agent, old[1], -int(mine))
                     self.db.execute(
                         "UPDATE budget_holds SET ts = ?, reserved_nusd = ?, cost_nusd = NULL "
                         "WHERE session_id = ? AND step = ? AND attempt = ?",
                         (now, amount, session_id, step, attempt),
                     )
-                self._add(agent, now, amount)
+                _add(delta, agent, now, amount)
+                self._write(delta)
         except _Refused as refused:  # rolled back: the settles go in on their own
             self.settle(settles)
             return refused.reservation
@@ -212,8 +226,10 @@ class Ledger:
         """Replace holds' worst cases by what the calls cost."""
         if settles:
             with self.db.transaction(lock=LEDGER_LOCK):
+                delta: Delta = {}
                 for settle in settles:
-                    self._settle(*settle)
+                    self._settle(delta, *settle)
+                self._write(delta)
 
     def _hold(self, session_id: str, step: int, attempt: int) -> tuple[Any, ...] | None:
         found = self.db.rows(
@@ -223,7 +239,14 @@ class Ledger:
         )
         return found[0] if found else None
 
-    def _settle(self, session_id: str, step: int, attempt: int, usd: float) -> None:
+    def _settle(
+        self,
+        delta: Delta,
+        session_id: str,
+        step: int,
+        attempt: int,
+        usd: float,
+    ) -> None:
         cost = nano(usd)
         found = self.db.rows(
             "UPDATE budget_holds SET cost_nusd = ? WHERE session_id = ? AND step = ? "
@@ -232,11 +255,24 @@ class Ledger:
         )
         if found:  # else never held, or settled already: a settle is applied once
             agent, ts, reserved = found[0]
-            self._add(agent, ts, cost - int(reserved))
+            _add(delta, agent, ts, cost - int(reserved))
 
-    def _add(self, agent: str, ts: float, nusd: int) -> None:
-        minute = int(ts // MINUTE) * MINUTE
-        self.db.executemany(_ADD_USAGE, [(scope, minute, nusd) for scope in _scopes(agent)])
+    def _write(self, delta: Delta) -> None:
+        """Add `delta` to the usage of each (agent, minute)'s scopes, in one statement."""
+        rows = [
+            (scope, minute, nusd)
+            for (agent, minute), nusd in delta.items()
+            if nusd
+            for scope in _scopes(agent)
+        ]
+        if rows:
+            values = ", ".join(["(?, ?, ?)"] * len(rows))
+            self.db.execute(
+                f"INSERT INTO budget_usage (scope, minute, nusd) VALUES {values} "  # noqa: S608
+                "ON CONFLICT (scope, minute) "
+                "DO UPDATE SET nusd = budget_usage.nusd + excluded.nusd",
+                [v for row in rows for v in row],
+            )
 
     def open_holds(self, session_id: str) -> list[tuple[int, int, int]]:
         """`(step, attempt, reserved nano-USD)` of a session's unsettled holds."""
