@@ -18,8 +18,11 @@ from bench._common import PeerProcess, RunCounter, measure, pooled
 
 TARGET = 1.05
 
+FEATURES = ("otlp", "prices", "loops", "session_budget", "global_budget")
+"""What "on" turns on, each of which `--parts` measures alone against off."""
 
-def _runtime(url: str, home: Path, *, on: bool, otlp: str | None) -> Any:
+
+def _runtime(url: str, home: Path, *, on: frozenset[str], otlp: str | None) -> Any:
     from nexus.config import load_settings
     from nexus.runtime.agents import Agent, AgentRegistry, Limits, LoopPolicy
     from nexus.runtime.runtime import Runtime
@@ -36,13 +39,16 @@ def _runtime(url: str, home: Path, *, on: bool, otlp: str | None) -> Any:
 
     provider: dict[str, Any] = {"name": "peer", "base_url": url, "model": "m"}
     extra: dict[str, Any] = {}
-    limits = Limits(loops=LoopPolicy(enabled=False))
-    if on:
+    if "prices" in on or "global_budget" in on or "session_budget" in on:
         provider.update(price_in_per_1m=0.15, price_out_per_1m=0.6)
+    if "global_budget" in on:
         extra["budgets"] = [{"scope": "global", "usd": 1_000_000.0, "window_s": 3600}]
-        limits = Limits(max_cost_usd=1000.0, loops=LoopPolicy())
-        if otlp is not None:
-            extra.update(_otlp_settings(otlp))
+    if "otlp" in on and otlp is not None:
+        extra.update(_otlp_settings(otlp))
+    limits = Limits(
+        max_cost_usd=1000.0 if "session_budget" in on else None,
+        loops=LoopPolicy(enabled="loops" in on),
+    )
     settings = load_settings(home=home, providers=[provider], concurrency=64, **extra)
     agents = AgentRegistry()
     kit = Toolkit("bench", [lookup])
@@ -61,7 +67,7 @@ def _otlp_settings(endpoint: str) -> dict[str, Any]:
     return {}
 
 
-def _durable(url: str, home: Path, *, on: bool, otlp: str | None) -> Any:
+def _durable(url: str, home: Path, *, on: frozenset[str], otlp: str | None) -> Any:
     return durable_runs(_runtime(url, home, on=on, otlp=otlp), "on" if on else "off")
 
 
@@ -75,7 +81,8 @@ async def overhead(runs: int, tmp: Path) -> dict[str, Any]:
         for round_ in range(2):
             for side in ("off", "on"):
                 home = tmp / f"{side}-{round_}"
-                async with _durable(peer.url, home, on=side == "on", otlp=sink.endpoint) as run:
+                features = frozenset(FEATURES if side == "on" else ())
+                async with _durable(peer.url, home, on=features, otlp=sink.endpoint) as run:
                     m = await measure(
                         run, warmup=20, runs=runs, inflight=16, concurrent_runs=runs,
                         peer=peer, counter=counter,
@@ -111,3 +118,50 @@ def print_overhead(r: dict[str, Any]) -> None:
     print(f"on / off per run: {r['on_over_off_mean']}x mean, {r['on_over_off_p50']}x p50 "
           f"(target <= {TARGET}x: {verdict}); OTLP export configured: {r['otlp_configured']}, "
           f"spans received by the sink: {r['spans_received']}")  # fmt: skip
+
+
+async def parts(runs: int, tmp: Path) -> dict[str, Any]:
+    """Where "on" costs: off, each feature alone and all of them, two rounds in turn,
+    pooled; per variant its added mean, p50 and CPU time per run over off's."""
+    from bench._otlp_sink import OtlpSink
+
+    variants = {"off": frozenset(), **{f: frozenset((f,)) for f in FEATURES}}
+    variants["all"] = frozenset(FEATURES)
+    counter = RunCounter()
+    found: dict[str, list[Any]] = {name: [] for name in variants}
+    with PeerProcess() as peer, OtlpSink() as sink:
+        for round_ in range(2):
+            order = list(variants) if round_ == 0 else list(reversed(variants))
+            for name in order:
+                home = tmp / f"part-{name}-{round_}"
+                async with _durable(peer.url, home, on=variants[name], otlp=sink.endpoint) as run:
+                    m = await measure(
+                        run, warmup=20, runs=runs, inflight=16, concurrent_runs=runs,
+                        peer=peer, counter=counter,
+                    )  # fmt: skip
+                found[name].append(m)
+    off = pooled(*found["off"])
+    out: dict[str, Any] = {"off": off.to_dict()}
+    for name in variants:
+        if name == "off":
+            continue
+        m = pooled(*found[name])
+        out[name] = {
+            "added_mean_ms": round(m.mean_ms - off.mean_ms, 3),
+            "added_p50_ms": round(m.p50_ms - off.p50_ms, 3),
+            "added_cpu_ms": round(m.cpu_ms - off.cpu_ms, 3),
+            "over_off_mean": round(m.mean_ms / off.mean_ms, 4),
+        }
+    return out
+
+
+def print_parts(r: dict[str, Any]) -> None:
+    """The parts' table."""
+    off = r["off"]
+    print(f"\nper feature, alone against off (off: {off['mean_ms']:.2f} ms mean, "
+          f"{off['p50_ms']:.2f} ms p50, {off['cpu_ms']:.2f} ms CPU per run)")  # fmt: skip
+    print(f"{'':16}{'+mean ms':>10}{'+p50 ms':>10}{'+cpu ms':>10}{'x off':>8}")
+    for name, m in r.items():
+        if name != "off":
+            print(f"{name:16}{m['added_mean_ms']:>10.3f}{m['added_p50_ms']:>10.3f}"
+                  f"{m['added_cpu_ms']:>10.3f}{m['over_off_mean']:>8.3f}")  # fmt: skip

@@ -176,6 +176,10 @@ def print_big(r: dict[str, Any]) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.tracing", description=__doc__.split("\n")[0])
     p.add_argument("--only", choices=("overhead", "big"), default=None)
+    p.add_argument(
+        "--parts", action="store_true",
+        help="overhead part: also measure each feature alone against off",
+    )  # fmt: skip
     p.add_argument("--events", type=int, default=1_000_000)
     p.add_argument("--repeat", type=int, default=200, help="timed requests per figure")
     p.add_argument("--runs", type=int, default=300, help="agent runs per half, overhead part")
@@ -203,6 +207,11 @@ def main(argv: list[str] | None = None) -> None:
 
             out["overhead"] = asyncio.run(overhead(args.runs, tmp))
             print_overhead(out["overhead"])
+            if args.parts:
+                from bench._tracing_overhead import parts, print_parts
+
+                out["overhead_parts"] = asyncio.run(parts(args.runs, tmp))
+                print_parts(out["overhead_parts"])
         if args.only in (None, "big"):
             out["big"] = asyncio.run(big(args.events, args.repeat))
             print_big(out["big"])

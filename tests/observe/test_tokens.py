@@ -194,3 +194,30 @@ def test_special_token_markers_count_as_text() -> None:
     """Text the model or a user wrote is never read as a control token (no error)."""
     assert count_text("<|endoftext|>") == 7
     assert count_text("") == 0
+
+
+def test_counts_of_repeated_text_are_kept_and_stay_exact() -> None:
+    """A session's prompt repeats at every call: a text counted once is not encoded
+    again (the count is kept, per encoding), a long one is encoded each time, and
+    either way the count is the encoding's own."""
+    from nexus.observe import tokens
+
+    short = "What's the weather like in San Francisco? " * 10
+    long = "tokens " * (tokens.CACHED_CHARS // 7 + 1)
+    before = tokens._counted.cache_info()
+    counts = [
+        count_text(short, model="gpt-4"),
+        count_text(short, model="gpt-4"),
+        count_text(short, model="gpt-4o"),
+        count_text(long, model="gpt-4"),
+    ]
+    after = tokens._counted.cache_info()
+    assert counts == [
+        len(encoding(CL100K).encode_ordinary(short)),
+        len(encoding(CL100K).encode_ordinary(short)),
+        len(encoding(O200K).encode_ordinary(short)),
+        len(encoding(CL100K).encode_ordinary(long)),
+    ]
+    # One hit (the second count on cl100k); the long text never enters the cache.
+    assert (after.hits - before.hits, after.currsize - before.currsize) == (1, 2)
+    assert after.maxsize == tokens.CACHED

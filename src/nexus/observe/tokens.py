@@ -22,7 +22,7 @@ import gzip
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 from typing import Any
 
@@ -83,6 +83,12 @@ _O200K_PREFIXES = (
     "codex",
 )
 
+# A session's prompt repeats at every call (its system prompt, its history so far, the
+# tools' schemas): counts of short texts are kept, so a call encodes only what is new.
+# At most CACHED texts of at most CACHED_CHARS each: a bounded few megabytes.
+CACHED = 4096
+CACHED_CHARS = 4096
+
 # The cookbook's message overheads.
 TOKENS_PER_MESSAGE = 3
 TOKENS_PER_NAME = 1
@@ -120,7 +126,7 @@ def encoding_name(model: str | None) -> str:
 
 def count_text(text: str, model: str | None = None) -> int:
     """Tokens of plain text (special-token markers count as text)."""
-    return len(encoding(encoding_name(model)).encode_ordinary(text)) if text else 0
+    return _text(encoding(encoding_name(model)), text)
 
 
 def count_prompt(
@@ -148,7 +154,16 @@ def count_completion(response: ChatResponse, model: str | None = None) -> int:
 
 
 def _text(enc: tiktoken.Encoding, text: str) -> int:
-    return len(enc.encode_ordinary(text)) if text else 0
+    if not text:
+        return 0
+    if len(text) <= CACHED_CHARS:
+        return _counted(enc.name, text)
+    return len(enc.encode_ordinary(text))
+
+
+@lru_cache(maxsize=CACHED)
+def _counted(name: str, text: str) -> int:
+    return len(encoding(name).encode_ordinary(text))
 
 
 def _value_tokens(enc: tiktoken.Encoding, key: str, value: Any) -> int:
