@@ -210,6 +210,118 @@ def test_a_repeated_reservation_replaces_its_hold() -> None:
         rt.store.close()
 
 
+def _usage(ledger: Ledger) -> dict[tuple[str, int], int]:
+    """The usage table, its empty rows left out."""
+    rows = ledger.db.rows("SELECT scope, minute, nusd FROM budget_usage")
+    return {(str(s), int(m)): int(n) for s, m, n in rows if n}
+
+
+def _usage_of_holds(ledger: Ledger) -> dict[tuple[str, int], int]:
+    """What the usage should be: each hold's cost, else its reservation, in its
+    minute, in the global scope and its agent's."""
+    found: dict[tuple[str, int], int] = {}
+    rows = ledger.db.rows("SELECT agent, ts, reserved_nusd, cost_nusd FROM budget_holds")
+    for agent, ts, reserved, cost in rows:
+        minute = int(ts / 60) * 60
+        for scope in ("global", f"agent:{agent}"):
+            found[(scope, minute)] = found.get((scope, minute), 0) + int(
+                cost if cost is not None else reserved
+            )
+    return {k: v for k, v in found.items() if v}
+
+
+def test_the_usage_follows_every_change_of_the_holds() -> None:
+    """The usage per scope and minute is kept by the store (triggers on the holds):
+    after new holds in two minutes, a repeated reservation moving its hold to a later
+    minute, settles riding with a reservation, a refused reservation (rolled back,
+    its settles applied alone) and a settle applied twice, the usage is exactly the
+    sum of the holds, and the holds are exactly what was reserved and settled."""
+    rt = Runtime(load_settings())
+    ledger = Ledger(rt.store)
+    try:
+        rule = BudgetRule(scope="global", usd=1.0)
+        hold = {"attempt": 1, "rules": [rule]}
+        for sid, agent, usd, now in (("a1", "a", 0.3, 1000.0), ("b1", "b", 0.2, 1030.0)):
+            taken = ledger.reserve(session_id=sid, step=1, agent=agent, usd=usd, now=now, **hold)
+            assert taken.refused is None
+        again = ledger.reserve(session_id="a1", step=1, agent="a", usd=0.25, now=1090.0, **hold)
+        assert again.uses[0]["used_usd"] == pytest.approx(0.2)  # not against itself
+        rides = ledger.reserve(
+            session_id="a1", step=2, agent="a", usd=0.1, now=1100.0,
+            settles=[("a1", 1, 1, 0.125)], **hold,
+        )  # fmt: skip
+        assert rides.uses[0]["used_usd"] == pytest.approx(0.325)
+        refused = ledger.reserve(
+            session_id="b1", step=2, agent="b", usd=0.9, now=1110.0,
+            settles=[("b1", 1, 1, 0.05)], **hold,
+        )  # fmt: skip
+        assert refused.refused == (rule, pytest.approx(0.275))
+        ledger.settle([("b1", 1, 1, 0.5)])  # settled already: applied once
+        holds = ledger.db.rows(
+            "SELECT session_id, step, attempt, agent, ts, reserved_nusd, cost_nusd "
+            "FROM budget_holds ORDER BY session_id, step"
+        )
+        assert [tuple(h) for h in holds] == [
+            ("a1", 1, 1, "a", 1090.0, 250_000_000, 125_000_000),
+            ("a1", 2, 1, "a", 1100.0, 100_000_000, None),
+            ("b1", 1, 1, "b", 1030.0, 200_000_000, 50_000_000),
+        ]
+        assert (
+            _usage(ledger)
+            == _usage_of_holds(ledger)
+            == {
+                ("global", 1080): 225_000_000,
+                ("agent:a", 1080): 225_000_000,
+                ("global", 1020): 50_000_000,
+                ("agent:b", 1020): 50_000_000,
+            }
+        )
+    finally:
+        ledger.close()
+        rt.store.close()
+
+
+def test_a_ledger_of_the_first_schema_keeps_its_usage_when_migrated() -> None:
+    """A database whose usage the ledger's first version wrote itself (schema 1, no
+    triggers) is migrated on open: its holds and usage are kept, and settling an old
+    hold and taking a new one leave the usage the exact sum of the holds."""
+    from nexus.observe.budgets import SCHEMA
+    from nexus.observe.sql import Database
+    from nexus.storage.base import Schema
+
+    rt = Runtime(load_settings())
+    try:
+        # The tables as schema 1 left them: a hold and its usage, written by the ledger.
+        first = Database(rt.store, Schema(SCHEMA.subsystem, SCHEMA.migrations[:1]))
+        first.execute("INSERT INTO budget_holds VALUES ('s', 1, 1, 'a', 1000.0, 300000000, NULL)")
+        first.execute(
+            "INSERT INTO budget_usage VALUES ('global', 960, 300000000), "
+            "('agent:a', 960, 300000000)"
+        )
+        first.close()
+        ledger = Ledger(rt.store)  # migrates to the current schema
+        try:
+            ledger.settle([("s", 1, 1, 0.1)])
+            rule = BudgetRule(scope="agent:a", usd=1.0)
+            taken = ledger.reserve(
+                session_id="s", step=2, attempt=1, agent="a", usd=0.2, now=1001.0,
+                rules=[rule],
+            )  # fmt: skip
+            assert taken.uses[0]["used_usd"] == pytest.approx(0.1)
+            assert (
+                _usage(ledger)
+                == _usage_of_holds(ledger)
+                == {
+                    ("global", 960): 300_000_000,
+                    ("agent:a", 960): 300_000_000,
+                }
+            )
+        finally:
+            ledger.close()
+    finally:
+        rt.store.close()
+
+
 @pytest.mark.parametrize(
     ("budgets", "named"),
     [

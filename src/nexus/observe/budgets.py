@@ -70,6 +70,53 @@ LEDGER_LOCK = 7_241_311  # the advisory lock of reservations on PostgreSQL
 
 MINUTE = 60  # the ledger's usage buckets, in seconds
 
+_USAGE_TRIGGERS_SQLITE = """
+CREATE TRIGGER budget_hold_added AFTER INSERT ON budget_holds BEGIN
+    INSERT INTO budget_usage (scope, minute, nusd) VALUES
+        ('global', CAST(NEW.ts / 60 AS INTEGER) * 60,
+         COALESCE(NEW.cost_nusd, NEW.reserved_nusd)),
+        ('agent:' || NEW.agent, CAST(NEW.ts / 60 AS INTEGER) * 60,
+         COALESCE(NEW.cost_nusd, NEW.reserved_nusd))
+    ON CONFLICT (scope, minute) DO UPDATE SET nusd = budget_usage.nusd + excluded.nusd;
+END;
+CREATE TRIGGER budget_hold_changed AFTER UPDATE ON budget_holds BEGIN
+    INSERT INTO budget_usage (scope, minute, nusd) VALUES
+        ('global', CAST(OLD.ts / 60 AS INTEGER) * 60,
+         -COALESCE(OLD.cost_nusd, OLD.reserved_nusd)),
+        ('agent:' || OLD.agent, CAST(OLD.ts / 60 AS INTEGER) * 60,
+         -COALESCE(OLD.cost_nusd, OLD.reserved_nusd)),
+        ('global', CAST(NEW.ts / 60 AS INTEGER) * 60,
+         COALESCE(NEW.cost_nusd, NEW.reserved_nusd)),
+        ('agent:' || NEW.agent, CAST(NEW.ts / 60 AS INTEGER) * 60,
+         COALESCE(NEW.cost_nusd, NEW.reserved_nusd))
+    ON CONFLICT (scope, minute) DO UPDATE SET nusd = budget_usage.nusd + excluded.nusd;
+END
+"""
+
+_USAGE_TRIGGERS_POSTGRES = """
+CREATE FUNCTION budget_usage_add(scope TEXT, ts DOUBLE PRECISION, nusd BIGINT)
+RETURNS void LANGUAGE sql AS $$
+    INSERT INTO budget_usage (scope, minute, nusd)
+    VALUES (scope, (trunc(ts / 60) * 60)::BIGINT, nusd)
+    ON CONFLICT (scope, minute) DO UPDATE SET nusd = budget_usage.nusd + excluded.nusd
+$$;
+CREATE FUNCTION budget_usage_follow() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' THEN
+        PERFORM budget_usage_add('global', OLD.ts, -COALESCE(OLD.cost_nusd, OLD.reserved_nusd));
+        PERFORM budget_usage_add('agent:' || OLD.agent, OLD.ts,
+                                 -COALESCE(OLD.cost_nusd, OLD.reserved_nusd));
+    END IF;
+    PERFORM budget_usage_add('global', NEW.ts, COALESCE(NEW.cost_nusd, NEW.reserved_nusd));
+    PERFORM budget_usage_add('agent:' || NEW.agent, NEW.ts,
+                             COALESCE(NEW.cost_nusd, NEW.reserved_nusd));
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER budget_hold_follow AFTER INSERT OR UPDATE ON budget_holds
+    FOR EACH ROW EXECUTE FUNCTION budget_usage_follow()
+"""
+
 SCHEMA = Schema(
     "budgets",
     (
@@ -90,6 +137,15 @@ SCHEMA = Schema(
                 PRIMARY KEY (scope, minute)
             )
             """,
+        ),
+        (
+            2,
+            # The usage follows the holds by trigger: a hold counts its cost once
+            # settled, else its reservation, in the minute of its `ts`, in the global
+            # scope and its agent's (the minute as `_minute` computes it). A ledger
+            # call is then its holds' statements alone (each statement is a turn of
+            # the GIL on SQLite, which DBOS's threads take).
+            {"sqlite": _USAGE_TRIGGERS_SQLITE, "postgresql": _USAGE_TRIGGERS_POSTGRES},
         ),
     ),
 )
@@ -129,24 +185,17 @@ Settle = tuple[str, int, int, float]
 """`(session id, step, attempt, cost in USD)` of a hold to settle."""
 
 
-Delta = dict[tuple[str, int], int]
-"""What a transaction adds to the usage of each (agent, minute), in nano-USD."""
-
-
-def _scopes(agent: str) -> tuple[str, str]:
-    return ("global", f"agent:{agent}")
-
-
-def _add(delta: Delta, agent: str, ts: float, nusd: int) -> None:
-    """Count `nusd` more in `delta` at the minute of `ts`."""
-    key = (agent, int(ts // MINUTE) * MINUTE)
-    delta[key] = delta.get(key, 0) + nusd
+def _minute(ts: float) -> int:
+    """The usage bucket of `ts`: as the triggers compute it (a double's division,
+    truncated), so a check's window and a hold's bucket agree to the last bit."""
+    return int(ts / MINUTE) * MINUTE
 
 
 class Ledger:
     """The budget holds of every session and their usage per scope and minute, in
-    the store's database. A window's use is the sum of its minutes (the oldest one
-    whole: a check may count up to a minute more than the window, never less)."""
+    the store's database (kept by triggers on the holds). A window's use is the sum
+    of its minutes (the oldest one whole: a check may count up to a minute more than
+    the window, never less)."""
 
     def __init__(self, store: Store) -> None:
         self.db = Database(store, SCHEMA, shared=True)
@@ -163,19 +212,17 @@ class Ledger:
         now: float,
         settles: Sequence[Settle] = (),
     ) -> Reservation:
-        """Settle `settles`, then check `usd` more against each rule's window and hold
-        it if all fit: one transaction under the ledger's lock. A repeated (session,
-        step, attempt) replaces its hold (and does not count against itself)."""
+        """Settle `settles`, then hold `usd` and check each rule's window with it:
+        one transaction under the ledger's lock, rolled back if a rule is passed. A
+        repeated (session, step, attempt) replaces its hold (and does not count
+        against itself)."""
         amount = nano(usd)
         uses: list[ev.BudgetUse] = []
         try:
             with self.db.transaction(lock=LEDGER_LOCK):
-                # What the transaction adds to each (agent, minute), written in one
-                # statement at its end (each statement is a turn of SQLite's GIL release).
-                delta: Delta = {}
                 for settle in settles:
-                    self._settle(delta, *settle)
-                # The common case inserts a new hold; a repeated attempt finds its old one.
+                    self._settle(*settle)
+                # The common case inserts a new hold; a repeated attempt replaces its old one.
                 taken = self.db.execute(
                     "INSERT INTO budget_holds "
                     "(session_id, step, attempt, agent, ts, reserved_nusd) "
@@ -183,22 +230,20 @@ class Ledger:
                     "ON CONFLICT (session_id, step, attempt) DO NOTHING",
                     (session_id, step, attempt, agent, now, amount),
                 )
-                old = None if taken else self._hold(session_id, step, attempt)
-                mine = 0 if old is None else (old[3] if old[3] is not None else old[2])
+                if not taken:
+                    self.db.execute(
+                        "UPDATE budget_holds SET ts = ?, reserved_nusd = ?, cost_nusd = NULL "
+                        "WHERE session_id = ? AND step = ? AND attempt = ?",
+                        (now, amount, session_id, step, attempt),
+                    )
                 for rule in rules:
                     scope = "global" if rule.scope == "global" else f"agent:{agent}"
-                    since = int((now - rule.window_s) // MINUTE) * MINUTE
                     ((summed,),) = self.db.rows(
                         "SELECT COALESCE(SUM(nusd), 0) FROM budget_usage "
                         "WHERE scope = ? AND minute >= ?",
-                        (scope, since),
+                        (scope, _minute(now - rule.window_s)),
                     )
-                    pending = sum(
-                        n
-                        for (a, minute), n in delta.items()
-                        if minute >= since and (rule.scope == "global" or a == agent)
-                    )
-                    used = int(summed) + pending - mine
+                    used = int(summed) - amount  # the use before this hold
                     use: ev.BudgetUse = {
                         "scope": rule.scope,
                         "limit_usd": rule.usd,
@@ -208,71 +253,24 @@ class Ledger:
                     uses.append(use)
                     if used + amount > nano(rule.usd):
                         raise _Refused(Reservation(uses, (rule, used / NANO)))
-                if old is not None:
-                    _add(delta, agent, old[1], -int(mine))
-                    self.db.execute(
-                        "UPDATE budget_holds SET ts = ?, reserved_nusd = ?, cost_nusd = NULL "
-                        "WHERE session_id = ? AND step = ? AND attempt = ?",
-                        (now, amount, session_id, step, attempt),
-                    )
-                _add(delta, agent, now, amount)
-                self._write(delta)
         except _Refused as refused:  # rolled back: the settles go in on their own
             self.settle(settles)
             return refused.reservation
         return Reservation(uses)
 
     def settle(self, settles: Sequence[Settle]) -> None:
-        """Replace holds' worst cases by what the calls cost."""
-        if settles:
-            with self.db.transaction(lock=LEDGER_LOCK):
-                delta: Delta = {}
-                for settle in settles:
-                    self._settle(delta, *settle)
-                self._write(delta)
+        """Replace holds' worst cases by what the calls cost: a statement each (a
+        settle is applied once, so each stands alone)."""
+        for settle in settles:
+            self._settle(*settle)
 
-    def _hold(self, session_id: str, step: int, attempt: int) -> tuple[Any, ...] | None:
-        found = self.db.rows(
-            "SELECT agent, ts, reserved_nusd, cost_nusd FROM budget_holds "
-            "WHERE session_id = ? AND step = ? AND attempt = ?",
-            (session_id, step, attempt),
-        )
-        return found[0] if found else None
-
-    def _settle(
-        self,
-        delta: Delta,
-        session_id: str,
-        step: int,
-        attempt: int,
-        usd: float,
-    ) -> None:
-        cost = nano(usd)
-        found = self.db.rows(
+    def _settle(self, session_id: str, step: int, attempt: int, usd: float) -> None:
+        # Else never held, or settled already: a settle is applied once.
+        self.db.execute(
             "UPDATE budget_holds SET cost_nusd = ? WHERE session_id = ? AND step = ? "
-            "AND attempt = ? AND cost_nusd IS NULL RETURNING agent, ts, reserved_nusd",
-            (cost, session_id, step, attempt),
+            "AND attempt = ? AND cost_nusd IS NULL",
+            (nano(usd), session_id, step, attempt),
         )
-        if found:  # else never held, or settled already: a settle is applied once
-            agent, ts, reserved = found[0]
-            _add(delta, agent, ts, cost - int(reserved))
-
-    def _write(self, delta: Delta) -> None:
-        """Add `delta` to the usage of each (agent, minute)'s scopes, in one statement."""
-        rows = [
-            (scope, minute, nusd)
-            for (agent, minute), nusd in delta.items()
-            if nusd
-            for scope in _scopes(agent)
-        ]
-        if rows:
-            values = ", ".join(["(?, ?, ?)"] * len(rows))
-            self.db.execute(
-                f"INSERT INTO budget_usage (scope, minute, nusd) VALUES {values} "  # noqa: S608
-                "ON CONFLICT (scope, minute) "
-                "DO UPDATE SET nusd = budget_usage.nusd + excluded.nusd",
-                [v for row in rows for v in row],
-            )
 
     def open_holds(self, session_id: str) -> list[tuple[int, int, int]]:
         """`(step, attempt, reserved nano-USD)` of a session's unsettled holds."""

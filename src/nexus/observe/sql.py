@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from nexus.storage.base import Schema, Store
-from nexus.storage.migrations import Dialect, dialect_sql
+from nexus.storage.migrations import Dialect, dialect_sql, statements
 
 
 class Database:
@@ -49,7 +49,7 @@ class Database:
             private = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
             for _, sql in sorted(schema.migrations):
                 text = dialect_sql(sql, "sqlite", subsystem=schema.subsystem)
-                for statement in filter(str.strip, text.split(";")):
+                for statement in statements(text):
                     private.execute(statement)
             self._connect = lambda: private
         else:

@@ -279,6 +279,24 @@ def migrations(dialect: Dialect) -> list[tuple[int, str]]:
     return MIGRATIONS if dialect == "sqlite" else POSTGRES_MIGRATIONS
 
 
+def statements(sql: str) -> list[str]:
+    """A SQLite migration's statements, split at the `;` that end one (as
+    `sqlite3.complete_statement` tells: a trigger's body keeps its own)."""
+    import sqlite3
+
+    out: list[str] = []
+    pending = ""
+    for piece in sql.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \t\r\n;"):
+                out.append(pending.strip())
+            pending = ""
+    if pending.strip(" \t\r\n;"):
+        out.append(pending.strip())
+    return out
+
+
 def dialect_sql(sql: Sql, dialect: Dialect, *, subsystem: str = "kernel") -> str:
     """The text of one migration for `dialect`: `sql` itself when it is portable,
     else its entry for the dialect (a `StorageError` names a missing one)."""

@@ -34,7 +34,7 @@ from nexus.storage.base import (
     SessionTotals,
     WorkerRow,
 )
-from nexus.storage.migrations import LATEST, MIGRATIONS, dialect_sql
+from nexus.storage.migrations import LATEST, MIGRATIONS, dialect_sql, statements
 from nexus.storage.wake import Wakeup
 from nexus.storage.workers import (
     by_worker,
@@ -262,7 +262,7 @@ class SQLiteStore:
                 if self._db.execute(*applied).fetchone():
                     self._db.execute("ROLLBACK")
                     return
-                for statement in filter(str.strip, sql.split(";")):
+                for statement in statements(sql):
                     self._db.execute(statement)
                 self._db.execute(*record)
             except BaseException:
