@@ -71,13 +71,14 @@ def _durable(url: str, home: Path, *, on: frozenset[str], otlp: str | None) -> A
     return durable_runs(_runtime(url, home, on=on, otlp=otlp), "on" if on else "off")
 
 
-async def overhead(runs: int, tmp: Path) -> dict[str, Any]:
-    """Off / on / off / on, pooled: per-run time with observability on over off."""
+async def overhead(runs: int, tmp: Path, *, latency_ms: float = 0) -> dict[str, Any]:
+    """Off / on / off / on, pooled: per-run time with observability on over off
+    (the model peer answering after `latency_ms`)."""
     from bench._otlp_sink import OtlpSink
 
     counter = RunCounter()
     halves: dict[str, list[Any]] = {"off": [], "on": []}
-    with PeerProcess() as peer, OtlpSink() as sink:
+    with PeerProcess(latency_ms=latency_ms) as peer, OtlpSink() as sink:
         for round_ in range(2):
             for side in ("off", "on"):
                 home = tmp / f"{side}-{round_}"
@@ -93,6 +94,7 @@ async def overhead(runs: int, tmp: Path) -> dict[str, Any]:
     on = pooled(*halves["on"])
     ratio = on.mean_ms / off.mean_ms
     return {
+        "peer_latency_ms": latency_ms,
         "off": off.to_dict(),
         "on": on.to_dict(),
         "on_over_off_mean": round(ratio, 4),
@@ -108,7 +110,8 @@ async def overhead(runs: int, tmp: Path) -> dict[str, Any]:
 
 def print_overhead(r: dict[str, Any]) -> None:
     """The part's table."""
-    print("\nobservability off against on, the durable agent run (pooled, two rounds each)")
+    print("\nobservability off against on, the durable agent run (pooled, two rounds each; "
+          f"the model answers after {r['peer_latency_ms']:g} ms)")  # fmt: skip
     print(f"{'':10}{'mean ms':>10}{'p50 ms':>10}{'cpu ms':>10}{'runs/s @16':>12}")
     for side in ("off", "on"):
         m = r[side]

@@ -183,6 +183,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--events", type=int, default=1_000_000)
     p.add_argument("--repeat", type=int, default=200, help="timed requests per figure")
     p.add_argument("--runs", type=int, default=300, help="agent runs per half, overhead part")
+    p.add_argument(
+        "--peer-latency-ms", type=float, default=0.0,
+        help="overhead part: the model peer's latency per call (the target is set at 0)",
+    )  # fmt: skip
     p.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite")
     return p.parse_args(argv)
 
@@ -205,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.only in (None, "overhead"):
             from bench._tracing_overhead import overhead, print_overhead
 
-            out["overhead"] = asyncio.run(overhead(args.runs, tmp))
+            out["overhead"] = asyncio.run(overhead(args.runs, tmp, latency_ms=args.peer_latency_ms))
             print_overhead(out["overhead"])
             if args.parts:
                 from bench._tracing_overhead import parts, print_parts
