@@ -114,7 +114,49 @@ BEGIN
 END
 $$;
 CREATE TRIGGER budget_hold_follow AFTER INSERT OR UPDATE ON budget_holds
-    FOR EACH ROW EXECUTE FUNCTION budget_usage_follow()
+    FOR EACH ROW EXECUTE FUNCTION budget_usage_follow();
+-- `Ledger.reserve` in one round trip (each statement of it was one, in a thread):
+-- under the ledger's lock, apply the settles, then take (or replace) the hold and
+-- check each rule's window with it; the hold is undone if a rule is passed (the
+-- settles stay). Returns the refused rule's number (0: none), then the use before
+-- the hold of each rule checked.
+CREATE FUNCTION budget_reserve(
+    p_lock BIGINT, p_session TEXT, p_step BIGINT, p_attempt BIGINT, p_agent TEXT,
+    p_ts DOUBLE PRECISION, p_nusd BIGINT,
+    s_sessions TEXT[], s_steps BIGINT[], s_attempts BIGINT[], s_nusd BIGINT[],
+    r_scopes TEXT[], r_since BIGINT[], r_limits BIGINT[]
+) RETURNS BIGINT[] LANGUAGE plpgsql AS $$
+DECLARE
+    used BIGINT[] := '{}';
+    refused BIGINT := 0;
+    summed BIGINT;
+BEGIN
+    PERFORM pg_advisory_xact_lock(p_lock);
+    FOR i IN 1 .. coalesce(array_length(s_sessions, 1), 0) LOOP
+        UPDATE budget_holds SET cost_nusd = s_nusd[i]
+        WHERE session_id = s_sessions[i] AND step = s_steps[i] AND attempt = s_attempts[i]
+          AND cost_nusd IS NULL;
+    END LOOP;
+    BEGIN
+        INSERT INTO budget_holds (session_id, step, attempt, agent, ts, reserved_nusd)
+        VALUES (p_session, p_step, p_attempt, p_agent, p_ts, p_nusd)
+        ON CONFLICT (session_id, step, attempt) DO UPDATE
+            SET ts = excluded.ts, reserved_nusd = excluded.reserved_nusd, cost_nusd = NULL;
+        FOR i IN 1 .. coalesce(array_length(r_scopes, 1), 0) LOOP
+            SELECT COALESCE(SUM(nusd), 0) INTO summed FROM budget_usage
+            WHERE scope = r_scopes[i] AND minute >= r_since[i];
+            used := used || (summed - p_nusd);
+            IF summed > r_limits[i] THEN
+                refused := i;
+                RAISE EXCEPTION USING ERRCODE = 'NXB01';
+            END IF;
+        END LOOP;
+    EXCEPTION WHEN SQLSTATE 'NXB01' THEN
+        NULL;  -- the hold is rolled back to the block's start; the settles stay
+    END;
+    RETURN refused || used;
+END
+$$
 """
 
 SCHEMA = Schema(
@@ -217,6 +259,10 @@ class Ledger:
         repeated (session, step, attempt) replaces its hold (and does not count
         against itself)."""
         amount = nano(usd)
+        if self.db.dialect == "postgresql":
+            return self._reserve_postgres(
+                session_id, step, attempt, agent, amount, rules, now, settles
+            )
         uses: list[ev.BudgetUse] = []
         try:
             with self.db.transaction(lock=LEDGER_LOCK):
@@ -256,6 +302,45 @@ class Ledger:
         except _Refused as refused:  # rolled back: the settles go in on their own
             self.settle(settles)
             return refused.reservation
+        return Reservation(uses)
+
+    def _reserve_postgres(
+        self,
+        session_id: str,
+        step: int,
+        attempt: int,
+        agent: str,
+        amount: int,
+        rules: Sequence[BudgetRule],
+        now: float,
+        settles: Sequence[Settle],
+    ) -> Reservation:
+        """`reserve` as one call of the schema's `budget_reserve` (one round trip)."""
+        ((found,),) = self.db.rows(
+            "SELECT budget_reserve(?, ?, ?, ?, ?, ?, ?, ?::text[], ?::bigint[], ?::bigint[], "
+            "?::bigint[], ?::text[], ?::bigint[], ?::bigint[])",
+            (
+                LEDGER_LOCK, session_id, step, attempt, agent, now, amount,
+                [s[0] for s in settles], [s[1] for s in settles], [s[2] for s in settles],
+                [nano(s[3]) for s in settles],
+                ["global" if r.scope == "global" else f"agent:{agent}" for r in rules],
+                [_minute(now - r.window_s) for r in rules],
+                [nano(r.usd) for r in rules],
+            ),
+        )  # fmt: skip
+        refused, *used = (int(n) for n in found)
+        uses: list[ev.BudgetUse] = [
+            {
+                "scope": rule.scope,
+                "limit_usd": rule.usd,
+                "used_usd": n / NANO,
+                "window_s": rule.window_s,
+            }
+            for rule, n in zip(rules, used, strict=False)
+        ]
+        if refused:
+            rule = rules[refused - 1]
+            return Reservation(uses, (rule, used[refused - 1] / NANO))
         return Reservation(uses)
 
     def settle(self, settles: Sequence[Settle]) -> None:
