@@ -15,7 +15,8 @@ A call that fits is *reserved*: the ledger row and the journal's `budget.reserve
 event hold its worst case until its outcome settles it to the real cost (an answer's
 cost, a lost call's estimate, 0 for a call the provider refused). The check and the
 hold are one transaction under one lock (SQLite's write lock; on PostgreSQL an
-advisory lock, in one call of the schema's `budget_reserve` function), so concurrent sessions of one agent, on any worker, cannot together
+advisory lock, in one call of the schema's `budget_reserve` function), so
+concurrent sessions of one agent, on any worker, cannot together
 pass the agent's budget. A call that does not fit does not go out: the journal
 says why (`budget.exceeded`), and the guard acts through the control channel:
 it posts `pause` (default: a person looks, raises the budget or waits for the
