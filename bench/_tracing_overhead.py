@@ -39,7 +39,7 @@ def _runtime(url: str, home: Path, *, on: frozenset[str], otlp: str | None) -> A
 
     provider: dict[str, Any] = {"name": "peer", "base_url": url, "model": "m"}
     extra: dict[str, Any] = {}
-    if "prices" in on or "global_budget" in on or "session_budget" in on:
+    if on & {"prices", "session_budget", "global_budget"}:  # a budget needs prices
         provider.update(price_in_per_1m=0.15, price_out_per_1m=0.6)
     if "global_budget" in on:
         extra["budgets"] = [{"scope": "global", "usd": 1_000_000.0, "window_s": 3600}]
@@ -71,6 +71,17 @@ def _durable(url: str, home: Path, *, on: frozenset[str], otlp: str | None) -> A
     return durable_runs(_runtime(url, home, on=on, otlp=otlp), "on" if on else "off")
 
 
+async def _measured(
+    peer: PeerProcess, sink: Any, counter: RunCounter, home: Path, on: frozenset[str], runs: int
+) -> Any:
+    """One variant's `Measurement`, on a runtime of its own."""
+    async with _durable(peer.url, home, on=on, otlp=sink.endpoint) as run:
+        return await measure(
+            run, warmup=20, runs=runs, inflight=16, concurrent_runs=runs,
+            peer=peer, counter=counter,
+        )  # fmt: skip
+
+
 async def overhead(runs: int, tmp: Path, *, latency_ms: float = 0) -> dict[str, Any]:
     """Off / on / off / on, pooled: per-run time with observability on over off
     (the model peer answering after `latency_ms`)."""
@@ -81,14 +92,9 @@ async def overhead(runs: int, tmp: Path, *, latency_ms: float = 0) -> dict[str, 
     with PeerProcess(latency_ms=latency_ms) as peer, OtlpSink() as sink:
         for round_ in range(2):
             for side in ("off", "on"):
-                home = tmp / f"{side}-{round_}"
                 features = frozenset(FEATURES if side == "on" else ())
-                async with _durable(peer.url, home, on=features, otlp=sink.endpoint) as run:
-                    m = await measure(
-                        run, warmup=20, runs=runs, inflight=16, concurrent_runs=runs,
-                        peer=peer, counter=counter,
-                    )  # fmt: skip
-                halves[side].append(m)
+                home = tmp / f"{side}-{round_}"
+                halves[side].append(await _measured(peer, sink, counter, home, features, runs))
         exported = sink.spans()
     off = pooled(*halves["off"])
     on = pooled(*halves["on"])
@@ -137,12 +143,7 @@ async def parts(runs: int, tmp: Path) -> dict[str, Any]:
             order = list(variants) if round_ == 0 else list(reversed(variants))
             for name in order:
                 home = tmp / f"part-{name}-{round_}"
-                async with _durable(peer.url, home, on=variants[name], otlp=sink.endpoint) as run:
-                    m = await measure(
-                        run, warmup=20, runs=runs, inflight=16, concurrent_runs=runs,
-                        peer=peer, counter=counter,
-                    )  # fmt: skip
-                found[name].append(m)
+                found[name].append(await _measured(peer, sink, counter, home, variants[name], runs))
     off = pooled(*found["off"])
     out: dict[str, Any] = {"off": off.to_dict()}
     for name in variants:

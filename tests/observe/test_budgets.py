@@ -15,11 +15,13 @@ import pytest
 from nexus import events as ev
 from nexus.config import BudgetRule, load_settings
 from nexus.errors import ConfigError
-from nexus.observe.budgets import Ledger
+from nexus.observe.budgets import SCHEMA, Ledger
+from nexus.observe.sql import Database
 from nexus.runtime.agents import Agent, AgentRegistry, Limits
 from nexus.runtime.providers.openai import OpenAIProvider
 from nexus.runtime.runtime import Runtime
 from nexus.runtime.tools import Toolkit, tool
+from nexus.storage.base import Schema
 from nexus.types import SessionStatus
 from tests.peers.openai_server import PeerServer
 
@@ -285,10 +287,6 @@ def test_a_ledger_of_the_first_schema_keeps_its_usage_when_migrated() -> None:
     """A database whose usage the ledger's first version wrote itself (schema 1, no
     triggers) is migrated on open: its holds and usage are kept, and settling an old
     hold and taking a new one leave the usage the exact sum of the holds."""
-    from nexus.observe.budgets import SCHEMA
-    from nexus.observe.sql import Database
-    from nexus.storage.base import Schema
-
     rt = Runtime(load_settings())
     try:
         # The tables as schema 1 left them: a hold and its usage, written by the ledger.

@@ -234,6 +234,21 @@ def _minute(ts: float) -> int:
     return int(ts / MINUTE) * MINUTE
 
 
+def _scope(rule: BudgetRule, agent: str) -> str:
+    """The usage scope `rule` reads for a call of `agent`."""
+    return "global" if rule.scope == "global" else f"agent:{agent}"
+
+
+def _use(rule: BudgetRule, used_nusd: int) -> ev.BudgetUse:
+    """`rule` as a reservation found it: `used_nusd` spent or held before the call."""
+    return {
+        "scope": rule.scope,
+        "limit_usd": rule.usd,
+        "used_usd": used_nusd / NANO,
+        "window_s": rule.window_s,
+    }
+
+
 class Ledger:
     """The budget holds of every session and their usage per scope and minute, in
     the store's database (kept by triggers on the holds). A window's use is the sum
@@ -269,35 +284,23 @@ class Ledger:
             with self.db.transaction(lock=LEDGER_LOCK):
                 for settle in settles:
                     self._settle(*settle)
-                # The common case inserts a new hold; a repeated attempt replaces its old one.
-                taken = self.db.execute(
+                # A repeated attempt replaces its old hold (the usage follows, by trigger).
+                self.db.execute(
                     "INSERT INTO budget_holds "
                     "(session_id, step, attempt, agent, ts, reserved_nusd) "
                     "VALUES (?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (session_id, step, attempt) DO NOTHING",
+                    "ON CONFLICT (session_id, step, attempt) DO UPDATE SET ts = excluded.ts, "
+                    "reserved_nusd = excluded.reserved_nusd, cost_nusd = NULL",
                     (session_id, step, attempt, agent, now, amount),
                 )
-                if not taken:
-                    self.db.execute(
-                        "UPDATE budget_holds SET ts = ?, reserved_nusd = ?, cost_nusd = NULL "
-                        "WHERE session_id = ? AND step = ? AND attempt = ?",
-                        (now, amount, session_id, step, attempt),
-                    )
                 for rule in rules:
-                    scope = "global" if rule.scope == "global" else f"agent:{agent}"
                     ((summed,),) = self.db.rows(
                         "SELECT COALESCE(SUM(nusd), 0) FROM budget_usage "
                         "WHERE scope = ? AND minute >= ?",
-                        (scope, _minute(now - rule.window_s)),
+                        (_scope(rule, agent), _minute(now - rule.window_s)),
                     )
                     used = int(summed) - amount  # the use before this hold
-                    use: ev.BudgetUse = {
-                        "scope": rule.scope,
-                        "limit_usd": rule.usd,
-                        "used_usd": used / NANO,
-                        "window_s": rule.window_s,
-                    }
-                    uses.append(use)
+                    uses.append(_use(rule, used))
                     if used + amount > nano(rule.usd):
                         raise _Refused(Reservation(uses, (rule, used / NANO)))
         except _Refused as refused:  # rolled back: the settles go in on their own
@@ -324,21 +327,13 @@ class Ledger:
                 LEDGER_LOCK, session_id, step, attempt, agent, now, amount,
                 [s[0] for s in settles], [s[1] for s in settles], [s[2] for s in settles],
                 [nano(s[3]) for s in settles],
-                ["global" if r.scope == "global" else f"agent:{agent}" for r in rules],
+                [_scope(r, agent) for r in rules],
                 [_minute(now - r.window_s) for r in rules],
                 [nano(r.usd) for r in rules],
             ),
         )  # fmt: skip
         refused, *used = (int(n) for n in found)
-        uses: list[ev.BudgetUse] = [
-            {
-                "scope": rule.scope,
-                "limit_usd": rule.usd,
-                "used_usd": n / NANO,
-                "window_s": rule.window_s,
-            }
-            for rule, n in zip(rules, used, strict=False)
-        ]
+        uses = [_use(rule, n) for rule, n in zip(rules, used, strict=False)]
         if refused:
             rule = rules[refused - 1]
             return Reservation(uses, (rule, used[refused - 1] / NANO))

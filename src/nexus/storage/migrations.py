@@ -12,6 +12,7 @@ exact canonical text, so it must come back byte for byte.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Mapping
 from typing import Literal, TypeAlias
 
@@ -282,8 +283,6 @@ def migrations(dialect: Dialect) -> list[tuple[int, str]]:
 def statements(sql: str) -> list[str]:
     """A SQLite migration's statements, split at the `;` that end one (as
     `sqlite3.complete_statement` tells: a trigger's body keeps its own)."""
-    import sqlite3
-
     out: list[str] = []
     pending = ""
     for piece in sql.split(";"):
